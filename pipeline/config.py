@@ -1,0 +1,37 @@
+"""What the pipeline needs to run one job: plain, picklable values (jobs/ builds these from specs)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The per-tile GP: one kernel name per grid dim and how many points it may use."""
+
+    kernels: tuple[str, ...]
+    fit_points: int = 400
+    max_points: int = 2000
+    max_iter: int = 100
+    dtype: str = "float64"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """A gap-filling run over a (time, lat, lon)-like grid, predicting every grid cell."""
+
+    input_path: str
+    variables: tuple[str, ...]
+    dims: tuple[str, ...]
+    output_path: str
+    tile: tuple[int, ...]
+    halo: tuple[int, ...]
+    model: ModelConfig
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    max_in_flight: int = 4
+    overwrite: bool = False
+    spec_text: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)

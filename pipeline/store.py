@@ -1,0 +1,87 @@
+"""The output zarr store: a template first (metadata, no data), then chunk-aligned tile writes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+
+from pipeline.tiling import Tile
+
+CF_COPIED_ATTRS = ("units", "standard_name", "long_name")
+
+
+def std_name(variable: str) -> str:
+    """Name of the predictive standard deviation variable that goes with `variable`."""
+    return f"{variable}_std"
+
+
+def _prediction_attrs(source: Mapping, variable: str) -> tuple[dict, dict]:
+    """CF attributes for the mean and its standard error, linked as ancillary variables."""
+    base = {k: source[k] for k in CF_COPIED_ATTRS if k in source}
+    long_name = base.get("long_name", variable)
+    mean_attrs = {**base, "long_name": f"{long_name} (GP predictive mean)",
+                  "ancillary_variables": std_name(variable)}
+    std_attrs = {"long_name": f"{long_name} (GP predictive standard deviation)"}
+    if "units" in base:
+        std_attrs["units"] = base["units"]
+    if "standard_name" in base:
+        std_attrs["standard_name"] = f"{base['standard_name']} standard_error"
+    return mean_attrs, std_attrs
+
+
+def create_output_store(
+    path: str,
+    source: xr.Dataset,
+    variables: tuple[str, ...],
+    dims: tuple[str, ...],
+    chunks: tuple[int, ...],
+    attrs: Mapping[str, str],
+    overwrite: bool = False,
+) -> None:
+    """Write the output's metadata and coordinates, with every prediction chunk still empty.
+
+    An existing store is refused unless `overwrite`, so finished results are never
+    replaced by accident.
+    """
+    if Path(path).exists():
+        if not overwrite:
+            raise FileExistsError(
+                f"output {path!r} already exists: choose another output.path, delete it, "
+                "or set output.overwrite: true"
+            )
+        shutil.rmtree(path)
+    shape = tuple(source.sizes[d] for d in dims)
+    coords = {d: source[d] for d in dims}
+    data_vars = {}
+    for var in variables:
+        mean_attrs, std_attrs = _prediction_attrs(source[var].attrs, var)
+        empty = da.full(shape, np.nan, chunks=chunks, dtype=np.float32)
+        data_vars[var] = xr.Variable(dims, empty, mean_attrs)
+        data_vars[std_name(var)] = xr.Variable(dims, empty, std_attrs)
+    template = xr.Dataset(data_vars, coords=coords, attrs=dict(attrs))
+    encoding = {name: {"chunks": chunks} for name in data_vars}
+    template.to_zarr(path, mode="w", compute=False, zarr_format=3, consolidated=False,
+                     encoding=encoding)
+
+
+def write_tile(path: str, tile: Tile, predictions: Mapping[str, np.ndarray]) -> None:
+    """Write one tile's core predictions (arrays named like the output variables)."""
+    group = zarr.open_group(path, mode="r+")
+    for name, values in predictions.items():
+        group[name][tile.core] = values.astype(np.float32, copy=False)
+
+
+def finalize_store(path: str, attrs: Mapping[str, object]) -> None:
+    """Record run-level attributes (JSON-encoded when not plain) and consolidate metadata."""
+    group = zarr.open_group(path, mode="r+")
+    group.attrs.update(
+        {k: v if isinstance(v, (str, int, float)) else json.dumps(v) for k, v in attrs.items()}
+    )
+    zarr.consolidate_metadata(path)

@@ -1,0 +1,60 @@
+"""The tile plan: cores that partition the grid, aligned with output chunks, plus halos."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One unit of work: the cells it owns (core) and the cells it reads (window).
+
+    Slices are over the grid's dims in the run's dim order. The window is the core
+    grown by the halo on every side and clipped to the grid.
+    """
+
+    index: int
+    core: tuple[slice, ...]
+    window: tuple[slice, ...]
+
+    @property
+    def core_shape(self) -> tuple[int, ...]:
+        return tuple(s.stop - s.start for s in self.core)
+
+    @property
+    def window_shape(self) -> tuple[int, ...]:
+        return tuple(s.stop - s.start for s in self.window)
+
+    @property
+    def core_in_window(self) -> tuple[slice, ...]:
+        """Where the core sits inside the window array."""
+        return tuple(
+            slice(c.start - w.start, c.stop - w.start)
+            for c, w in zip(self.core, self.window, strict=True)
+        )
+
+
+def plan_tiles(shape: Sequence[int], tile: Sequence[int], halo: Sequence[int]) -> list[Tile]:
+    """Cut a grid of `shape` into tiles of `tile` cells (smaller at the far edges).
+
+    Every cell lies in exactly one core; windows extend cores by `halo` cells per
+    side. Tiles are numbered in C order, which also seeds each tile's randomness.
+    """
+    if not (len(shape) == len(tile) == len(halo)):
+        raise ValueError(f"shape {shape}, tile {tile} and halo {halo} need one entry per dim")
+    if any(t < 1 for t in tile) or any(h < 0 for h in halo):
+        raise ValueError(f"tile sizes must be >= 1 and halos >= 0; got tile {tile}, halo {halo}")
+    starts = [range(0, n, t) for n, t in zip(shape, tile)]
+    tiles = []
+    for index, corner in enumerate(itertools.product(*starts)):
+        core = tuple(
+            slice(s, min(s + t, n)) for s, t, n in zip(corner, tile, shape, strict=True)
+        )
+        window = tuple(
+            slice(max(c.start - h, 0), min(c.stop + h, n))
+            for c, h, n in zip(core, halo, shape, strict=True)
+        )
+        tiles.append(Tile(index, core, window))
+    return tiles
