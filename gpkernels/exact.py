@@ -200,7 +200,9 @@ class ExactGP(nn.Module):
         optimizer.step(closure)
         iterations = int(optimizer.state[params[0]].get("n_iter", 0))
         converged = iterations < max_iter
-        reason = "gradient or change below tolerance" if converged else f"max_iter={max_iter} reached"
+        reason = (
+            "gradient or change below tolerance" if converged else f"max_iter={max_iter} reached"
+        )
         if max_jitter > 0:
             warnings.warn(
                 f"fit needed up to {max_jitter:.3g} jitter on the kernel diagonal",
@@ -209,7 +211,9 @@ class ExactGP(nn.Module):
             )
         self.condition(x, y)
         lml = float(self._cache["lml"])
-        return FitReport(iterations, converged, reason, lml, max_jitter, time.perf_counter() - start)
+        return FitReport(
+            iterations, converged, reason, lml, max_jitter, time.perf_counter() - start
+        )
 
     # -- prediction ----------------------------------------------------------------
     @torch.no_grad()

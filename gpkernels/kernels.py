@@ -50,7 +50,9 @@ class Stationary(Kernel):
         dims: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        scales = [float(lengthscale)] if isinstance(lengthscale, (int, float)) else list(lengthscale)
+        scales = (
+            [float(lengthscale)] if isinstance(lengthscale, (int, float)) else list(lengthscale)
+        )
         if dims is not None:
             dims = [int(d) for d in dims]
             if len(scales) == 1:
@@ -61,7 +63,9 @@ class Stationary(Kernel):
                     "give one lengthscale, or one per dim"
                 )
         self.dims = dims
-        self.lengthscale_param = PositiveParameter(torch.tensor(scales, dtype=torch.float64), floor=LENGTHSCALE_FLOOR)
+        self.lengthscale_param = PositiveParameter(
+            torch.tensor(scales, dtype=torch.float64), floor=LENGTHSCALE_FLOOR
+        )
 
     @property
     def lengthscale(self) -> torch.Tensor:
@@ -193,7 +197,11 @@ class Scale(Kernel):
         return self.outputscale * self.base.diag(x)
 
     def describe(self) -> dict:
-        return {"kind": "scale", "outputscale": float(self.outputscale.detach()), "base": self.base.describe()}
+        return {
+            "kind": "scale",
+            "outputscale": float(self.outputscale.detach()),
+            "base": self.base.describe(),
+        }
 
 
 KERNELS_BY_NAME = {

@@ -40,4 +40,3 @@ class PositiveParameter(nn.Module):
                 f"hyperparameter value {value.tolist()} must be above its floor {self.floor}"
             )
         self.raw.copy_(inverse_softplus(value - self.floor))
-

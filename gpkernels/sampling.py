@@ -55,7 +55,10 @@ def sample_separable_grid(
     """
     if not (len(axis_kernels) == len(shape) == len(spacings)):
         raise ValueError("give one kernel and one spacing per grid axis")
-    eigs = [circulant_eigenvalues(k, n, h) for k, n, h in zip(axis_kernels, shape, spacings)]
+    eigs = [
+        circulant_eigenvalues(k, n, h)
+        for k, n, h in zip(axis_kernels, shape, spacings, strict=True)
+    ]
     spectrum = torch.ones((), dtype=torch.float64)
     for axis, eig in enumerate(eigs):
         view = [1] * len(eigs)

@@ -1,0 +1,1 @@
+"""jobs: job specs, the `gpgrid` command, and the demo."""

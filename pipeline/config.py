@@ -1,4 +1,4 @@
-"""What the pipeline needs to run one job: plain, picklable values (jobs/ builds these from specs)."""
+"""What the pipeline needs to run one job, as plain picklable values built by jobs/ from specs."""
 
 from __future__ import annotations
 

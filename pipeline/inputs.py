@@ -25,8 +25,9 @@ def coordinate_values(coord: xr.DataArray) -> np.ndarray:
     if np.issubdtype(values.dtype, np.datetime64):
         return (values - values[0]) / np.timedelta64(1, "D")
     if not np.issubdtype(values.dtype, np.number):
-        raise TypeError(f"coordinate {coord.name!r} has dtype {values.dtype}; it must be numeric "
-                        "or datetime64")
+        raise TypeError(
+            f"coordinate {coord.name!r} has dtype {values.dtype}; it must be numeric or datetime64"
+        )
     return values.astype(np.float64)
 
 

@@ -58,13 +58,14 @@ def run_pipeline(config: PipelineConfig, progress: bool = True) -> RunSummary:
     check_input(ds, config.variables, config.dims)
     shape = tuple(ds.sizes[d] for d in config.dims)
     tiles = plan_tiles(shape, config.tile, config.halo)
+    kernels = dict(zip(config.dims, config.model.kernels, strict=True))
     attrs = {
         "title": "gpgrid Gaussian-process predictions",
         "Conventions": "CF-1.8",
         "source": f"gpgrid {__version__}",
         "gpgrid_version": __version__,
         "gpgrid_spec": config.spec_text,
-        "gpgrid_model": f"ExactGP, kernels {dict(zip(config.dims, config.model.kernels))}",
+        "gpgrid_model": f"ExactGP per tile, kernels {kernels}",
     }
     create_output_store(
         config.output_path, ds, config.variables, config.dims, config.tile, attrs, config.overwrite

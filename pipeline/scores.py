@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import xarray as xr
 from scipy.stats import norm
+
+from pipeline.store import std_name
 
 Z95 = 1.959963984540054
 
@@ -32,3 +35,19 @@ def score(mean: np.ndarray, std: np.ndarray, truth: np.ndarray) -> dict[str, flo
         "interval_score95": float(np.mean(interval)),
         "coverage95": float(np.mean((truth >= lower) & (truth <= upper))),
     }
+
+
+def score_gap_cells(output: xr.Dataset, source: xr.Dataset, variable: str) -> dict[str, float]:
+    """Scores on the cells missing from the input, against the true field `<variable>_true`.
+
+    Only synthetic inputs carry the truth; the true field's standard deviation over
+    the gaps is reported too, as the scale RMSE should be compared with.
+    """
+    truth_name = f"{variable}_true"
+    if truth_name not in source:
+        raise KeyError(f"{truth_name!r} is not in the input: only synthetic inputs carry the truth")
+    gaps = np.isnan(source[variable].values)
+    truth = source[truth_name].values[gaps]
+    scores = score(output[variable].values[gaps], output[std_name(variable)].values[gaps], truth)
+    scores["truth_std"] = float(np.std(source[truth_name].values))
+    return scores

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import dask.array as da
@@ -26,8 +28,11 @@ def _prediction_attrs(source: Mapping, variable: str) -> tuple[dict, dict]:
     """CF attributes for the mean and its standard error, linked as ancillary variables."""
     base = {k: source[k] for k in CF_COPIED_ATTRS if k in source}
     long_name = base.get("long_name", variable)
-    mean_attrs = {**base, "long_name": f"{long_name} (GP predictive mean)",
-                  "ancillary_variables": std_name(variable)}
+    mean_attrs = {
+        **base,
+        "long_name": f"{long_name} (GP predictive mean)",
+        "ancillary_variables": std_name(variable),
+    }
     std_attrs = {"long_name": f"{long_name} (GP predictive standard deviation)"}
     if "units" in base:
         std_attrs["units"] = base["units"]
@@ -67,8 +72,9 @@ def create_output_store(
         data_vars[std_name(var)] = xr.Variable(dims, empty, std_attrs)
     template = xr.Dataset(data_vars, coords=coords, attrs=dict(attrs))
     encoding = {name: {"chunks": chunks} for name in data_vars}
-    template.to_zarr(path, mode="w", compute=False, zarr_format=3, consolidated=False,
-                     encoding=encoding)
+    template.to_zarr(
+        path, mode="w", compute=False, zarr_format=3, consolidated=False, encoding=encoding
+    )
 
 
 def write_tile(path: str, tile: Tile, predictions: Mapping[str, np.ndarray]) -> None:
@@ -84,4 +90,16 @@ def finalize_store(path: str, attrs: Mapping[str, object]) -> None:
     group.attrs.update(
         {k: v if isinstance(v, (str, int, float)) else json.dumps(v) for k, v in attrs.items()}
     )
-    zarr.consolidate_metadata(path)
+    with consolidated_v3_allowed():
+        zarr.consolidate_metadata(path)
+
+
+@contextlib.contextmanager
+def consolidated_v3_allowed() -> Iterator[None]:
+    """Silence zarr's notice that consolidated metadata is an extension in format 3.
+
+    We consolidate on purpose (one read opens the store); xarray and zarr-python read it.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        yield

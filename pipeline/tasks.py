@@ -105,7 +105,10 @@ def predict_tile(config: PipelineConfig, tile: Tile) -> TileResult:
         read_start = time.perf_counter()
         values = ds[var].isel(window).transpose(*config.dims).values.reshape(-1)
         observed = np.flatnonzero(np.isfinite(values))
-        info: dict = {"n_observed": int(observed.size), "read_seconds": time.perf_counter() - read_start}
+        info: dict = {
+            "n_observed": int(observed.size),
+            "read_seconds": time.perf_counter() - read_start,
+        }
         if observed.size < MIN_OBSERVATIONS:
             info["status"] = f"skipped: {observed.size} observations in the window"
             mean = std = np.full(len(x_core), np.nan)

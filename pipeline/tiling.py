@@ -46,12 +46,10 @@ def plan_tiles(shape: Sequence[int], tile: Sequence[int], halo: Sequence[int]) -
         raise ValueError(f"shape {shape}, tile {tile} and halo {halo} need one entry per dim")
     if any(t < 1 for t in tile) or any(h < 0 for h in halo):
         raise ValueError(f"tile sizes must be >= 1 and halos >= 0; got tile {tile}, halo {halo}")
-    starts = [range(0, n, t) for n, t in zip(shape, tile)]
+    starts = [range(0, n, t) for n, t in zip(shape, tile, strict=True)]
     tiles = []
     for index, corner in enumerate(itertools.product(*starts)):
-        core = tuple(
-            slice(s, min(s + t, n)) for s, t, n in zip(corner, tile, shape, strict=True)
-        )
+        core = tuple(slice(s, min(s + t, n)) for s, t, n in zip(corner, tile, shape, strict=True))
         window = tuple(
             slice(max(c.start - h, 0), min(c.stop + h, n))
             for c, h, n in zip(core, halo, shape, strict=True)

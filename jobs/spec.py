@@ -1,0 +1,167 @@
+"""Job specs: YAML validated into typed objects; errors name the field, the value and the fix.
+
+Loading a spec never executes code (yaml.safe_load, then pydantic validation).
+Relative paths in a spec are resolved against the spec file's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.config import ModelConfig, PipelineConfig
+
+KernelName = Literal["rbf", "matern12", "matern32", "matern52"]
+
+
+class SpecError(ValueError):
+    """A job spec that cannot be used; the message lists every problem and its fix."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(Strict):
+    path: str = Field(description="zarr store or netCDF file holding the gridded data")
+    variables: list[str] = Field(min_length=1, description="data variables to predict")
+    dims: list[str] = Field(min_length=1, description="grid dims in order, e.g. [time, lat, lon]")
+
+
+class TargetSpec(Strict):
+    kind: Literal["same_grid"] = Field(
+        "same_grid", description="where to predict: every cell of the input grid"
+    )
+
+
+class ModelSpec(Strict):
+    type: Literal["exact"] = Field("exact", description="GP model solved per tile")
+    kernel: dict[str, KernelName] = Field(description="one kernel per dim, e.g. {time: matern32}")
+    fit_points: int = Field(
+        400, ge=10, le=5000, description="observations used to learn hyperparameters"
+    )
+    max_points: int = Field(2000, ge=10, le=20000, description="observations a tile conditions on")
+    max_iter: int = Field(100, ge=1, description="L-BFGS iterations at most")
+    dtype: Literal["float32", "float64"] = "float64"
+
+
+class TilingSpec(Strict):
+    tile: dict[str, int] = Field(description="cells per tile core along each dim (output chunks)")
+    halo: dict[str, int] = Field(description="extra context cells on each side along each dim")
+
+
+class ResourcesSpec(Strict):
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per tile task")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per tile task (fractions allowed)")
+    max_in_flight: int = Field(4, ge=1, description="tile tasks submitted at once")
+
+
+class OutputSpec(Strict):
+    path: str = Field(description="zarr store to create")
+    overwrite: bool = Field(False, description="replace an existing store at path")
+
+
+class JobSpec(Strict):
+    """A whole job: where the data is, where to predict, with which model, on what resources."""
+
+    input: InputSpec
+    target: TargetSpec = TargetSpec()
+    model: ModelSpec
+    tiling: TilingSpec
+    resources: ResourcesSpec = ResourcesSpec()
+    output: OutputSpec
+
+    @model_validator(mode="after")
+    def _per_dim_maps_match_dims(self) -> JobSpec:
+        dims = self.input.dims
+        for field_name, mapping in (
+            ("model.kernel", self.model.kernel),
+            ("tiling.tile", self.tiling.tile),
+            ("tiling.halo", self.tiling.halo),
+        ):
+            if set(mapping) != set(dims):
+                raise ValueError(
+                    f"{field_name} has keys {sorted(mapping)} but input.dims is {dims}: "
+                    f"give exactly one entry per dim"
+                )
+        for dim in dims:
+            if self.tiling.tile[dim] < 1 or self.tiling.halo[dim] < 0:
+                raise ValueError(
+                    f"tiling for dim {dim!r}: tile {self.tiling.tile[dim]} must be >= 1 and "
+                    f"halo {self.tiling.halo[dim]} >= 0"
+                )
+        return self
+
+    def to_pipeline_config(self, spec_text: str = "") -> PipelineConfig:
+        dims = tuple(self.input.dims)
+        return PipelineConfig(
+            input_path=self.input.path,
+            variables=tuple(self.input.variables),
+            dims=dims,
+            output_path=self.output.path,
+            tile=tuple(self.tiling.tile[d] for d in dims),
+            halo=tuple(self.tiling.halo[d] for d in dims),
+            model=ModelConfig(
+                kernels=tuple(self.model.kernel[d] for d in dims),
+                fit_points=self.model.fit_points,
+                max_points=self.model.max_points,
+                max_iter=self.model.max_iter,
+                dtype=self.model.dtype,
+            ),
+            num_cpus=self.resources.num_cpus,
+            num_gpus=self.resources.num_gpus,
+            max_in_flight=self.resources.max_in_flight,
+            overwrite=self.output.overwrite,
+            spec_text=spec_text or self.to_yaml(),
+        )
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(), sort_keys=False)
+
+
+def _describe(error: dict) -> str:
+    where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{where}: unknown key (value {error['input']!r}); remove it or fix its spelling"
+    if error["type"] == "missing":
+        return f"{where}: required but missing; add it"
+    return f"{where}: got {error['input']!r}; {error['msg']}"
+
+
+def parse_spec(data: object, base_dir: Path | None = None) -> JobSpec:
+    """Validate a spec mapping; relative paths are taken from `base_dir`."""
+    if not isinstance(data, dict):
+        raise SpecError(f"a job spec must be a mapping of sections; got {type(data).__name__}")
+    try:
+        spec = JobSpec.model_validate(data)
+    except ValidationError as err:
+        problems = "\n".join(f"  - {_describe(e)}" for e in err.errors())
+        raise SpecError(f"invalid job spec:\n{problems}") from None
+    if base_dir is None:
+        return spec
+    return spec.model_copy(
+        update={
+            "input": spec.input.model_copy(update={"path": _resolve(spec.input.path, base_dir)}),
+            "output": spec.output.model_copy(update={"path": _resolve(spec.output.path, base_dir)}),
+        }
+    )
+
+
+def _resolve(path: str, base_dir: Path) -> str:
+    return path if Path(path).is_absolute() else str((base_dir / path).resolve())
+
+
+def load_spec(path: str | Path) -> tuple[JobSpec, str]:
+    """Read and validate a YAML spec file; returns the spec and its text (kept as provenance)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"spec file {str(path)!r} does not exist: check the path")
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path} is not valid YAML: {err}") from None
+    return parse_spec(data, base_dir=path.parent.resolve()), text
