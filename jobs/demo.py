@@ -26,13 +26,13 @@ class DemoResult:
     png_path: Path
 
 
-def demo_spec(input_path: Path, output_path: Path) -> JobSpec:
+def demo_spec(input_path: Path, output_path: Path, variable: str) -> JobSpec:
     """The demo's job spec: Matérn 3/2 per axis, 5 x 20 x 20 tiles with a 2 x 6 x 6 halo."""
     return parse_spec(
         {
             "input": {
                 "path": str(input_path),
-                "variables": [DEMO_GRID.variable],
+                "variables": [variable],
                 "dims": list(DIMS),
             },
             "model": {"kernel": dict.fromkeys(DIMS, "matern32")},
@@ -45,7 +45,9 @@ def demo_spec(input_path: Path, output_path: Path) -> JobSpec:
     )
 
 
-def run_demo(output_path: Path, progress: bool = True) -> DemoResult:
+def run_demo(
+    output_path: Path, recipe: SyntheticGrid = DEMO_GRID, progress: bool = True
+) -> DemoResult:
     """Write the synthetic input beside `output_path`, run the job, score the gaps, plot."""
     output_path = output_path.resolve()
     folder = output_path.parent
@@ -53,18 +55,18 @@ def run_demo(output_path: Path, progress: bool = True) -> DemoResult:
     stem = output_path.name.removesuffix(".zarr")
     input_path = folder / f"{stem}_input.zarr"
     spec_path = folder / f"{stem}.yaml"
-    source = write_synthetic(str(input_path), DEMO_GRID, chunks=(10, 50, 50))
-    spec = demo_spec(input_path, output_path)
+    source = write_synthetic(str(input_path), recipe, chunks=(10, 50, 50))
+    spec = demo_spec(input_path, output_path, recipe.variable)
     spec_text = spec.to_yaml()
     spec_path.write_text(spec_text)
     summary = run_job(spec, spec_text, progress=progress)
     output = xr.open_zarr(str(output_path))
-    scores = score_gap_cells(output, source, DEMO_GRID.variable)
+    scores = score_gap_cells(output, source, recipe.variable)
     png = quicklook(
         source,
         output,
-        DEMO_GRID.variable,
+        recipe.variable,
         folder / f"{stem}.png",
-        time_index=DEMO_GRID.shape[0] // 2,
+        time_index=recipe.shape[0] // 2,
     )
     return DemoResult(summary, scores, input_path, spec_path, png)

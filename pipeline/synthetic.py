@@ -124,6 +124,7 @@ def make_synthetic_dataset(recipe: SyntheticGrid) -> xr.Dataset:
 def write_synthetic(path: str, recipe: SyntheticGrid, chunks: tuple[int, int, int]) -> xr.Dataset:
     """Draw a synthetic dataset and write it as a zarr v3 store; returns the dataset."""
     ds = make_synthetic_dataset(recipe)
+    chunks = tuple(min(c, n) for c, n in zip(chunks, recipe.shape, strict=True))
     encoding = {name: {"chunks": chunks} for name in ds.data_vars}
     with consolidated_v3_allowed():
         ds.to_zarr(path, mode="w", zarr_format=3, consolidated=True, encoding=encoding)

@@ -1,0 +1,27 @@
+"""Shared fixtures: a real local Ray per test module, and devices to run numerics on."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("RAY_TMPDIR", "/tmp/ray_gpgrid_tests")
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One real local Ray cluster (2 CPUs, no dashboard) for the whole test module."""
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=200 * 1024**2,
+        logging_level="WARNING",
+    )
+    yield ray
+    ray.shutdown()

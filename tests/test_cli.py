@@ -1,0 +1,110 @@
+"""The `gpgrid` command and job specs: validation messages, exit codes, a real run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+
+from jobs.spec import SpecError, load_spec, parse_spec
+from pipeline.synthetic import SyntheticGrid, write_synthetic
+
+GOOD = {
+    "input": {"path": "in.zarr", "variables": ["tas"], "dims": ["time", "lat", "lon"]},
+    "model": {"kernel": {"time": "matern32", "lat": "matern32", "lon": "matern52"}},
+    "tiling": {
+        "tile": {"time": 3, "lat": 10, "lon": 10},
+        "halo": {"time": 1, "lat": 3, "lon": 3},
+    },
+    "output": {"path": "out.zarr"},
+}
+
+
+def gpgrid(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).parent / "gpgrid"
+    return subprocess.run(
+        [str(script), *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+def with_change(section: str, key: str, value) -> dict:
+    spec = yaml.safe_load(yaml.safe_dump(GOOD))
+    spec[section][key] = value
+    return spec
+
+
+def test_good_spec_maps_dims_in_order(tmp_path) -> None:
+    config = parse_spec(GOOD, base_dir=tmp_path).to_pipeline_config()
+    assert config.model.kernels == ("matern32", "matern32", "matern52")
+    assert config.tile == (3, 10, 10) and config.halo == (1, 3, 3)
+    assert config.input_path == str(tmp_path / "in.zarr")
+    assert config.output_path == str(tmp_path / "out.zarr")
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        (
+            with_change("model", "kernel", {"time": "matern33", "lat": "rbf", "lon": "rbf"}),
+            r"model\.kernel\.time: got 'matern33'; Input should be 'rbf', 'matern12'",
+        ),
+        (with_change("model", "colour", "red"), r"model\.colour: unknown key .*remove it"),
+        ({k: v for k, v in GOOD.items() if k != "output"}, r"output: required but missing"),
+        (
+            with_change("tiling", "halo", {"time": 1}),
+            r"tiling\.halo has keys \['time'\] but input\.dims is \['time', 'lat', 'lon'\]",
+        ),
+        (
+            {**GOOD, "resources": {"num_gpus": -1}},
+            r"resources\.num_gpus: got -1; Input should be greater than or equal to 0",
+        ),
+    ],
+)
+def test_bad_specs_name_the_field_value_and_fix(spec, expected) -> None:
+    with pytest.raises(SpecError, match=expected):
+        parse_spec(spec)
+
+
+def test_spec_loading_never_executes_code(tmp_path) -> None:
+    path = tmp_path / "evil.yaml"
+    path.write_text("input: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(path)
+
+
+def test_cli_exit_codes_for_bad_input(tmp_path) -> None:
+    missing = gpgrid("run", str(tmp_path / "nope.yaml"), cwd=tmp_path)
+    assert missing.returncode == 2
+    assert "spec file" in missing.stderr and "does not exist" in missing.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(with_change("model", "kernel", {"time": "x"})))
+    result = gpgrid("run", str(bad), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "model.kernel" in result.stderr
+
+
+def test_cli_run_writes_the_store(tmp_path) -> None:
+    write_synthetic(
+        str(tmp_path / "in.zarr"), SyntheticGrid(shape=(3, 20, 20), seed=2), (3, 10, 10)
+    )
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(GOOD))
+    result = gpgrid("run", str(spec), "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "wrote 1,200 cells in 4 tiles" in result.stdout
+    out = xr.open_zarr(tmp_path / "out.zarr")
+    assert np.isfinite(out["tas"].values).all() and np.isfinite(out["tas_std"].values).all()
+    again = gpgrid("run", str(spec), "--no-progress", cwd=tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_help_lists_the_commands(tmp_path) -> None:
+    result = gpgrid("--help", cwd=tmp_path)
+    assert result.returncode == 0
+    for command in ("run", "demo"):
+        assert command in result.stdout

@@ -1,0 +1,126 @@
+"""The pipeline end to end through a real local Ray into real zarr stores."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from gpkernels import ExactGP, separable
+from pipeline.config import ModelConfig, PipelineConfig
+from pipeline.inputs import coordinate_values
+from pipeline.runner import run_pipeline
+from pipeline.scores import score_gap_cells
+from pipeline.synthetic import DIMS, SyntheticGrid, write_synthetic
+from pipeline.tasks import predict_tile
+from pipeline.tiling import plan_tiles
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+RECIPE = SyntheticGrid(shape=(6, 30, 30), seed=11)
+MODEL = ModelConfig(kernels=("matern32",) * 3, fit_points=300, max_points=800)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    path = tmp_path_factory.mktemp("input") / "syn.zarr"
+    ds = write_synthetic(str(path), RECIPE, chunks=(3, 15, 15))
+    return str(path), ds
+
+
+def config_for(input_path: str, output_path: str, **changes) -> PipelineConfig:
+    base = dict(
+        input_path=input_path,
+        variables=("tas",),
+        dims=DIMS,
+        output_path=output_path,
+        tile=(3, 15, 15),
+        halo=(1, 4, 4),
+        model=MODEL,
+        max_in_flight=2,
+        spec_text="# test spec",
+    )
+    base.update(changes)
+    return PipelineConfig(**base)
+
+
+def test_end_to_end_writes_cf_mean_and_std_for_every_cell(source, tmp_path) -> None:
+    input_path, ds = source
+    out = str(tmp_path / "out.zarr")
+    summary = run_pipeline(config_for(input_path, out), progress=False)
+    assert summary.tiles == 8 and summary.cells == 6 * 30 * 30
+
+    result = xr.open_zarr(out)
+    assert result["tas"].shape == RECIPE.shape
+    assert np.isfinite(result["tas"].values).all()
+    assert (np.isfinite(result["tas_std"].values) & (result["tas_std"].values > 0)).all()
+    assert result["tas"].attrs["units"] == "K"
+    assert result["tas"].attrs["standard_name"] == "air_temperature"
+    assert result["tas"].attrs["ancillary_variables"] == "tas_std"
+    assert result["tas_std"].attrs["standard_name"] == "air_temperature standard_error"
+    assert result["tas_std"].attrs["units"] == "K"
+    assert result["lat"].attrs["units"] == "degrees_north"
+    np.testing.assert_array_equal(result["time"].values, ds["time"].values)
+    assert result.attrs["gpgrid_spec"] == "# test spec"
+    tiles = json.loads(result.attrs["gpgrid_tiles"])
+    assert [t["tile"] for t in tiles] == list(range(8))
+    fit = tiles[0]["variables"]["tas"]
+    assert fit["status"] == "ok" and fit["fit"]["iterations"] > 0
+    assert fit["hyperparameters"]["noise"] > 0
+
+    scores = score_gap_cells(result, ds, "tas")
+    assert scores["rmse"] < scores["truth_std"] / 3
+    assert 0.85 <= scores["coverage95"] <= 1.0
+
+
+def test_single_tile_equals_exact_gp_on_the_same_data(source, tmp_path) -> None:
+    input_path, ds = source
+    small = ds.isel(time=slice(0, 2), lat=slice(0, 12), lon=slice(0, 12))
+    small_path = str(tmp_path / "small.zarr")
+    small.to_zarr(small_path, zarr_format=3, consolidated=False)
+    out = str(tmp_path / "out.zarr")
+    config = config_for(small_path, out, tile=(2, 12, 12), halo=(0, 0, 0))
+    run_pipeline(config, progress=False)
+
+    axes = [coordinate_values(small[d]) for d in DIMS]
+    x = np.stack([m.ravel() for m in np.meshgrid(*axes, indexing="ij")], axis=1)
+    y = small["tas"].values.ravel()
+    observed = np.isfinite(y)
+    assert observed.sum() < MODEL.fit_points  # all observations used for fit and predict
+    model = ExactGP(separable(MODEL.kernels))
+    tx, ty = torch.as_tensor(x[observed]), torch.as_tensor(y[observed], dtype=torch.float64)
+    model.fit(tx, ty, max_iter=MODEL.max_iter, seed=0)
+    mean, var = model.predict(torch.as_tensor(x))
+    result = xr.open_zarr(out)
+    np.testing.assert_allclose(result["tas"].values.ravel(), mean.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(result["tas_std"].values.ravel(), var.sqrt().numpy(), rtol=1e-6)
+
+
+def test_tiles_are_deterministic(source, tmp_path) -> None:
+    input_path, _ = source
+    config = config_for(input_path, str(tmp_path / "unused.zarr"))
+    tile = plan_tiles(RECIPE.shape, config.tile, config.halo)[3]
+    first, second = predict_tile(config, tile), predict_tile(config, tile)
+    for name in first.predictions:
+        np.testing.assert_array_equal(first.predictions[name], second.predictions[name])
+
+
+def test_existing_output_is_refused_and_left_intact(source, tmp_path) -> None:
+    input_path, _ = source
+    out = tmp_path / "out.zarr"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="already exists: choose another output.path"):
+        run_pipeline(config_for(input_path, str(out)), progress=False)
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def test_missing_variable_is_named(source, tmp_path) -> None:
+    input_path, _ = source
+    config = config_for(input_path, str(tmp_path / "o.zarr"), variables=("sst",))
+    with pytest.raises(KeyError, match="'sst' is not in the input; it has"):
+        run_pipeline(config, progress=False)
+    assert not (tmp_path / "o.zarr").exists()
