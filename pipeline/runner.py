@@ -38,6 +38,7 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to `address`, or start an embedded local Ray when none is given."""
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit` jobs
     if address:
         ray.init(address=address, log_to_driver=True)
         return
