@@ -79,7 +79,7 @@ def run_pipeline(config: PipelineConfig, progress: bool = True) -> RunSummary:
     pending: dict = {}
     diagnostics: list[dict] = []
     cells = 0
-    bar = tqdm(total=len(tiles), unit="tile", disable=not progress, desc="tiles")
+    bar = tqdm(total=len(tiles), unit="tile", disable=not progress, desc="tiles", mininterval=1.0)
 
     def collect(ref: ray.ObjectRef) -> None:
         nonlocal cells
