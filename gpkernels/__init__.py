@@ -1,6 +1,7 @@
 """gpkernels: Gaussian-process kernels, solvers and models in torch (no Ray, xarray or zarr)."""
 
-from gpkernels.exact import ExactGP, FitReport
+from gpkernels.base import FitReport
+from gpkernels.exact import ExactGP
 from gpkernels.kernels import (
     RBF,
     Kernel,
@@ -11,6 +12,7 @@ from gpkernels.kernels import (
     make_kernel,
     separable,
 )
+from gpkernels.kiss import KissGP
 from gpkernels.likelihoods import GaussianLikelihood
 from gpkernels.linalg import NumericalWarning, robust_cholesky
 from gpkernels.sampling import sample_separable_grid
@@ -20,7 +22,9 @@ __all__ = [
     "ExactGP",
     "FitReport",
     "GaussianLikelihood",
+    "KissGP",
     "Kernel",
+    "KissGP",
     "Matern",
     "NumericalWarning",
     "Product",

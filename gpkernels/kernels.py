@@ -31,8 +31,16 @@ class Kernel(nn.Module):
         """The kernel's kind and current hyperparameters as plain Python values."""
         raise NotImplementedError
 
+    @property
+    def columns(self) -> frozenset[int] | None:
+        """Input columns the kernel reads (None: all of them)."""
+        raise NotImplementedError
+
     def __mul__(self, other: Kernel) -> Product:
         return Product([self, other])
+
+    def __add__(self, other: Kernel) -> Sum:
+        return Sum([self, other])
 
 
 class Stationary(Kernel):
@@ -74,6 +82,10 @@ class Stationary(Kernel):
     @lengthscale.setter
     def lengthscale(self, value: float | Sequence[float] | torch.Tensor) -> None:
         self.lengthscale_param.set(torch.as_tensor(value))
+
+    @property
+    def columns(self) -> frozenset[int] | None:
+        return None if self.dims is None else frozenset(self.dims)
 
     def _columns(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.dims is None else x[:, self.dims]
@@ -148,15 +160,30 @@ class Matern(Stationary):
         return (1.0 + s + s * s / 3.0) * torch.exp(-s)
 
 
-class Product(Kernel):
-    """Product of kernels, e.g. one per axis for a separable space-time covariance."""
+class _Combination(Kernel):
+    """Shared plumbing of sums and products of kernels."""
 
     def __init__(self, kernels: Sequence[Kernel]) -> None:
         super().__init__()
         flat: list[Kernel] = []
         for kernel in kernels:
-            flat.extend(kernel.factors if isinstance(kernel, Product) else [kernel])
+            flat.extend(kernel.factors if type(kernel) is type(self) else [kernel])
         self.factors = nn.ModuleList(flat)
+
+    @property
+    def columns(self) -> frozenset[int] | None:
+        found = [k.columns for k in self.factors]
+        return None if any(c is None for c in found) else frozenset().union(*found)
+
+    def describe(self) -> dict:
+        return {
+            "kind": type(self).__name__.lower(),
+            "factors": [k.describe() for k in self.factors],
+        }
+
+
+class Product(_Combination):
+    """Product of kernels, e.g. one per axis for a separable space-time covariance."""
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         out = self.factors[0](x1, x2)
@@ -170,8 +197,101 @@ class Product(Kernel):
             out = out * kernel.diag(x)
         return out
 
+
+class Sum(_Combination):
+    """Sum of kernels on the same columns, e.g. time = Matérn 3/2 + periodic(365.25 days)."""
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        out = self.factors[0](x1, x2)
+        for kernel in self.factors[1:]:
+            out = out + kernel(x1, x2)
+        return out
+
+    def diag(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.factors[0].diag(x)
+        for kernel in self.factors[1:]:
+            out = out + kernel.diag(x)
+        return out
+
+
+class Periodic(Kernel):
+    """exp(-2 sin^2(pi |x1 - x2| / period) / lengthscale^2) on one input column.
+
+    The lengthscale is relative to the period (unitless); the period is in the
+    column's units and fixed by default (365.25 days for an annual cycle).
+    """
+
+    kind = "periodic"
+
+    def __init__(
+        self, period: float, lengthscale: float = 1.0, dim: int = 0, learn_period: bool = False
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.lengthscale_param = PositiveParameter(lengthscale, floor=LENGTHSCALE_FLOOR)
+        self.period_param = PositiveParameter(period, floor=LENGTHSCALE_FLOOR)
+        self.period_param.raw.requires_grad_(learn_period)
+
+    @property
+    def columns(self) -> frozenset[int]:
+        return frozenset({self.dim})
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        lag = x1[:, self.dim : self.dim + 1] - x2[:, self.dim]
+        phase = torch.sin(math.pi * lag / self.period_param.value)
+        return torch.exp(-2.0 * phase**2 / self.lengthscale_param.value**2)
+
+    def diag(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+
     def describe(self) -> dict:
-        return {"kind": "product", "factors": [k.describe() for k in self.factors]}
+        return {
+            "kind": self.kind,
+            "dims": [self.dim],
+            "period": float(self.period_param.value.detach()),
+            "lengthscale": float(self.lengthscale_param.value.detach()),
+        }
+
+
+class Wrapped(Kernel):
+    """A stationary kernel on a circle of circumference `period` (e.g. 360 degrees of longitude).
+
+    Summing the base kernel over the periodic images keeps it positive definite, and
+    on a regular grid that closes the circle it gives a circulant matrix.
+    """
+
+    IMAGES = 2
+
+    def __init__(self, base: Stationary, period: float) -> None:
+        super().__init__()
+        if base.dims is None or len(base.dims) != 1:
+            raise ValueError("Wrapped needs a base kernel on exactly one column, e.g. dims=[2]")
+        self.base = base
+        self.period = float(period)
+
+    @property
+    def columns(self) -> frozenset[int]:
+        return self.base.columns
+
+    def _shifted(self, x2: torch.Tensor, images: int) -> torch.Tensor:
+        shifted = x2.clone()
+        shifted[:, self.base.dims[0]] += images * self.period
+        return shifted
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        out = self.base(x1, x2)
+        for m in range(1, self.IMAGES + 1):
+            out = out + self.base(x1, self._shifted(x2, m)) + self.base(x1, self._shifted(x2, -m))
+        return out
+
+    def diag(self, x: torch.Tensor) -> torch.Tensor:
+        zero = torch.zeros(1, x.shape[1], dtype=x.dtype, device=x.device)
+        return self.forward(zero, zero)[0, 0] * torch.ones(
+            x.shape[0], dtype=x.dtype, device=x.device
+        )
+
+    def describe(self) -> dict:
+        return {"kind": "wrapped", "period": self.period, "base": self.base.describe()}
 
 
 class Scale(Kernel):
@@ -189,6 +309,10 @@ class Scale(Kernel):
     @outputscale.setter
     def outputscale(self, value: float | torch.Tensor) -> None:
         self.outputscale_param.set(value)
+
+    @property
+    def columns(self) -> frozenset[int] | None:
+        return self.base.columns
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         return self.outputscale * self.base(x1, x2)
@@ -228,11 +352,41 @@ def separable(names: Sequence[str], outputscale: float = 1.0) -> Scale:
 
 
 def stationary_factors(kernel: Kernel) -> list[Stationary]:
-    """Every stationary kernel inside a (scaled) product, in order."""
-    if isinstance(kernel, Scale):
-        return stationary_factors(kernel.base)
-    if isinstance(kernel, Product):
-        return [s for k in kernel.factors for s in stationary_factors(k)]
+    """Every distance-based (Stationary) kernel inside a kernel, in order."""
     if isinstance(kernel, Stationary):
         return [kernel]
-    raise TypeError(f"{type(kernel).__name__} has no stationary factors")
+    children = getattr(kernel, "factors", None) or [getattr(kernel, "base", None)]
+    return [s for k in children if isinstance(k, Kernel) for s in stationary_factors(k)]
+
+
+def axis_factors(kernel: Kernel, ndim: int) -> tuple[Scale, list[Kernel]]:
+    """Split outputscale * prod_i k_i(x_i) into its scale and one factor per input column.
+
+    Structured (grid) solvers need this separable form; any other kernel is refused
+    with the form it should take.
+    """
+    hint = "use Scale(Product([k_0 on dims=[0], k_1 on dims=[1], ...])), e.g. separable(...)"
+    if not isinstance(kernel, Scale):
+        raise ValueError(f"a grid model needs an outputscale around a separable kernel: {hint}")
+    parts = kernel.base.factors if isinstance(kernel.base, Product) else [kernel.base]
+    by_axis: list[Kernel | None] = [None] * ndim
+    for part in parts:
+        cols = part.columns
+        if cols is None or len(cols) != 1:
+            raise ValueError(f"factor {part.describe()} spans columns {cols}: {hint}")
+        (axis,) = cols
+        if axis >= ndim or by_axis[axis] is not None:
+            raise ValueError(f"column {axis} has no single factor for a {ndim}-D grid: {hint}")
+        by_axis[axis] = part
+    missing = [i for i, k in enumerate(by_axis) if k is None]
+    if missing:
+        raise ValueError(f"columns {missing} have no kernel factor: {hint}")
+    return kernel, by_axis  # type: ignore[return-value]
+
+
+def axis_column(factor: Kernel, axis: int, lags: torch.Tensor, ndim: int) -> torch.Tensor:
+    """k(lag) of one axis factor at the given lags: the first column of its Toeplitz matrix."""
+    points = torch.zeros(lags.shape[0], ndim, dtype=lags.dtype, device=lags.device)
+    points[:, axis] = lags
+    origin = torch.zeros(1, ndim, dtype=lags.dtype, device=lags.device)
+    return factor(points, origin)[:, 0]

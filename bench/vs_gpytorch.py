@@ -1,0 +1,498 @@
+"""KISS-GP side by side: gpkernels.KissGP against GPyTorch's GridInterpolationKernel.
+
+Both libraries get the same data, the same seed and the same optimiser (30 Adam
+iterations at lr 0.1 on the exact marginal likelihood), then predict held-out points.
+Three cases:
+
+  1d  n=100,000 x ~ U(0,1), y = sin(12x) + 0.5 sin(30x) + N(0, 0.1^2); 10,000 noisy test
+      points drawn the same way. Run in float32 and float64.
+  2d  a 200 x 200 grid on [0,1]^2 of a smooth field + N(0, 0.05^2), 30% of the cells held
+      out at random: train on the kept cells, test on the held-out (noisy) cells.
+  3d  a 40 x 60 x 60 (time in days, lat and lon in degrees at 0.25 spacing) grid of a
+      smooth field + N(0, 0.1^2), 30% held out the same way. GPyTorch is expected to
+      run out of memory here; that is caught and reported as OOM.
+
+GPyTorch runs the standard KISS-GP recipe: ExactGP with a ConstantMean and
+ScaleKernel(GridInterpolationKernel(RBFKernel(ard_num_dims=d), grid_size=choose_grid_size(x, 1.0),
+num_dims=d)), a GaussianLikelihood, and prediction in eval mode under fast_pred_var().
+Ours is KissGP(separable(["rbf"] * d)) with its default grid (the 2-D and 3-D data lie on
+grid cells, so KissGP takes its on-grid path by itself).
+
+Every (case, library, dtype) run happens in its own child process (this script, called
+again with --child), so that its peak RSS can be measured on its own and so that its
+address space can be capped (--mem-limit-gb, 16 by default): a huge allocation then fails
+with a clean error in the child instead of exhausting the machine's memory.
+
+Printed per run: training seconds (model construction + 30 iterations), prediction
+seconds (mean and variance of the test points), peak RSS of the child (MB), RMSE against
+the noisy test targets, NLPD (mean Gaussian negative log predictive density of the test
+targets under N(mean, var + learned noise)), the learned noise variance, and whether any
+NaN appeared in the loss history, the means or the variances. Then, per case, the ratios
+ours / GPyTorch of train+predict wall time and of peak RSS, against GPyTorch's best run
+of that case (lowest RMSE among its runs without NaN).
+
+Run the full benchmark (slow: GPyTorch alone takes minutes per 1-D run on a few cores):
+
+    .venv/bin/python bench/vs_gpytorch.py
+
+A quick smoke run (--scale multiplies the number of points; grid sides shrink by
+scale ** (1 / d)):
+
+    .venv/bin/python bench/vs_gpytorch.py --scale 0.02
+
+Choose what to run with --cases 1d,2d,3d --libs ours,gpytorch --dtypes float32,float64.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+ITERATIONS = 30
+LEARNING_RATE = 0.1
+SEED = 0
+HOLDOUT = 0.3
+RESULT_TAG = "RESULT "
+CASES = ("1d", "2d", "3d")
+LIBS = ("ours", "gpytorch")
+DTYPES = ("float32", "float64")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class Data:
+    """Training and test sets of one case, in float64 (cast per run)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    shape: str
+
+
+def make_1d(scale: float) -> Data:
+    """Random 1-D inputs on [0, 1] with a two-frequency sine and noise sd 0.1."""
+    gen = torch.Generator().manual_seed(SEED + 1)
+    n = max(200, round(100_000 * scale))
+    n_test = max(50, round(10_000 * scale))
+
+    def draw(m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.rand(m, 1, generator=gen, dtype=torch.float64)
+        f = torch.sin(12 * x[:, 0]) + 0.5 * torch.sin(30 * x[:, 0])
+        return x, f + 0.1 * torch.randn(m, generator=gen, dtype=torch.float64)
+
+    x, y = draw(n)
+    x_test, y_test = draw(n_test)
+    return Data(x, y, x_test, y_test, f"n={n:,}, test={n_test:,}")
+
+
+def grid_case(
+    axes: list[torch.Tensor],
+    field: Callable[[torch.Tensor], torch.Tensor],
+    noise_sd: float,
+    seed: int,
+) -> Data:
+    """A noisy field on the full grid of `axes`; HOLDOUT of the cells become the test set."""
+    gen = torch.Generator().manual_seed(seed)
+    mesh = torch.meshgrid(*axes, indexing="ij")
+    x = torch.stack([m.reshape(-1) for m in mesh], dim=1)
+    y = field(x) + noise_sd * torch.randn(x.shape[0], generator=gen, dtype=torch.float64)
+    order = torch.randperm(x.shape[0], generator=gen)
+    n_test = round(HOLDOUT * x.shape[0])
+    test, train = order[:n_test].sort().values, order[n_test:].sort().values
+    sides = " x ".join(str(len(a)) for a in axes)
+    shape = f"grid {sides}, train={len(train):,}, test={len(test):,}"
+    return Data(x[train], y[train], x[test], y[test], shape)
+
+
+def make_2d(scale: float) -> Data:
+    """A 200 x 200 grid on [0, 1]^2 of a smooth field, noise sd 0.05."""
+    side = max(8, round(200 * math.sqrt(scale)))
+    axis = torch.arange(side, dtype=torch.float64) / (side - 1)
+
+    def field(x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x[:, 0], x[:, 1]
+        return torch.sin(6 * x1) * torch.cos(4 * x2) + 0.5 * torch.sin(9 * (x1 + x2))
+
+    return grid_case([axis, axis], field, noise_sd=0.05, seed=SEED + 2)
+
+
+def make_3d(scale: float) -> Data:
+    """A 40 x 60 x 60 (days, degrees lat, degrees lon at 0.25) grid, noise sd 0.1."""
+    factor = scale ** (1 / 3)
+    n_t, n_lat, n_lon = (max(6, round(side * factor)) for side in (40, 60, 60))
+    t = torch.arange(n_t, dtype=torch.float64)
+    lat = 35.0 + 0.25 * torch.arange(n_lat, dtype=torch.float64)
+    lon = -10.0 + 0.25 * torch.arange(n_lon, dtype=torch.float64)
+
+    def field(x: torch.Tensor) -> torch.Tensor:
+        t, a, b = x[:, 0], x[:, 1] - 35.0, x[:, 2] + 10.0
+        return (
+            torch.sin(2 * math.pi * t / 30) * torch.cos(a / 3)
+            + 0.6 * torch.sin((a + b) / 2) * torch.cos(t / 9)
+            + 0.3 * torch.cos(b / 1.5)
+        )
+
+    return grid_case([t, lat, lon], field, noise_sd=0.1, seed=SEED + 3)
+
+
+MAKERS: dict[str, Callable[[float], Data]] = {"1d": make_1d, "2d": make_2d, "3d": make_3d}
+
+
+# ----------------------------------------------------------------------------- runners
+
+
+def run_ours(data: Data, dtype: torch.dtype, status: dict) -> dict:
+    """Fit and predict with gpkernels.KissGP; returns raw predictions and timings."""
+    from gpkernels import KissGP, separable  # lazy: keeps the GPyTorch side usable alone
+
+    x, y, x_test = (t.to(dtype) for t in (data.x, data.y, data.x_test))
+    status["stage"] = "train"
+    start = time.perf_counter()
+    model = KissGP(separable(["rbf"] * x.shape[1]))
+    report = model.fit(x, y, max_iter=ITERATIONS, lr=LEARNING_RATE)
+    train_s = time.perf_counter() - start
+
+    status["stage"] = "predict"
+    start = time.perf_counter()
+    mean, var = model.predict(x_test)
+    predict_s = time.perf_counter() - start
+
+    losses = [float(v) for v in getattr(report, "loss_history", None) or []]
+    losses.append(float(report.log_marginal_likelihood))
+    return {
+        "train_s": train_s,
+        "predict_s": predict_s,
+        "iterations": int(report.iterations),
+        "losses": losses,
+        "mean": mean.detach(),
+        "var": var.detach(),
+        "noise": float(model.hyperparameters()["noise"]),
+        "diagnostics": getattr(model, "diagnostics", {}),
+    }
+
+
+def run_gpytorch(data: Data, dtype: torch.dtype, status: dict) -> dict:
+    """Fit and predict with GPyTorch's KISS-GP recipe; returns raw predictions and timings."""
+    import gpytorch
+    from gpytorch.utils.grid import choose_grid_size
+
+    x, y, x_test = (t.to(dtype) for t in (data.x, data.y, data.x_test))
+    dims = x.shape[1]
+    grid_size = choose_grid_size(x, 1.0)
+    status["grid"] = f"{grid_size}^{dims}"
+
+    class KissExactGP(gpytorch.models.ExactGP):
+        def __init__(self, likelihood: gpytorch.likelihoods.GaussianLikelihood) -> None:
+            super().__init__(x, y, likelihood)
+            self.mean_module = gpytorch.means.ConstantMean()
+            base = gpytorch.kernels.RBFKernel(ard_num_dims=dims if dims > 1 else None)
+            grid = gpytorch.kernels.GridInterpolationKernel(base, grid_size, num_dims=dims)
+            self.covar_module = gpytorch.kernels.ScaleKernel(grid)
+
+        def forward(self, inputs: torch.Tensor) -> gpytorch.distributions.MultivariateNormal:
+            return gpytorch.distributions.MultivariateNormal(
+                self.mean_module(inputs), self.covar_module(inputs)
+            )
+
+    status["stage"] = "train"
+    start = time.perf_counter()
+    likelihood = gpytorch.likelihoods.GaussianLikelihood().to(dtype)
+    model = KissExactGP(likelihood).to(dtype)
+    model.train()
+    likelihood.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    mll = gpytorch.mlls.ExactMarginalLogLikelihood(likelihood, model)
+    losses = []
+    for _ in range(ITERATIONS):
+        optimizer.zero_grad()
+        loss = -mll(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    train_s = time.perf_counter() - start
+
+    status["stage"] = "predict"
+    start = time.perf_counter()
+    model.eval()
+    likelihood.eval()
+    with torch.no_grad(), gpytorch.settings.fast_pred_var():
+        latent = model(x_test)
+        mean, var = latent.mean, latent.variance
+    predict_s = time.perf_counter() - start
+
+    return {
+        "train_s": train_s,
+        "predict_s": predict_s,
+        "iterations": ITERATIONS,
+        "losses": losses,
+        "mean": mean,
+        "var": var,
+        "noise": float(likelihood.noise.item()),
+        "diagnostics": {"grid": status["grid"]},
+    }
+
+
+RUNNERS: dict[str, Callable[[Data, torch.dtype, dict], dict]] = {
+    "ours": run_ours,
+    "gpytorch": run_gpytorch,
+}
+
+
+# ----------------------------------------------------------------------------- child
+
+
+def score(raw: dict, y_test: torch.Tensor) -> dict:
+    """RMSE and NLPD of the noisy test targets, NaN flags, in float64."""
+    mean, var = raw["mean"].double().cpu(), raw["var"].double().cpu()
+    total_var = var + raw["noise"]
+    rmse = float(torch.sqrt(torch.mean((mean - y_test) ** 2)))
+    nlpd = float(
+        torch.mean(
+            0.5 * torch.log(2 * math.pi * total_var) + (y_test - mean) ** 2 / (2 * total_var)
+        )
+    )
+    nan_seen = (
+        any(math.isnan(v) for v in raw["losses"])
+        or bool(torch.isnan(mean).any())
+        or bool(torch.isnan(var).any())
+    )
+    return {"rmse": rmse, "nlpd": nlpd, "nan": nan_seen, "negative_var": int((var < 0).sum())}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def is_numerical(caught: warnings.WarningMessage) -> bool:
+    """Numerical warnings are worth reporting; deprecations and the like are not."""
+    return "Numerical" in caught.category.__name__ or issubclass(caught.category, RuntimeWarning)
+
+
+def describe_warning(caught: warnings.WarningMessage) -> str:
+    return f"{caught.category.__name__}: {str(caught.message).splitlines()[0][:140]}"
+
+
+def is_oom(error: BaseException) -> bool:
+    if isinstance(error, MemoryError | torch.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+
+
+def child(case: str, lib: str, dtype_name: str, scale: float, mem_limit_gb: float) -> dict:
+    """One run, inside its own process: returns the row that the parent prints."""
+    if mem_limit_gb > 0:
+        limit = int(mem_limit_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.manual_seed(SEED)
+
+    data = MAKERS[case](scale)
+    row: dict = {"case": case, "lib": lib, "dtype": dtype_name, "shape": data.shape}
+    row["rss_before_mb"] = peak_rss_mb()
+    status: dict = {"stage": "setup"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            raw = RUNNERS[lib](data, getattr(torch, dtype_name), status)
+        except Exception as error:  # reported in the table, not raised
+            row["status"] = "OOM" if is_oom(error) else "error"
+            row["message"] = f"during {status['stage']}: {first_line(error)}"
+            raw = None
+    row["peak_rss_mb"] = peak_rss_mb()
+    row["warnings"] = sorted({describe_warning(w) for w in caught if is_numerical(w)})
+    row["grid"] = status.get("grid")
+    if raw is not None:
+        row["status"] = "ok"
+        row.update({k: raw[k] for k in ("train_s", "predict_s", "iterations", "noise")})
+        row["diagnostics"] = raw["diagnostics"]
+        row.update(score(raw, data.y_test))
+    return row
+
+
+def child_main(spec: str, scale: float, mem_limit_gb: float) -> None:
+    case, lib, dtype_name = spec.split(":")
+    row = child(case, lib, dtype_name, scale, mem_limit_gb)
+    print(RESULT_TAG + json.dumps(row, default=jsonable), flush=True)
+
+
+def jsonable(value: object) -> object:
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    return str(value)
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+def spawn(case: str, lib: str, dtype_name: str, args: argparse.Namespace) -> dict:
+    """Run one (case, lib, dtype) in a child process and return its row."""
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        f"{case}:{lib}:{dtype_name}",
+        "--scale",
+        str(args.scale),
+        "--mem-limit-gb",
+        str(args.mem_limit_gb),
+    ]
+    base = {"case": case, "lib": lib, "dtype": dtype_name}
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return base | {"status": "timeout", "message": f"killed after {args.timeout:g} s"}
+    for line in reversed(done.stdout.splitlines()):
+        if line.startswith(RESULT_TAG):
+            return json.loads(line.removeprefix(RESULT_TAG))
+    tail = (done.stderr.strip().splitlines() or ["(no stderr)"])[-1]
+    return base | {"status": "crashed", "message": f"exit code {done.returncode}: {tail}"}
+
+
+def fmt(value: float | None, spec: str, width: int) -> str:
+    if value is None:
+        return f"{'-':>{width}}"
+    return f"{value:>{width}{spec}}"
+
+
+def print_table(rows: list[dict]) -> None:
+    print(
+        f"\n{'case':5}{'lib':10}{'dtype':9}{'status':>7}{'iters':>6}{'train s':>9}"
+        f"{'predict s':>10}{'peak MB':>9}{'RMSE':>9}{'NLPD':>9}{'noise':>10}{'NaN':>5}"
+    )
+    for r in rows:
+        ok = r["status"] == "ok"
+        print(
+            f"{r['case']:5}{r['lib']:10}{r['dtype']:9}{r['status']:>7}"
+            f"{fmt(r.get('iterations'), 'd', 6)}{fmt(r.get('train_s'), '.2f', 9)}"
+            f"{fmt(r.get('predict_s'), '.2f', 10)}{fmt(r.get('peak_rss_mb'), '.0f', 9)}"
+            f"{fmt(r.get('rmse'), '.4f', 9)}{fmt(r.get('nlpd'), '.3f', 9)}"
+            f"{fmt(r.get('noise'), '.3e', 10)}{('yes' if r['nan'] else 'no') if ok else '-':>5}"
+        )
+
+
+def print_notes(rows: list[dict]) -> None:
+    print("\nNotes")
+    shapes = {r["case"]: r["shape"] for r in rows if "shape" in r}
+    for case, shape in shapes.items():
+        print(f"  {case}: {shape}")
+    for r in rows:
+        label = f"  {r['case']} {r['lib']} {r['dtype']}:"
+        if "rss_before_mb" in r:
+            print(f"{label} peak RSS {r['rss_before_mb']:.0f} MB before the model was built")
+        if r.get("message"):
+            print(f"{label} {r['status']} {r['message']}")
+        if r.get("grid"):
+            print(f"{label} GPyTorch inducing grid {r['grid']}")
+        if r["lib"] == "ours" and r["status"] == "ok":
+            print(f"{label} diagnostics {json.dumps(r['diagnostics'], default=str)}")
+        if r.get("negative_var"):
+            print(f"{label} {r['negative_var']} negative predictive variances")
+        for message in r.get("warnings", [])[:3]:
+            print(f"{label} warning: {message}")
+
+
+def best_gpytorch(rows: list[dict]) -> dict | None:
+    """GPyTorch's run with the lowest RMSE among those without NaN."""
+    runs = [
+        r
+        for r in rows
+        if r["lib"] == "gpytorch"
+        and r["status"] == "ok"
+        and not r["nan"]
+        and math.isfinite(r["rmse"])
+    ]
+    return min(runs, key=lambda r: r["rmse"]) if runs else None
+
+
+def print_ratios(rows: list[dict], cases: list[str]) -> None:
+    print("\nRatios ours / GPyTorch's best run (lowest RMSE without NaN) per case")
+    for case in cases:
+        in_case = [r for r in rows if r["case"] == case]
+        best = best_gpytorch(in_case)
+        ours = [r for r in in_case if r["lib"] == "ours" and r["status"] == "ok"]
+        if best is None:
+            why = ", ".join(
+                f"{r['dtype']} {r['status']}" for r in in_case if r["lib"] == "gpytorch"
+            )
+            print(f"  {case}: no usable GPyTorch run ({why or 'not run'})")
+            continue
+        if not ours:
+            print(f"  {case}: no successful run of ours (GPyTorch best: {best['dtype']})")
+            continue
+        best_wall = best["train_s"] + best["predict_s"]
+        for r in ours:
+            wall = (r["train_s"] + r["predict_s"]) / best_wall
+            rss = r["peak_rss_mb"] / best["peak_rss_mb"]
+            print(
+                f"  {case}: ours {r['dtype']} / gpytorch {best['dtype']}: "
+                f"train+predict {wall:.3f}x, peak RSS {rss:.3f}x"
+            )
+
+
+def parse_list(text: str, allowed: tuple[str, ...]) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    unknown = [item for item in items if item not in allowed]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {','.join(allowed)}")
+    return items
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default=",".join(CASES), type=lambda s: parse_list(s, CASES))
+    parser.add_argument("--libs", default=",".join(LIBS), type=lambda s: parse_list(s, LIBS))
+    parser.add_argument("--dtypes", default=",".join(DTYPES), type=lambda s: parse_list(s, DTYPES))
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies the number of points")
+    parser.add_argument(
+        "--mem-limit-gb", type=float, default=16.0, help="RLIMIT_AS per child; 0: none"
+    )
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per child run")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.child:
+        child_main(args.child, args.scale, args.mem_limit_gb)
+        return
+    print(
+        f"KISS-GP, ours vs GPyTorch: {ITERATIONS} Adam iterations at lr {LEARNING_RATE}, "
+        f"scale {args.scale:g}, {len(os.sched_getaffinity(0))} threads, "
+        f"address space capped at {args.mem_limit_gb:g} GB per run"
+    )
+    rows = []
+    for case in args.cases:
+        for lib in args.libs:
+            for dtype_name in args.dtypes:
+                print(f"  running {case} {lib} {dtype_name} ...", end=" ", flush=True)
+                start = time.perf_counter()
+                rows.append(spawn(case, lib, dtype_name, args))
+                print(f"{rows[-1]['status']} ({time.perf_counter() - start:.1f} s)", flush=True)
+    print_table(rows)
+    print_notes(rows)
+    print_ratios(rows, args.cases)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""What every gpkernels regression model shares: data checks, standardised targets, reporting."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from gpkernels.kernels import Kernel
+from gpkernels.likelihoods import GaussianLikelihood
+
+
+@dataclass
+class FitReport:
+    """How a hyperparameter fit went and why it stopped."""
+
+    iterations: int
+    converged: bool
+    stop_reason: str
+    log_marginal_likelihood: float
+    max_jitter: float
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_training_data(x: torch.Tensor, y: torch.Tensor) -> None:
+    """Refuse shapes and values a GP cannot be trained on, saying how to fix them."""
+    if x.ndim != 2:
+        raise ValueError(f"x must have shape (n, d); got {tuple(x.shape)}: reshape with x[:, None]")
+    if y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"y must have shape ({x.shape[0]},) to match x {tuple(x.shape)}; got {tuple(y.shape)}"
+        )
+    if x.shape[0] < 2:
+        raise ValueError(f"a GP needs at least 2 observations; got {x.shape[0]}")
+    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        raise ValueError("x and y must be finite: drop NaN/inf observations (gaps) before fitting")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be float32 or float64; got {x.dtype}")
+
+
+class GPModel(nn.Module):
+    """A kernel, a Gaussian likelihood and the target standardisation.
+
+    With `normalize_y` (the default) targets are standardised to zero mean and unit
+    variance inside the model, so outputscale and noise are learned in units of the
+    data variance; `hyperparameters()` reports them in the data's units. Inputs stay
+    in physical units. The model moves to the device and dtype of its inputs.
+    """
+
+    def __init__(
+        self, kernel: Kernel, likelihood: GaussianLikelihood | None = None, normalize_y: bool = True
+    ) -> None:
+        super().__init__()
+        self.kernel = kernel
+        self.likelihood = likelihood if likelihood is not None else GaussianLikelihood()
+        self.normalize_y = normalize_y
+        self.y_mean = 0.0
+        self.y_scale = 1.0
+
+    def _standardise(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        check_training_data(x, y)
+        self.to(device=x.device, dtype=x.dtype)
+        y = y.to(dtype=x.dtype, device=x.device)
+        if self.normalize_y:
+            self.y_mean = float(y.mean())
+            self.y_scale = float(y.std()) if float(y.std()) > 0 else 1.0
+        else:
+            self.y_mean, self.y_scale = 0.0, 1.0
+        return (y - self.y_mean) / self.y_scale
+
+    def hyperparameters(self) -> dict:
+        """Learned hyperparameters in the data's units (outputscale and noise are variances)."""
+        kernel = self.kernel.describe()
+        if kernel.get("kind") == "scale":
+            kernel["outputscale"] *= self.y_scale**2
+        return {
+            "kernel": kernel,
+            "noise": float(self.likelihood.noise.detach()) * self.y_scale**2,
+            "mean": self.y_mean,
+        }

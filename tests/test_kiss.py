@@ -1,0 +1,204 @@
+"""KissGP against dense float64 ExactGP (the oracle) on the same data and hyperparameters."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gpkernels import (
+    RBF,
+    ExactGP,
+    GaussianLikelihood,
+    KissGP,
+    Matern,
+    NumericalWarning,
+    Product,
+    Scale,
+    separable,
+)
+from gpkernels.kernels import Periodic, Wrapped
+from gpkernels.structured import toeplitz
+from tests.conftest import DEVICES
+
+SHAPE = (30, 40)
+SPACING = (0.5, 0.5)
+
+
+def grid_data(seed: int = 0, keep: float = 0.7):
+    gen = torch.Generator().manual_seed(seed)
+    axes = [torch.arange(n, dtype=torch.float64) * h for n, h in zip(SHAPE, SPACING, strict=True)]
+    cells = torch.cartesian_prod(*axes)
+    field = torch.sin(cells[:, 0] / 2) + torch.cos(cells[:, 1] / 3)
+    y = field + 0.1 * torch.randn(len(field), generator=gen, dtype=torch.float64)
+    kept = torch.rand(len(field), generator=gen) < keep
+    return cells, cells[kept], y[kept]
+
+
+def kernel() -> Scale:
+    return Scale(Product([Matern(1.5, 2.0, dims=[0]), Matern(1.5, 3.0, dims=[1])]), 1.3)
+
+
+def pair(**kiss_options):
+    exact = ExactGP(kernel(), GaussianLikelihood(0.05))
+    kiss = KissGP(kernel(), GaussianLikelihood(0.05), **kiss_options)
+    return exact, kiss
+
+
+def lml_and_grad(model, x, y):
+    lml = model.log_marginal_likelihood(x, y)
+    return lml.detach(), torch.autograd.grad(lml, list(model.parameters()))
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def test_on_grid_likelihood_and_gradient_match_dense() -> None:
+    _, x, y = grid_data()
+    exact, kiss = pair()
+    lml_e, grad_e = lml_and_grad(exact, x, y)
+    lml_k, grad_k = lml_and_grad(kiss, x, y)
+    assert float(lml_k) == pytest.approx(float(lml_e), rel=1e-3)
+    for a, b in zip(grad_k, grad_e, strict=True):
+        assert relative(a, b) < 1e-2
+    assert kiss.diagnostics["path"].startswith("on-grid")
+    assert kiss.diagnostics["cg_converged"] is True
+    assert kiss.diagnostics["cg_relative_residual"] < 1e-5
+
+
+def test_stochastic_gap_logdet_error_shrinks_with_probes() -> None:
+    _, x, y = grid_data()
+    exact, _ = pair()
+    lml_e, grad_e = lml_and_grad(exact, x, y)
+    errors = {}
+    for probes in (4, 256):
+        errs = []
+        for seed in range(3):
+            kiss = KissGP(kernel(), GaussianLikelihood(0.05), num_probes=probes, exact_gap_limit=0,
+                          seed=seed)
+            lml_k, grad_k = lml_and_grad(kiss, x, y)
+            errs.append(abs(float(lml_k - lml_e)))
+            if probes == 256:
+                for a, b in zip(grad_k, grad_e, strict=True):
+                    assert relative(a, b) < 1e-2
+        errors[probes] = sum(errs) / len(errs)
+        assert "Lanczos quadrature" in kiss.diagnostics["log_det_gaps"]
+    assert errors[256] < errors[4] / 2
+    assert errors[256] / abs(float(lml_e)) < 2e-2
+
+
+def test_on_grid_predictions_match_dense() -> None:
+    cells, x, y = grid_data()
+    exact, kiss = pair()
+    mean_e, var_e = exact.condition(x, y).predict(cells)
+    mean_k, var_k = kiss.condition(x, y).predict(cells)
+    assert relative(mean_k, mean_e) < 1e-5
+    assert float(((var_k - var_e).abs() / var_e).max()) < 1e-3
+    assert bool((var_k >= var_e * (1 - 1e-6)).all())  # local kriging never understates
+    full = KissGP(kernel(), GaussianLikelihood(0.05), neighbours=len(y)).condition(x, y)
+    _, var_full = full.predict(cells)
+    assert float(((var_full - var_e).abs() / var_e).max()) < 1e-6
+
+
+def test_complete_grid_variances_are_exact() -> None:
+    cells, _, _ = grid_data()
+    y = torch.sin(cells[:, 0]) * torch.cos(cells[:, 1] / 2)
+    exact, kiss = pair()
+    mean_e, var_e = exact.condition(cells, y).predict(cells)
+    mean_k, var_k = kiss.condition(cells, y).predict(cells)
+    assert relative(mean_k, mean_e) < 1e-5
+    assert relative(var_k, var_e) < 1e-8
+    assert "exact" in kiss.diagnostics["variance"]
+
+
+def test_interpolated_means_within_one_percent_of_exact() -> None:
+    gen = torch.Generator().manual_seed(4)
+    x = torch.rand(1500, 2, generator=gen, dtype=torch.float64) * 10
+    y = torch.sin(x[:, 0]) * torch.cos(x[:, 1] / 2) + 0.1 * torch.randn(1500, generator=gen,
+                                                                        dtype=torch.float64)
+    lengthscale = 2.0
+    cells = round(11 / (lengthscale / 4)) + 5  # spacing a quarter of the lengthscale
+    make = lambda: Scale(Product([RBF(lengthscale, dims=[0]), RBF(lengthscale, dims=[1])]))  # noqa: E731
+    exact = ExactGP(make(), GaussianLikelihood(0.01)).condition(x, y)
+    kiss = KissGP(make(), GaussianLikelihood(0.01), grid_shape=(cells, cells)).condition(x, y)
+    x_test = torch.rand(400, 2, generator=gen, dtype=torch.float64) * 10
+    mean_e, var_e = exact.predict(x_test)
+    mean_k, var_k = kiss.predict(x_test)
+    rms = torch.sqrt(torch.mean((mean_k - mean_e) ** 2)) / torch.sqrt(torch.mean(mean_e**2))
+    assert float(rms) < 0.01
+    assert bool((var_k >= 0).all())
+    assert kiss.diagnostics["path"].startswith("interpolated")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fit_on_grid_reaches_the_exact_optimum(device: str) -> None:
+    _, x, y = grid_data(seed=2)
+    exact = ExactGP(separable(["matern32", "matern32"]))
+    exact.fit(x, y)
+    kiss = KissGP(separable(["matern32", "matern32"]))
+    report = kiss.fit(x.to(device), y.to(device), max_iter=50)
+    assert report.iterations > 0
+    reference = ExactGP(separable(["matern32", "matern32"]), normalize_y=True)
+    reference.load_state_dict({k: v.cpu() for k, v in kiss.state_dict().items()})
+    at_kiss = float(reference.log_marginal_likelihood(x, y))
+    at_exact = float(exact.log_marginal_likelihood(x, y))
+    assert at_kiss >= at_exact - 1e-3 * abs(at_exact)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_float32_tracks_float64(device: str) -> None:
+    cells, x, y = grid_data()
+    results = {}
+    for dtype in (torch.float32, torch.float64):
+        kiss = KissGP(kernel(), GaussianLikelihood(0.05))
+        kiss.condition(x.to(device, dtype), y.to(device, dtype))
+        mean, var = kiss.predict(cells.to(device, dtype))
+        assert mean.dtype == dtype and mean.device.type == device
+        results[dtype] = (mean.double().cpu(), var.double().cpu())
+    assert relative(results[torch.float32][0], results[torch.float64][0]) < 2e-3
+    assert relative(results[torch.float32][1], results[torch.float64][1]) < 2e-2
+
+
+def test_unconverged_cg_is_reported_with_numbers() -> None:
+    _, x, y = grid_data()
+    kiss = KissGP(kernel(), GaussianLikelihood(0.05), max_cg_iter=2)
+    with pytest.warns(NumericalWarning, match=r"did not converge: 2 iterations, worst relative"):
+        kiss.condition(x, y)
+    assert kiss.diagnostics["cg_converged"] is False
+    assert kiss.diagnostics["cg_iterations"] == 2
+
+
+def test_non_separable_kernel_is_refused() -> None:
+    _, x, y = grid_data()
+    with pytest.raises(ValueError, match="separable"):
+        KissGP(Scale(Matern(1.5, [1.0, 1.0]))).condition(x, y)
+
+
+def test_time_kernel_sum_with_periodic_matches_dense() -> None:
+    """Matérn 3/2 + periodic along time, on a gappy daily series (1-D grid)."""
+    gen = torch.Generator().manual_seed(5)
+    t = torch.arange(400, dtype=torch.float64)[:, None]
+    y = torch.sin(2 * torch.pi * t[:, 0] / 50) + 0.2 * torch.randn(400, generator=gen,
+                                                                  dtype=torch.float64)
+    kept = torch.rand(400, generator=gen) < 0.7
+    make = lambda: Scale(Product([Matern(1.5, 20.0, dims=[0]) + Periodic(50.0, 1.0, dim=0)]))  # noqa: E731
+    exact = ExactGP(make(), GaussianLikelihood(0.05))
+    kiss = KissGP(make(), GaussianLikelihood(0.05))
+    assert float(kiss.log_marginal_likelihood(t[kept], y[kept])) == pytest.approx(
+        float(exact.log_marginal_likelihood(t[kept], y[kept])), rel=1e-6
+    )
+    mean_e, _ = exact.condition(t[kept], y[kept]).predict(t)
+    mean_k, _ = kiss.condition(t[kept], y[kept]).predict(t)
+    assert relative(mean_k, mean_e) < 1e-5
+
+
+def test_wrapped_longitude_is_circulant_and_positive_definite() -> None:
+    lon = torch.arange(0, 360, 10.0, dtype=torch.float64)[:, None]
+    kernel = Wrapped(Matern(1.5, 60.0, dims=[0]), period=360.0)
+    with torch.no_grad():
+        k = kernel(lon, lon)
+        column = kernel(lon, lon[:1])[:, 0]
+    rolled = torch.stack([torch.roll(column, i) for i in range(len(column))], dim=1)
+    torch.testing.assert_close(k, rolled)
+    assert float(torch.linalg.eigvalsh(k).min()) > 0
+    torch.testing.assert_close(toeplitz(column), k)  # Toeplitz with a periodic column: circulant
