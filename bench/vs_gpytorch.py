@@ -163,7 +163,7 @@ def run_ours(data: Data, dtype: torch.dtype, status: dict) -> dict:
     status["stage"] = "train"
     start = time.perf_counter()
     model = KissGP(separable(["rbf"] * x.shape[1]))
-    report = model.fit(x, y, max_iter=ITERATIONS, lr=LEARNING_RATE)
+    report = model.fit(x, y, max_iter=ITERATIONS, lr=LEARNING_RATE, tol=0.0)
     train_s = time.perf_counter() - start
 
     status["stage"] = "predict"
@@ -177,6 +177,7 @@ def run_ours(data: Data, dtype: torch.dtype, status: dict) -> dict:
         "train_s": train_s,
         "predict_s": predict_s,
         "iterations": int(report.iterations),
+        "stop": str(getattr(report, "stop_reason", "")),
         "losses": losses,
         "mean": mean.detach(),
         "var": var.detach(),
@@ -238,6 +239,7 @@ def run_gpytorch(data: Data, dtype: torch.dtype, status: dict) -> dict:
         "train_s": train_s,
         "predict_s": predict_s,
         "iterations": ITERATIONS,
+        "stop": f"max_iter={ITERATIONS} reached",
         "losses": losses,
         "mean": mean,
         "var": var,
@@ -292,6 +294,13 @@ def describe_warning(caught: warnings.WarningMessage) -> str:
     return f"{caught.category.__name__}: {str(caught.message).splitlines()[0][:140]}"
 
 
+def failure_status(error: BaseException) -> str:
+    """OOM for a failed allocation, NaN for a loss that stopped being finite, else error."""
+    if is_oom(error):
+        return "OOM"
+    return "NaN" if isinstance(error, FloatingPointError) else "error"
+
+
 def is_oom(error: BaseException) -> bool:
     if isinstance(error, MemoryError | torch.OutOfMemoryError):
         return True
@@ -315,7 +324,7 @@ def child(case: str, lib: str, dtype_name: str, scale: float, mem_limit_gb: floa
         try:
             raw = RUNNERS[lib](data, getattr(torch, dtype_name), status)
         except Exception as error:  # reported in the table, not raised
-            row["status"] = "OOM" if is_oom(error) else "error"
+            row["status"] = failure_status(error)
             row["message"] = f"during {status['stage']}: {first_line(error)}"
             raw = None
     row["peak_rss_mb"] = peak_rss_mb()
@@ -323,7 +332,7 @@ def child(case: str, lib: str, dtype_name: str, scale: float, mem_limit_gb: floa
     row["grid"] = status.get("grid")
     if raw is not None:
         row["status"] = "ok"
-        row.update({k: raw[k] for k in ("train_s", "predict_s", "iterations", "noise")})
+        row.update({k: raw[k] for k in ("train_s", "predict_s", "iterations", "stop", "noise")})
         row["diagnostics"] = raw["diagnostics"]
         row.update(score(raw, data.y_test))
     return row
@@ -374,19 +383,24 @@ def fmt(value: float | None, spec: str, width: int) -> str:
     return f"{value:>{width}{spec}}"
 
 
+def nan_flag(row: dict) -> str:
+    if row["status"] == "NaN":
+        return "yes"
+    return ("yes" if row["nan"] else "no") if row["status"] == "ok" else "-"
+
+
 def print_table(rows: list[dict]) -> None:
     print(
         f"\n{'case':5}{'lib':10}{'dtype':9}{'status':>7}{'iters':>6}{'train s':>9}"
         f"{'predict s':>10}{'peak MB':>9}{'RMSE':>9}{'NLPD':>9}{'noise':>10}{'NaN':>5}"
     )
     for r in rows:
-        ok = r["status"] == "ok"
         print(
             f"{r['case']:5}{r['lib']:10}{r['dtype']:9}{r['status']:>7}"
             f"{fmt(r.get('iterations'), 'd', 6)}{fmt(r.get('train_s'), '.2f', 9)}"
             f"{fmt(r.get('predict_s'), '.2f', 10)}{fmt(r.get('peak_rss_mb'), '.0f', 9)}"
             f"{fmt(r.get('rmse'), '.4f', 9)}{fmt(r.get('nlpd'), '.3f', 9)}"
-            f"{fmt(r.get('noise'), '.3e', 10)}{('yes' if r['nan'] else 'no') if ok else '-':>5}"
+            f"{fmt(r.get('noise'), '.3e', 10)}{nan_flag(r):>5}"
         )
 
 
@@ -404,6 +418,7 @@ def print_notes(rows: list[dict]) -> None:
         if r.get("grid"):
             print(f"{label} GPyTorch inducing grid {r['grid']}")
         if r["lib"] == "ours" and r["status"] == "ok":
+            print(f"{label} stopped: {r['stop']}")
             print(f"{label} diagnostics {json.dumps(r['diagnostics'], default=str)}")
         if r.get("negative_var"):
             print(f"{label} {r['negative_var']} negative predictive variances")
@@ -445,7 +460,7 @@ def print_ratios(rows: list[dict], cases: list[str]) -> None:
             rss = r["peak_rss_mb"] / best["peak_rss_mb"]
             print(
                 f"  {case}: ours {r['dtype']} / gpytorch {best['dtype']}: "
-                f"train+predict {wall:.3f}x, peak RSS {rss:.3f}x"
+                f"train+predict {wall:.3g}x, peak RSS {rss:.3g}x"
             )
 
 

@@ -15,6 +15,7 @@ from gpkernels.kernels import (
 from gpkernels.kiss import KissGP
 from gpkernels.likelihoods import GaussianLikelihood
 from gpkernels.linalg import NumericalWarning, robust_cholesky
+from gpkernels.ongrid import Lattice
 from gpkernels.sampling import sample_separable_grid
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "FitReport",
     "GaussianLikelihood",
     "KissGP",
+    "Lattice",
     "Kernel",
     "KissGP",
     "Matern",

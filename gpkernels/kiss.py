@@ -42,7 +42,9 @@ from gpkernels.solvers import rademacher
 from gpkernels.structured import toeplitz
 
 LOG_2PI = math.log(2.0 * math.pi)
-INIT_POINTS = 1000
+# Default noise floor, in units of the data variance: iterative solves slow down as
+# noise / variance shrinks, and real data are never noise-free to 1e-4.
+NOISE_FLOOR = 1e-4
 
 
 def interpolation_lattice(x: torch.Tensor, cells_per_axis: Sequence[int]) -> Lattice:
@@ -57,6 +59,25 @@ def interpolation_lattice(x: torch.Tensor, cells_per_axis: Sequence[int]) -> Lat
         starts.append(lo - 2 * h)
         spacings.append(h)
     return Lattice(tuple(starts), tuple(spacings), tuple(cells_per_axis))
+
+
+def subsample_for_init(x: torch.Tensor, points: int, seed: int) -> torch.Tensor:
+    """`points` row indices: half at random, half the nearest neighbours of a random row.
+
+    Distances are in units of each column's typical spacing, range / n^(1/d).
+    """
+    n, d = x.shape
+    if n <= points:
+        return torch.arange(n, device=x.device)
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=gen).to(x.device)
+    spread = order[: points // 2]
+    spacing = (x.max(0).values - x.min(0).values).clamp_min(1e-12) / n ** (1.0 / d)
+    centre = x[order[-1]]
+    dist = (((x - centre) / spacing) ** 2).sum(1)
+    dist[spread] = float("inf")
+    cluster = torch.topk(dist, points - spread.numel(), largest=False).indices
+    return torch.cat([spread, cluster])
 
 
 class KissGP(GPModel):
@@ -74,6 +95,7 @@ class KissGP(GPModel):
         likelihood: GaussianLikelihood | None = None,
         normalize_y: bool = True,
         grid_shape: Sequence[int] | None = None,
+        lattice: Lattice | None = None,
         num_probes: int = 16,
         lanczos_steps: int = 30,
         cg_tol: float | None = None,
@@ -83,8 +105,11 @@ class KissGP(GPModel):
         neighbours: int = 256,
         seed: int = 0,
     ) -> None:
+        if likelihood is None:
+            likelihood = GaussianLikelihood(floor=NOISE_FLOOR)
         super().__init__(kernel, likelihood, normalize_y)
         self.grid_shape = tuple(grid_shape) if grid_shape is not None else None
+        self.lattice = lattice
         self.num_probes = num_probes
         self.lanczos_steps = lanczos_steps
         self.cg_tol = cg_tol
@@ -109,7 +134,10 @@ class KissGP(GPModel):
         """Standardise y, pick the path, and precompute what does not depend on hyperparameters."""
         z = self._standardise(x, y)
         axis_factors(self.kernel, x.shape[1])  # refuse non-separable kernels early
-        lattice = detect_lattice(x) if self.grid_shape is None else None
+        if self.lattice is not None and self.lattice.cell_index(x) is not None:
+            lattice = self.lattice
+        else:
+            lattice = detect_lattice(x) if self.grid_shape is None else None
         gen = torch.Generator().manual_seed(self.seed)
         if lattice is not None:
             observed = lattice.cell_index(x)
@@ -118,7 +146,7 @@ class KissGP(GPModel):
             self.diagnostics = {
                 "path": "on-grid (exact kernel, S K S^T)",
                 "grid_shape": list(lattice.shape),
-                "preconditioner": "full-grid Kronecker eigendecomposition",
+                "preconditioner": "gap complement of the full-grid Kronecker inverse",
                 "jitter": 0.0,
             }
             n_missing = lattice.size - observed.numel()
@@ -208,20 +236,21 @@ class KissGP(GPModel):
         lr: float = 0.1,
         tol: float = 1e-4,
         init_from_data: bool = True,
+        init_points: int = 1000,
     ) -> FitReport:
         """Learn hyperparameters by Adam on the marginal likelihood, then condition on (x, y).
 
-        Starts from an exact GP fitted (L-BFGS) to at most 1,000 of the points, so
+        Starts from an exact GP fitted (L-BFGS) to at most `init_points` points, so
         Adam refines sensible values instead of walking from defaults. Stops after
         `max_iter` steps, or once the loss changed by less than `tol` (relative) over
         five steps in a row.
         """
         start = time.perf_counter()
         if init_from_data:
-            self._init_from_subsample(x, y)
+            self._init_from_subsample(x, y, init_points)
         data = self._prepare(x, y)
         optimizer = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=lr)
-        previous, calm, iterations = None, 0, 0
+        previous, calm, iterations, value = None, 0, 0, float("nan")
         reason = f"max_iter={max_iter} reached"
         for iterations in range(1, max_iter + 1):  # noqa: B007
             optimizer.zero_grad()
@@ -252,12 +281,16 @@ class KissGP(GPModel):
             time.perf_counter() - start,
         )
 
-    def _init_from_subsample(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Hyperparameters of an exact GP (sharing this model's modules) on <= 1,000 points."""
+    def _init_from_subsample(self, x: torch.Tensor, y: torch.Tensor, points: int) -> None:
+        """Hyperparameters of an exact GP (sharing this model's modules) on a subsample.
+
+        Half the subsample is spread at random over the data (long-range structure),
+        half is one compact cluster of nearest neighbours (short range and the noise,
+        which sparse random points cannot tell apart).
+        """
         if not stationary_factors(self.kernel):
             return
-        gen = torch.Generator().manual_seed(self.seed)
-        idx = torch.randperm(x.shape[0], generator=gen)[:INIT_POINTS].to(x.device)
+        idx = subsample_for_init(x, points, self.seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NumericalWarning)
             ExactGP(self.kernel, self.likelihood, self.normalize_y).fit(x[idx], y[idx], max_iter=50)
@@ -282,24 +315,25 @@ class KissGP(GPModel):
         op = problem.operator(self._columns(problem.lattice, z.dtype, z.device), scale, noise)
         eig = op.grid.eig()
         inverse = 1.0 / (scale * eig.eigenvalues() + noise)
-        alpha = problem.solve_mean(op, eig, inverse).solution
-        mean_grid = op.grid.matmul(op.embed(alpha))[:, 0]
+        alpha = problem.solve_mean(op, eig, inverse)
+        mean_grid = op.grid.matmul(op.embed(alpha[:, None]))[:, 0]
+        cache = {"path": "grid", "lattice": problem.lattice, "mean": mean_grid}
         if problem.missing.numel() == 0:
-            var_grid = complete_grid_variances(eig, scale, noise)
+            cache["var"] = complete_grid_variances(eig, scale, noise)
             self.diagnostics["variance"] = "exact (complete grid, Kronecker eigendecomposition)"
         else:
             mask = torch.zeros(problem.lattice.size, dtype=torch.bool, device=z.device)
             mask[problem.observed] = True
-            var_grid = local_variances(
-                op.grid.factors,
-                scale,
-                noise,
-                mask.reshape(problem.lattice.shape),
-                self._lengthscale_cells(problem.lattice),
-                self.neighbours,
-            ).to(z.dtype)
+            cache["local"] = {
+                "factors": op.grid.factors,
+                "outputscale": scale.detach(),
+                "noise": noise.detach(),
+                "observed": mask.reshape(problem.lattice.shape),
+                "lengthscale_cells": self._lengthscale_cells(problem.lattice),
+                "neighbours": self.neighbours,
+            }
             self.diagnostics["variance"] = f"local kriging, {self.neighbours} nearest observations"
-        return {"path": "grid", "lattice": problem.lattice, "mean": mean_grid, "var": var_grid}
+        return cache
 
     def _lengthscale_cells(self, lattice: Lattice) -> list[float]:
         """Each axis's correlation length in cells (for neighbourhood shapes)."""
@@ -352,12 +386,15 @@ class KissGP(GPModel):
         cache = self._cache
         if cache["path"] == "grid":
             cells = lattice.cell_index(xb)
-            if cells is not None:
+            if cells is None:
+                raise ValueError(
+                    "a model fitted on gridded data predicts on cells of its grid "
+                    f"{lattice}; some points are off it"
+                )
+            if "var" in cache:
                 return cache["mean"][cells], cache["var"][cells]
-            interp = Interpolation.build(xb, lattice.starts, lattice.spacings, lattice.shape)
-            grid_values = torch.stack([cache["mean"], cache["var"]], dim=1)
-            out = interp.matmul(grid_values.to(interp.weight.dtype))
-            return out[:, 0], out[:, 1]
+            var = local_variances(**cache["local"], targets=cells)[cells]
+            return cache["mean"][cells], var
         interp = Interpolation.build(xb, lattice.starts, lattice.spacings, lattice.shape)
         weight = interp.weight.double()
         mean = (cache["mean_u"][interp.index] * weight).sum(1)

@@ -11,11 +11,11 @@ NOISE_FLOOR = 1e-6
 
 
 class GaussianLikelihood(nn.Module):
-    """y = f + e, e ~ N(0, noise): one homoscedastic noise variance."""
+    """y = f + e, e ~ N(0, noise): one homoscedastic noise variance, kept above `floor`."""
 
-    def __init__(self, noise: float = 0.1) -> None:
+    def __init__(self, noise: float = 0.1, floor: float = NOISE_FLOOR) -> None:
         super().__init__()
-        self.noise_param = PositiveParameter(noise, floor=NOISE_FLOOR)
+        self.noise_param = PositiveParameter(noise, floor=floor)
 
     @property
     def noise(self) -> torch.Tensor:

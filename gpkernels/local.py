@@ -19,11 +19,12 @@ BATCH_BLOCKS = 64
 
 
 def _block_shape(shape: Sequence[int], lengthscale_cells: Sequence[float]) -> tuple[int, ...]:
-    """Small blocks: 4 cells along the two axes with the longest lengthscales (in cells), else 1."""
+    """Cells that share one neighbourhood: 4 along the two axes with the longest lengthscales
+    (in cells), 2 along a third, 1 beyond."""
     order = sorted(range(len(shape)), key=lambda i: -lengthscale_cells[i])
     block = [1] * len(shape)
-    for axis in order[:2]:
-        block[axis] = min(BLOCK_EDGE, shape[axis])
+    for rank, axis in enumerate(order[:3]):
+        block[axis] = min(BLOCK_EDGE if rank < 2 else 2, shape[axis])
     return tuple(block)
 
 
@@ -49,13 +50,14 @@ def local_variances(
     observed: torch.Tensor,
     lengthscale_cells: Sequence[float],
     neighbours: int = 256,
+    targets: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Latent posterior variance of every grid cell, flattened in C order.
+    """Latent posterior variance of grid cells, flattened in C order (NaN where not asked).
 
     `factors` are the dense per-axis kernel matrices (unit outputscale), `observed` a
     boolean grid of observed cells, `lengthscale_cells` each axis's lengthscale in
     cells (it shapes the neighbourhoods), `neighbours` how many observations each
-    block of cells conditions on.
+    block of cells conditions on, `targets` the flat indices of the cells wanted (all when None).
     """
     device = observed.device
     shape = tuple(observed.shape)
@@ -73,14 +75,18 @@ def local_variances(
         -1, len(shape)
     )
     dims = torch.tensor(shape, device=device)
+    block_t = torch.tensor(block, device=device)
     scales = torch.tensor(
         [max(e, 1e-6) for e in lengthscale_cells], device=device, dtype=torch.float64
     )
-    block_t = torch.tensor(block, device=device)
-    starts = torch.tensor(
-        list(itertools.product(*[range(0, n, b) for n, b in zip(shape, block, strict=True)])),
-        device=device,
-    ).reshape(-1, len(shape))
+    if targets is None:
+        starts = torch.tensor(
+            list(itertools.product(*[range(0, n, b) for n, b in zip(shape, block, strict=True)])),
+            device=device,
+        ).reshape(-1, len(shape))
+    else:
+        coords = torch.stack(torch.unravel_index(targets, shape), dim=1)
+        starts = torch.unique(coords // block_t, dim=0) * block_t
     out = torch.full(shape, float("nan"), dtype=torch.float64, device=device)
     for batch in torch.split(starts, BATCH_BLOCKS):
         cand = batch[:, None, :] + offsets[None]  # (B, W, d)
@@ -94,15 +100,15 @@ def local_variances(
         dist, pick = torch.topk(dist, neighbours, dim=1, largest=False)
         near = torch.gather(clipped, 1, pick[..., None].expand(-1, -1, len(shape)))  # (B, k, d)
         usable = torch.isfinite(dist)
-        targets = batch[:, None, :] + inner[None]  # (B, T, d)
-        in_grid = (targets < dims).all(-1)
-        targets = torch.minimum(targets, dims - 1)
+        cells = batch[:, None, :] + inner[None]  # (B, T, d)
+        in_grid = (cells < dims).all(-1)
+        cells = torch.minimum(cells, dims - 1)
         k_nn = torch.full((), scale, dtype=torch.float64, device=device)
         k_tn = torch.full((), scale, dtype=torch.float64, device=device)
         for axis, factor in enumerate(factors):
             a = near[..., axis]
             k_nn = k_nn * factor[a[:, :, None], a[:, None, :]]
-            k_tn = k_tn * factor[targets[..., axis][:, :, None], a[:, None, :]]
+            k_tn = k_tn * factor[cells[..., axis][:, :, None], a[:, None, :]]
         pair = usable[:, :, None] & usable[:, None, :]
         eye = torch.eye(neighbours, dtype=torch.float64, device=device)
         k_nn = (
@@ -115,6 +121,6 @@ def local_variances(
         v = torch.linalg.solve_triangular(chol, k_tn.transpose(1, 2), upper=False)
         var = (prior - (v * v).sum(1)).clamp_min(0.0)  # (B, T)
         keep = in_grid.reshape(-1)
-        flat_targets = targets.reshape(-1, len(shape))[keep]
+        flat_targets = cells.reshape(-1, len(shape))[keep]
         out[tuple(flat_targets.unbind(-1))] = var.reshape(-1)[keep]
     return out.reshape(-1)

@@ -90,6 +90,12 @@ class KroneckerEig:
             values.append(lam.clamp_min(0.0).to(factor.dtype))
         return cls(vectors, values, tuple(f.shape[0] for f in factors))
 
+    def to(self, dtype: torch.dtype) -> KroneckerEig:
+        """The same decomposition in another dtype."""
+        return KroneckerEig(
+            [q.to(dtype) for q in self.vectors], [v.to(dtype) for v in self.values], self.shape
+        )
+
     def eigenvalues(self) -> torch.Tensor:
         """All prod(shape) eigenvalues of the Kronecker product, in grid (C) order."""
         out = self.values[0]

@@ -38,13 +38,23 @@ class TargetSpec(Strict):
 
 
 class ModelSpec(Strict):
-    type: Literal["exact"] = Field("exact", description="GP model solved per tile")
+    type: Literal["kiss", "exact"] = Field(
+        "kiss", description="kiss: exact structured solve over every observed cell; exact: dense"
+    )
     kernel: dict[str, KernelName] = Field(description="one kernel per dim, e.g. {time: matern32}")
     fit_points: int = Field(
         400, ge=10, le=5000, description="observations used to learn hyperparameters"
     )
-    max_points: int = Field(2000, ge=10, le=20000, description="observations a tile conditions on")
+    max_points: int = Field(
+        2000, ge=10, le=20000, description="exact only: observations a tile conditions on"
+    )
     max_iter: int = Field(100, ge=1, description="L-BFGS iterations at most")
+    refine_iter: int = Field(
+        0, ge=0, description="kiss only: Adam steps on the whole window after the subsample fit"
+    )
+    neighbours: int = Field(
+        128, ge=16, le=4096, description="kiss only: observations each variance conditions on"
+    )
     dtype: Literal["float32", "float64"] = "float64"
 
 
@@ -106,6 +116,9 @@ class JobSpec(Strict):
             halo=tuple(self.tiling.halo[d] for d in dims),
             model=ModelConfig(
                 kernels=tuple(self.model.kernel[d] for d in dims),
+                type=self.model.type,
+                refine_iter=self.model.refine_iter,
+                neighbours=self.model.neighbours,
                 fit_points=self.model.fit_points,
                 max_points=self.model.max_points,
                 max_iter=self.model.max_iter,

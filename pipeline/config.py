@@ -7,12 +7,21 @@ from dataclasses import asdict, dataclass
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The per-tile GP: one kernel name per grid dim and how many points it may use."""
+    """The per-tile GP: its type, one kernel name per grid dim, and its budgets.
+
+    kiss: hyperparameters from an exact GP on `fit_points` observations (L-BFGS,
+    `max_iter`), refined by `refine_iter` Adam steps on the whole window, then an
+    exact on-grid solve over every observed cell; variances by local kriging on
+    `neighbours` observations. exact: dense GP on at most `max_points` observations.
+    """
 
     kernels: tuple[str, ...]
+    type: str = "kiss"
     fit_points: int = 400
     max_points: int = 2000
     max_iter: int = 100
+    refine_iter: int = 0
+    neighbours: int = 128
     dtype: str = "float64"
 
 

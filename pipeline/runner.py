@@ -66,7 +66,7 @@ def run_pipeline(config: PipelineConfig, progress: bool = True) -> RunSummary:
         "source": f"gpgrid {__version__}",
         "gpgrid_version": __version__,
         "gpgrid_spec": config.spec_text,
-        "gpgrid_model": f"ExactGP per tile, kernels {kernels}",
+        "gpgrid_model": f"{config.model.type} GP per tile, kernels {kernels}",
     }
     create_output_store(
         config.output_path, ds, config.variables, config.dims, config.tile, attrs, config.overwrite

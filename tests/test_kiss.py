@@ -74,8 +74,9 @@ def test_stochastic_gap_logdet_error_shrinks_with_probes() -> None:
     for probes in (4, 256):
         errs = []
         for seed in range(3):
-            kiss = KissGP(kernel(), GaussianLikelihood(0.05), num_probes=probes, exact_gap_limit=0,
-                          seed=seed)
+            kiss = KissGP(
+                kernel(), GaussianLikelihood(0.05), num_probes=probes, exact_gap_limit=0, seed=seed
+            )
             lml_k, grad_k = lml_and_grad(kiss, x, y)
             errs.append(abs(float(lml_k - lml_e)))
             if probes == 256:
@@ -114,8 +115,9 @@ def test_complete_grid_variances_are_exact() -> None:
 def test_interpolated_means_within_one_percent_of_exact() -> None:
     gen = torch.Generator().manual_seed(4)
     x = torch.rand(1500, 2, generator=gen, dtype=torch.float64) * 10
-    y = torch.sin(x[:, 0]) * torch.cos(x[:, 1] / 2) + 0.1 * torch.randn(1500, generator=gen,
-                                                                        dtype=torch.float64)
+    y = torch.sin(x[:, 0]) * torch.cos(x[:, 1] / 2) + 0.1 * torch.randn(
+        1500, generator=gen, dtype=torch.float64
+    )
     lengthscale = 2.0
     cells = round(11 / (lengthscale / 4)) + 5  # spacing a quarter of the lengthscale
     make = lambda: Scale(Product([RBF(lengthscale, dims=[0]), RBF(lengthscale, dims=[1])]))  # noqa: E731
@@ -178,8 +180,9 @@ def test_time_kernel_sum_with_periodic_matches_dense() -> None:
     """Matérn 3/2 + periodic along time, on a gappy daily series (1-D grid)."""
     gen = torch.Generator().manual_seed(5)
     t = torch.arange(400, dtype=torch.float64)[:, None]
-    y = torch.sin(2 * torch.pi * t[:, 0] / 50) + 0.2 * torch.randn(400, generator=gen,
-                                                                  dtype=torch.float64)
+    y = torch.sin(2 * torch.pi * t[:, 0] / 50) + 0.2 * torch.randn(
+        400, generator=gen, dtype=torch.float64
+    )
     kept = torch.rand(400, generator=gen) < 0.7
     make = lambda: Scale(Product([Matern(1.5, 20.0, dims=[0]) + Periodic(50.0, 1.0, dim=0)]))  # noqa: E731
     exact = ExactGP(make(), GaussianLikelihood(0.05))

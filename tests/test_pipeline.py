@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 import xarray as xr
 
-from gpkernels import ExactGP, separable
+from gpkernels import ExactGP, KissGP, separable
 from pipeline.config import ModelConfig, PipelineConfig
 from pipeline.inputs import coordinate_values
 from pipeline.runner import run_pipeline
 from pipeline.scores import score_gap_cells
 from pipeline.synthetic import DIMS, SyntheticGrid, write_synthetic
-from pipeline.tasks import predict_tile
+from pipeline.tasks import KISS_CG_TOL, predict_tile
 from pipeline.tiling import plan_tiles
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -68,7 +69,8 @@ def test_end_to_end_writes_cf_mean_and_std_for_every_cell(source, tmp_path) -> N
     tiles = json.loads(result.attrs["gpgrid_tiles"])
     assert [t["tile"] for t in tiles] == list(range(8))
     fit = tiles[0]["variables"]["tas"]
-    assert fit["status"] == "ok" and fit["fit"]["iterations"] > 0
+    assert fit["status"] == "ok" and fit["solver"]["cg_converged"] is True
+    assert fit["solver"]["path"].startswith("on-grid")
     assert fit["hyperparameters"]["noise"] > 0
 
     scores = score_gap_cells(result, ds, "tas")
@@ -76,13 +78,15 @@ def test_end_to_end_writes_cf_mean_and_std_for_every_cell(source, tmp_path) -> N
     assert 0.85 <= scores["coverage95"] <= 1.0
 
 
-def test_single_tile_equals_exact_gp_on_the_same_data(source, tmp_path) -> None:
+@pytest.mark.parametrize("model_type", ["exact", "kiss"])
+def test_single_tile_equals_the_model_run_directly(source, tmp_path, model_type) -> None:
     input_path, ds = source
     small = ds.isel(time=slice(0, 2), lat=slice(0, 12), lon=slice(0, 12))
     small_path = str(tmp_path / "small.zarr")
     small.to_zarr(small_path, zarr_format=3, consolidated=False)
     out = str(tmp_path / "out.zarr")
-    config = config_for(small_path, out, tile=(2, 12, 12), halo=(0, 0, 0))
+    model_config = replace(MODEL, type=model_type)
+    config = config_for(small_path, out, tile=(2, 12, 12), halo=(0, 0, 0), model=model_config)
     run_pipeline(config, progress=False)
 
     axes = [coordinate_values(small[d]) for d in DIMS]
@@ -90,9 +94,13 @@ def test_single_tile_equals_exact_gp_on_the_same_data(source, tmp_path) -> None:
     y = small["tas"].values.ravel()
     observed = np.isfinite(y)
     assert observed.sum() < MODEL.fit_points  # all observations used for fit and predict
-    model = ExactGP(separable(MODEL.kernels))
     tx, ty = torch.as_tensor(x[observed]), torch.as_tensor(y[observed], dtype=torch.float64)
-    model.fit(tx, ty, max_iter=MODEL.max_iter, seed=0)
+    if model_type == "exact":
+        model = ExactGP(separable(MODEL.kernels))
+        model.fit(tx, ty, max_iter=MODEL.max_iter, seed=0)
+    else:
+        model = KissGP(separable(MODEL.kernels), neighbours=MODEL.neighbours, cg_tol=KISS_CG_TOL)
+        model.fit(tx, ty, max_iter=0, init_points=MODEL.fit_points)
     mean, var = model.predict(torch.as_tensor(x))
     result = xr.open_zarr(out)
     np.testing.assert_allclose(result["tas"].values.ravel(), mean.numpy(), rtol=1e-6)
