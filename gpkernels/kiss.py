@@ -100,7 +100,7 @@ class KissGP(GPModel):
         lanczos_steps: int = 30,
         cg_tol: float | None = None,
         max_cg_iter: int = 1000,
-        dense_grid_limit: int = 1500,
+        dense_grid_limit: int = 1000,
         exact_gap_limit: int = 1024,
         neighbours: int = 256,
         seed: int = 0,
@@ -236,7 +236,7 @@ class KissGP(GPModel):
         lr: float = 0.1,
         tol: float = 1e-4,
         init_from_data: bool = True,
-        init_points: int = 1000,
+        init_points: int = 500,
     ) -> FitReport:
         """Learn hyperparameters by Adam on the marginal likelihood, then condition on (x, y).
 
