@@ -59,6 +59,16 @@ from dataclasses import dataclass
 
 import torch
 
+# Where the children run: set by --device and passed to them in the environment.
+DEVICE = os.environ.get("GPGRID_BENCH_DEVICE", "cpu")
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work, so that wall-clock timers measure it."""
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
 ITERATIONS = 30
 LEARNING_RATE = 0.1
 SEED = 0
@@ -159,16 +169,18 @@ def run_ours(data: Data, dtype: torch.dtype, status: dict) -> dict:
     """Fit and predict with gpkernels.KissGP; returns raw predictions and timings."""
     from gpkernels import KissGP, separable  # lazy: keeps the GPyTorch side usable alone
 
-    x, y, x_test = (t.to(dtype) for t in (data.x, data.y, data.x_test))
+    x, y, x_test = (t.to(DEVICE, dtype) for t in (data.x, data.y, data.x_test))
     status["stage"] = "train"
     start = time.perf_counter()
     model = KissGP(separable(["rbf"] * x.shape[1]))
     report = model.fit(x, y, max_iter=ITERATIONS, lr=LEARNING_RATE, tol=0.0)
+    synchronize()
     train_s = time.perf_counter() - start
 
     status["stage"] = "predict"
     start = time.perf_counter()
     mean, var = model.predict(x_test)
+    synchronize()
     predict_s = time.perf_counter() - start
 
     losses = [float(v) for v in getattr(report, "loss_history", None) or []]
@@ -179,8 +191,8 @@ def run_ours(data: Data, dtype: torch.dtype, status: dict) -> dict:
         "iterations": int(report.iterations),
         "stop": str(getattr(report, "stop_reason", "")),
         "losses": losses,
-        "mean": mean.detach(),
-        "var": var.detach(),
+        "mean": mean.detach().cpu(),
+        "var": var.detach().cpu(),
         "noise": float(model.hyperparameters()["noise"]),
         "diagnostics": getattr(model, "diagnostics", {}),
     }
@@ -191,7 +203,7 @@ def run_gpytorch(data: Data, dtype: torch.dtype, status: dict) -> dict:
     import gpytorch
     from gpytorch.utils.grid import choose_grid_size
 
-    x, y, x_test = (t.to(dtype) for t in (data.x, data.y, data.x_test))
+    x, y, x_test = (t.to(DEVICE, dtype) for t in (data.x, data.y, data.x_test))
     dims = x.shape[1]
     grid_size = choose_grid_size(x, 1.0)
     status["grid"] = f"{grid_size}^{dims}"
@@ -211,8 +223,8 @@ def run_gpytorch(data: Data, dtype: torch.dtype, status: dict) -> dict:
 
     status["stage"] = "train"
     start = time.perf_counter()
-    likelihood = gpytorch.likelihoods.GaussianLikelihood().to(dtype)
-    model = KissExactGP(likelihood).to(dtype)
+    likelihood = gpytorch.likelihoods.GaussianLikelihood().to(DEVICE, dtype)
+    model = KissExactGP(likelihood).to(DEVICE, dtype)
     model.train()
     likelihood.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
@@ -224,6 +236,7 @@ def run_gpytorch(data: Data, dtype: torch.dtype, status: dict) -> dict:
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+    synchronize()
     train_s = time.perf_counter() - start
 
     status["stage"] = "predict"
@@ -232,7 +245,8 @@ def run_gpytorch(data: Data, dtype: torch.dtype, status: dict) -> dict:
     likelihood.eval()
     with torch.no_grad(), gpytorch.settings.fast_pred_var():
         latent = model(x_test)
-        mean, var = latent.mean, latent.variance
+        mean, var = latent.mean.cpu(), latent.variance.cpu()
+    synchronize()
     predict_s = time.perf_counter() - start
 
     return {
@@ -309,7 +323,7 @@ def is_oom(error: BaseException) -> bool:
 
 def child(case: str, lib: str, dtype_name: str, scale: float, mem_limit_gb: float) -> dict:
     """One run, inside its own process: returns the row that the parent prints."""
-    if mem_limit_gb > 0:
+    if mem_limit_gb > 0 and DEVICE == "cpu":  # CUDA needs a vast address space
         limit = int(mem_limit_gb * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     torch.set_num_threads(len(os.sched_getaffinity(0)))
@@ -328,6 +342,8 @@ def child(case: str, lib: str, dtype_name: str, scale: float, mem_limit_gb: floa
             row["message"] = f"during {status['stage']}: {first_line(error)}"
             raw = None
     row["peak_rss_mb"] = peak_rss_mb()
+    if DEVICE == "cuda":
+        row["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     row["warnings"] = sorted({describe_warning(w) for w in caught if is_numerical(w)})
     row["grid"] = status.get("grid")
     if raw is not None:
@@ -411,6 +427,8 @@ def print_notes(rows: list[dict]) -> None:
         print(f"  {case}: {shape}")
     for r in rows:
         label = f"  {r['case']} {r['lib']} {r['dtype']}:"
+        if "peak_gpu_mb" in r:
+            print(f"{label} peak GPU memory {r['peak_gpu_mb']:.0f} MB")
         if "rss_before_mb" in r:
             print(f"{label} peak RSS {r['rss_before_mb']:.0f} MB before the model was built")
         if r.get("message"):
@@ -482,6 +500,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--mem-limit-gb", type=float, default=16.0, help="RLIMIT_AS per child; 0: none"
     )
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per child run")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -491,8 +510,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         child_main(args.child, args.scale, args.mem_limit_gb)
         return
+    os.environ["GPGRID_BENCH_DEVICE"] = args.device
     print(
-        f"KISS-GP, ours vs GPyTorch: {ITERATIONS} Adam iterations at lr {LEARNING_RATE}, "
+        f"KISS-GP, ours vs GPyTorch on {args.device}: {ITERATIONS} Adam iterations at lr "
+        f"{LEARNING_RATE}, "
         f"scale {args.scale:g}, {len(os.sched_getaffinity(0))} threads, "
         f"address space capped at {args.mem_limit_gb:g} GB per run"
     )

@@ -3,12 +3,9 @@
 Two paths, chosen from the data:
 
 - on-grid: every input sits on a cell of a regular lattice (gridded data with gaps).
-  K = S K_grid S^T + noise I is the exact kernel matrix; solves use batched CG
-  preconditioned by the full grid's inverse (Kronecker eigendecomposition),
-  log|K| = log|K_grid + noise I| + log|(K_grid + noise I)^-1 restricted to the gaps|
-  (exact first term, stochastic Lanczos quadrature for the second), and gradients
-  come from a custom autograd function that reuses the forward solves (Hutchinson
-  probes for the trace). Variances: exact on complete grids, local kriging otherwise.
+  K = S K_grid S^T + noise I is the exact kernel matrix, solved through the gap block
+  of the full grid's Kronecker inverse (see ongrid.py); variances are exact on
+  complete grids and by local kriging otherwise (local.py).
 - interpolated: scattered inputs on a grid of at most `dense_grid_limit` cells.
   K = W K_UU W^T + noise I with cubic-convolution W; since only W^T W and W^T y
   enter, every solve is an m x m dense one in float64: exact likelihood, exact SKI
