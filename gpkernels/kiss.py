@@ -116,12 +116,11 @@ class KissGP(GPModel):
         self.neighbours = neighbours
         self.seed = seed
         self.diagnostics: dict = {}
-        self._data: dict | None = None
         self._cache: dict | None = None
 
     # -- structure -----------------------------------------------------------------
     def _columns(self, lattice: Lattice, dtype: torch.dtype, device: torch.device) -> list:
-        scale, factors = axis_factors(self.kernel, len(lattice.shape))
+        _, factors = axis_factors(self.kernel, len(lattice.shape))
         return [
             axis_column(f, axis, lattice.lags(axis, dtype, device), len(lattice.shape))
             for axis, f in enumerate(factors)
@@ -152,20 +151,19 @@ class KissGP(GPModel):
                 observed,
                 z,
                 rademacher(n_missing, self.num_probes, gen, z),
-                self.cg_tol or (1e-3 if x.dtype == torch.float32 else 1e-6),
+                self.cg_tol or (1e-4 if x.dtype == torch.float32 else 1e-6),
                 self.max_cg_iter,
                 self.lanczos_steps,
                 self.exact_gap_limit,
                 self.diagnostics,
             )
-            return {"path": "grid", "x": x, "z": z, "problem": problem}
+            return {"path": "grid", "z": z, "problem": problem}
         shape = self.grid_shape or self._default_grid_shape(x)
         if math.prod(shape) > self.dense_grid_limit:
             raise ValueError(
                 f"an interpolation grid of {math.prod(shape)} cells exceeds dense_grid_limit="
                 f"{self.dense_grid_limit}: choose a coarser grid_shape (scattered inputs are "
-                "solved "
-                "densely on the grid), or give gridded inputs"
+                "solved densely on the grid), or give gridded inputs"
             )
         lattice = interpolation_lattice(x, shape)
         interp = Interpolation.build(x, lattice.starts, lattice.spacings, lattice.shape)
@@ -178,7 +176,6 @@ class KissGP(GPModel):
         zz = z.double()
         return {
             "path": "interp",
-            "x": x,
             "z": z,
             "lattice": lattice,
             "interp": interp,
@@ -188,8 +185,8 @@ class KissGP(GPModel):
         }
 
     def _default_grid_shape(self, x: torch.Tensor) -> tuple[int, ...]:
-        per_axis = int(self.dense_grid_limit ** (1.0 / x.shape[1]))
-        return tuple(max(8, min(per_axis, 4 * x.shape[0])) for _ in range(x.shape[1]))
+        per_axis = max(8, int(self.dense_grid_limit ** (1.0 / x.shape[1])))
+        return (per_axis,) * x.shape[1]
 
     # -- marginal likelihood -------------------------------------------------------
     def _standardised_lml(self, data: dict) -> torch.Tensor:
@@ -288,9 +285,16 @@ class KissGP(GPModel):
         if not stationary_factors(self.kernel):
             return
         idx = subsample_for_init(x, points, self.seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NumericalWarning)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NumericalWarning)
             ExactGP(self.kernel, self.likelihood, self.normalize_y).fit(x[idx], y[idx], max_iter=50)
+        trouble = [str(w.message) for w in caught if issubclass(w.category, NumericalWarning)]
+        if trouble:  # one summary instead of one warning per line-search step
+            warnings.warn(
+                f"the initial exact fit on {len(idx)} points reported: {trouble[-1]}",
+                NumericalWarning,
+                stacklevel=3,
+            )
 
     # -- prediction ----------------------------------------------------------------
     @torch.no_grad()

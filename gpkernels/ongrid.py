@@ -131,9 +131,16 @@ class OnGridProblem:
 
         Only A (the gap block of M^-1) is solved by CG: its spectrum clusters, so far
         fewer iterations are needed than for K itself. The true residual z - K a is
-        then corrected by further rounds until it is below `cg_tol` (relative).
+        then corrected by further rounds until it is below `cg_tol` (relative). All
+        of it runs in float64 (float32 models included), so the residual can go below
+        float32's rounding floor; the result comes back in the model's dtype.
         """
-        z = self.z[:, None]
+        dtype = self.z.dtype
+        if dtype != torch.float64:  # redo the (cheap, per-axis) eigendecompositions in float64
+            op = op.to(torch.float64)
+            eig = op.grid.eig()
+            inverse = 1.0 / (op.grid.outputscale * eig.eigenvalues() + op.noise)
+        z = self.z[:, None].double()
         alpha = torch.zeros_like(z)
         residual, iterations, rounds = z, 0, 0
         z_norm = float(z.norm())
@@ -168,7 +175,7 @@ class OnGridProblem:
             cg_relative_residual=relative,
             cg_converged=converged,
         )
-        return alpha[:, 0]
+        return alpha[:, 0].to(dtype)
 
     def _complement_solve(
         self,
@@ -178,24 +185,23 @@ class OnGridProblem:
         rhs: torch.Tensor,
         tol: float,
     ) -> tuple[torch.Tensor, CGResult]:
-        """One pass of K^-1 rhs by the block-inverse identity, the gap CG in float64."""
+        """One pass of K^-1 rhs by the block-inverse identity."""
         w = eig.apply(op.embed(rhs), inverse)
         if self.missing.numel() == 0:
             done = CGResult(
                 rhs, 0, rhs.new_zeros(1), True, rhs.new_zeros(0, 1), rhs.new_zeros(0, 1)
             )
             return w[self.observed], done
-        eig64, inverse64 = eig.to(torch.float64), inverse.double()
         inner = pcg(
-            self._gap_matmul(eig64, inverse64),
-            w[self.missing].double(),
+            self._gap_matmul(eig, inverse),
+            w[self.missing],
             None,
             tol,
             self.max_cg_iter,
             label="KissGP gap CG",
         )
-        back = self._gap_inverse_columns(eig64, inverse64, inner.solution)[self.observed]
-        return w[self.observed] - back.to(rhs.dtype), inner
+        back = self._gap_inverse_columns(eig, inverse, inner.solution)[self.observed]
+        return w[self.observed] - back, inner
 
     def _gap_matmul(self, eig: KroneckerEig, inverse: torch.Tensor):  # noqa: ANN202
         """v -> A v with A = (M^-1) on the missing cells."""

@@ -90,12 +90,6 @@ class KroneckerEig:
             values.append(lam.clamp_min(0.0).to(factor.dtype))
         return cls(vectors, values, tuple(f.shape[0] for f in factors))
 
-    def to(self, dtype: torch.dtype) -> KroneckerEig:
-        """The same decomposition in another dtype."""
-        return KroneckerEig(
-            [q.to(dtype) for q in self.vectors], [v.to(dtype) for v in self.values], self.shape
-        )
-
     def eigenvalues(self) -> torch.Tensor:
         """All prod(shape) eigenvalues of the Kronecker product, in grid (C) order."""
         out = self.values[0]
@@ -118,6 +112,7 @@ class GridKernel:
     """outputscale * kron(K_1, ..., K_d) on a full regular grid, applied to blocks of vectors."""
 
     def __init__(self, columns: Sequence[torch.Tensor], outputscale: torch.Tensor) -> None:
+        self.columns = list(columns)
         self.factors = [axis_factor(c) for c in columns]
         self.shape = tuple(c.shape[0] for c in columns)
         self.size = 1
@@ -131,6 +126,9 @@ class GridKernel:
 
     def eig(self) -> KroneckerEig:
         return KroneckerEig.of(self.factors)
+
+    def to(self, dtype: torch.dtype) -> GridKernel:
+        return GridKernel([c.to(dtype) for c in self.columns], self.outputscale.to(dtype))
 
 
 class ObservedGrid:
@@ -157,3 +155,6 @@ class ObservedGrid:
 
     def matmul(self, v: torch.Tensor) -> torch.Tensor:
         return self.grid.matmul(self.embed(v))[self.observed] + self.noise * v
+
+    def to(self, dtype: torch.dtype) -> ObservedGrid:
+        return ObservedGrid(self.grid.to(dtype), self.observed, self.noise.to(dtype))
