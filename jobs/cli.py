@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -15,6 +16,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+class ModelType(StrEnum):
+    kiss = "kiss"
+    exact = "exact"
+
 
 BAD_INPUT = (SpecError, FileNotFoundError, FileExistsError, KeyError, ValueError, TypeError)
 
@@ -53,19 +60,22 @@ def run(
 def demo(
     out: Annotated[Path, typer.Option(help="output zarr store")] = Path("out/demo.zarr"),
     progress: Annotated[bool, typer.Option(help="show a progress bar over tiles")] = True,
+    model: Annotated[
+        ModelType, typer.Option(help="kiss (structured, default) or exact (dense, to compare)")
+    ] = ModelType.kiss,
 ) -> None:
     """Fill a 200,000-cell synthetic grid with 30% gaps on an embedded Ray and score it."""
     from jobs.demo import run_demo
 
     try:
-        result = run_demo(out, progress=progress)
+        result = run_demo(out, progress=progress, model=model.value)
     except Exception as err:  # noqa: BLE001
         _fail(err)
     s, scores = result.summary, result.scores
     typer.echo(
         "\n".join(
             [
-                "gpgrid demo",
+                f"gpgrid demo ({model.value} model)",
                 f"  input      {result.input_path}  (synthetic GP draw, truth kept)",
                 f"  spec       {result.spec_path}  (rerun with: gpgrid run {result.spec_path})",
                 f"  output     {s.output_path}",
