@@ -285,9 +285,16 @@ class KissGP(GPModel):
         if not stationary_factors(self.kernel):
             return
         idx = subsample_for_init(x, points, self.seed)
+        exact = ExactGP(self.kernel, self.likelihood, self.normalize_y)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NumericalWarning)
-            ExactGP(self.kernel, self.likelihood, self.normalize_y).fit(x[idx], y[idx], max_iter=50)
+            exact.fit(x[idx], y[idx], max_iter=50)
+        if self.normalize_y:  # the subsample was standardised by its own variance, not y's
+            ratio = (exact.y_scale / max(float(y.std()), 1e-30)) ** 2
+            with torch.no_grad():
+                self.kernel.outputscale = self.kernel.outputscale * ratio
+                floor = self.likelihood.noise_param.floor
+                self.likelihood.noise = torch.clamp(self.likelihood.noise * ratio, min=1.01 * floor)
         trouble = [str(w.message) for w in caught if issubclass(w.category, NumericalWarning)]
         if trouble:  # one summary instead of one warning per line-search step
             warnings.warn(

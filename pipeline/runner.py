@@ -43,13 +43,23 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address, log_to_driver=True)
         return
     os.environ.setdefault("RAY_TMPDIR", "/tmp/ray_gpgrid")
+    cpus = num_cpus or os.cpu_count() or 1
     ray.init(
-        num_cpus=num_cpus or os.cpu_count(),
+        num_cpus=cpus,
         include_dashboard=False,
         object_store_memory=DEFAULT_OBJECT_STORE_BYTES,
         log_to_driver=True,
         logging_level="WARNING",
     )
+    # Let the fresh workers import torch and the solvers while the driver prepares the
+    # run, instead of on their first tile.
+    warm = ray.remote(num_cpus=1)(_import_solvers)
+    for _ in range(cpus):
+        warm.remote()
+
+
+def _import_solvers() -> None:
+    import pipeline.tasks  # noqa: F401
 
 
 def run_pipeline(config: PipelineConfig, progress: bool = True) -> RunSummary:
