@@ -26,10 +26,10 @@ class DemoResult:
     png_path: Path
 
 
-# Tile cores per model: the structured model takes whole 20 x 50 x 50 windows (every
+# Tile cores per model: the structured model takes whole 20 x 100 x 50 windows (every
 # observed cell enters its solve); the dense one needs small tiles to stay fast.
 DEMO_TILES = {
-    "kiss": {"time": 20, "lat": 50, "lon": 50},
+    "kiss": {"time": 20, "lat": 100, "lon": 50},
     "exact": {"time": 5, "lat": 20, "lon": 20},
 }
 

@@ -19,7 +19,7 @@ from pipeline.store import std_name
 from pipeline.tiling import Tile
 
 MIN_OBSERVATIONS = 3
-KISS_CG_TOL = 1e-5  # relative residual of the mean solve: far below the noise in any field
+KISS_CG_TOL = 1e-4  # relative residual of the mean solve: far below the noise in any field
 
 
 @dataclass
