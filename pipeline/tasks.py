@@ -184,7 +184,8 @@ def predict_tile(config: PipelineConfig, tile: Tile) -> TileResult:
                 mean, std, fit_info = predict_exact(
                     x[used], values[used], x_core, config, tile.index
                 )
-            info.update(fit_info, status="ok")
+            converged = fit_info["solver"].get("cg_converged", True)
+            info.update(fit_info, status="ok" if converged else "solve did not converge")
         predictions[var] = mean.reshape(tile.core_shape)
         predictions[std_name(var)] = std.reshape(tile.core_shape)
         diagnostics["variables"][var] = info
