@@ -230,7 +230,7 @@ class KissGP(GPModel):
         lr: float = 0.1,
         tol: float = 1e-4,
         init_from_data: bool = True,
-        init_points: int = 500,
+        init_points: int = 400,
     ) -> FitReport:
         """Learn hyperparameters by Adam on the marginal likelihood, then condition on (x, y).
 
