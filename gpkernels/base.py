@@ -72,6 +72,13 @@ class GPModel(nn.Module):
             self.y_mean, self.y_scale = 0.0, 1.0
         return (y - self.y_mean) / self.y_scale
 
+    def _check_prediction_input(self, cache: dict | None, x: torch.Tensor, ndim: int) -> None:
+        """Refuse predicting before conditioning, or at inputs of the wrong width."""
+        if cache is None:
+            raise RuntimeError("call fit(x, y) or condition(x, y) before predict")
+        if x.ndim != 2 or x.shape[1] != ndim:
+            raise ValueError(f"x must have shape (m, {ndim}); got {tuple(x.shape)}")
+
     def hyperparameters(self) -> dict:
         """Learned hyperparameters in the data's units (outputscale and noise are variances)."""
         kernel = self.kernel.describe()

@@ -183,11 +183,10 @@ class ExactGP(GPModel):
         self, x: torch.Tensor, include_noise: bool = False, block_size: int = 2048
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and variance at x (of f, or of y with `include_noise`), in blocks."""
-        if self._cache is None:
-            raise RuntimeError("call fit(x, y) or condition(x, y) before predict")
+        self._check_prediction_input(
+            self._cache, x, self._cache["x"].shape[1] if self._cache else 0
+        )
         train_x = self._cache["x"]
-        if x.ndim != 2 or x.shape[1] != train_x.shape[1]:
-            raise ValueError(f"x must have shape (m, {train_x.shape[1]}); got {tuple(x.shape)}")
         x = x.to(dtype=train_x.dtype, device=train_x.device)
         means, variances = [], []
         for xb in torch.split(x, block_size):

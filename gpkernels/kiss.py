@@ -372,11 +372,9 @@ class KissGP(GPModel):
         self, x: torch.Tensor, include_noise: bool = False, block_size: int = 65536
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and variance at x (of f, or of y with `include_noise`), in blocks."""
-        if self._cache is None:
-            raise RuntimeError("call fit(x, y) or condition(x, y) before predict")
+        ndim = len(self._cache["lattice"].shape) if self._cache else 0
+        self._check_prediction_input(self._cache, x, ndim)
         lattice: Lattice = self._cache["lattice"]
-        if x.ndim != 2 or x.shape[1] != len(lattice.shape):
-            raise ValueError(f"x must have shape (m, {len(lattice.shape)}); got {tuple(x.shape)}")
         means, variances = [], []
         for xb in torch.split(x, block_size):
             mean, var = self._predict_block(xb, lattice)
