@@ -8,7 +8,6 @@ Blocks of cells share one neighbourhood and one Cholesky factor; all in float64.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 
@@ -16,6 +15,7 @@ import torch
 
 BLOCK_EDGE = 4  # cells per side of a block along axes longer than this
 BATCH_BLOCKS = 64
+MAX_TABLE_OFFSETS = 4096  # window positions up to which pair kernel values are tabulated
 
 
 def _block_shape(shape: Sequence[int], lengthscale_cells: Sequence[float]) -> tuple[int, ...]:
@@ -61,9 +61,9 @@ def local_variances(
     """
     device = observed.device
     shape = tuple(observed.shape)
-    factors = [f.detach().double() for f in factors]
+    lag_columns = [f.detach().double()[0] for f in factors]  # stationary: K[i, j] = c[|i - j|]
     scale, nugget = float(outputscale), float(noise)
-    prior = scale * math.prod(float(f[0, 0]) for f in factors)
+    prior = scale * math.prod(float(c[0]) for c in lag_columns)
     n_obs = int(observed.sum())
     neighbours = min(neighbours, n_obs)
     block = _block_shape(shape, lengthscale_cells)
@@ -74,21 +74,21 @@ def local_variances(
     inner = torch.cartesian_prod(*[torch.arange(b, device=device) for b in block]).reshape(
         -1, len(shape)
     )
+    # Kernel values between window positions are the same for every block: tabulate them.
+    offset_table = (
+        _pair_kernel(lag_columns, scale, offsets, offsets)
+        if offsets.shape[0] <= MAX_TABLE_OFFSETS
+        else None
+    )
+    inner_table = _pair_kernel(lag_columns, scale, offsets, inner)  # (W, T)
     dims = torch.tensor(shape, device=device)
     block_t = torch.tensor(block, device=device)
     scales = torch.tensor(
         [max(e, 1e-6) for e in lengthscale_cells], device=device, dtype=torch.float64
     )
-    if targets is None:
-        starts = torch.tensor(
-            list(itertools.product(*[range(0, n, b) for n, b in zip(shape, block, strict=True)])),
-            device=device,
-        ).reshape(-1, len(shape))
-    else:
-        coords = torch.stack(torch.unravel_index(targets, shape), dim=1)
-        starts = torch.unique(coords // block_t, dim=0) * block_t
     out = torch.full(shape, float("nan"), dtype=torch.float64, device=device)
-    for batch in torch.split(starts, BATCH_BLOCKS):
+    eye = torch.eye(neighbours, dtype=torch.float64, device=device)
+    for batch in torch.split(_block_starts(shape, block, targets, device), BATCH_BLOCKS):
         cand = batch[:, None, :] + offsets[None]  # (B, W, d)
         inside = ((cand >= 0) & (cand < dims)).all(-1)
         clipped = torch.minimum(cand.clamp_min(0), dims - 1)
@@ -97,30 +97,63 @@ def local_variances(
         above = (cand - (batch[:, None, :] + block_t - 1)).clamp_min(0)
         dist = (((below + above).double() / scales) ** 2).sum(-1)
         dist = torch.where(valid, dist, torch.full_like(dist, float("inf")))
-        dist, pick = torch.topk(dist, neighbours, dim=1, largest=False)
-        near = torch.gather(clipped, 1, pick[..., None].expand(-1, -1, len(shape)))  # (B, k, d)
+        dist, pick = torch.topk(dist, neighbours, dim=1, largest=False)  # (B, k) offset rows
         usable = torch.isfinite(dist)
-        cells = batch[:, None, :] + inner[None]  # (B, T, d)
-        in_grid = (cells < dims).all(-1)
-        cells = torch.minimum(cells, dims - 1)
-        k_nn = torch.full((), scale, dtype=torch.float64, device=device)
-        k_tn = torch.full((), scale, dtype=torch.float64, device=device)
-        for axis, factor in enumerate(factors):
-            a = near[..., axis]
-            k_nn = k_nn * factor[a[:, :, None], a[:, None, :]]
-            k_tn = k_tn * factor[cells[..., axis][:, :, None], a[:, None, :]]
+        if offset_table is not None:
+            k_nn = offset_table[pick[:, :, None], pick[:, None, :]]
+        else:
+            near = offsets[pick]
+            k_nn = _pair_kernel(lag_columns, scale, near[:, :, None, :], near[:, None, :, :])
+        k_tn = inner_table[pick]  # (B, k, T)
         pair = usable[:, :, None] & usable[:, None, :]
-        eye = torch.eye(neighbours, dtype=torch.float64, device=device)
-        k_nn = (
-            torch.where(pair, k_nn, torch.zeros_like(k_nn))
-            + eye
-            * torch.where(usable, torch.full_like(dist, nugget), torch.ones_like(dist))[:, :, None]
-        )
-        k_tn = torch.where(usable[:, None, :], k_tn, torch.zeros_like(k_tn))
+        diagonal = torch.where(usable, torch.full_like(dist, nugget), torch.ones_like(dist))
+        k_nn = torch.where(pair, k_nn, torch.zeros_like(k_nn)) + eye * diagonal[:, :, None]
+        k_tn = torch.where(usable[:, :, None], k_tn, torch.zeros_like(k_tn))
         chol = torch.linalg.cholesky(k_nn)
-        v = torch.linalg.solve_triangular(chol, k_tn.transpose(1, 2), upper=False)
+        v = torch.linalg.solve_triangular(chol, k_tn, upper=False)
         var = (prior - (v * v).sum(1)).clamp_min(0.0)  # (B, T)
-        keep = in_grid.reshape(-1)
+        cells = batch[:, None, :] + inner[None]  # (B, T, d)
+        keep = (cells < dims).all(-1).reshape(-1)
         flat_targets = cells.reshape(-1, len(shape))[keep]
         out[tuple(flat_targets.unbind(-1))] = var.reshape(-1)[keep]
     return out.reshape(-1)
+
+
+def _pair_kernel(
+    lag_columns: Sequence[torch.Tensor], scale: float, a: torch.Tensor, b: torch.Tensor
+) -> torch.Tensor:
+    """Kernel between grid offsets a (..., d) and b (..., d), broadcast (all pairs for 2-D a, b).
+
+    Lags beyond an axis's length only occur for positions off the grid, which the
+    caller masks; they are clamped to stay inside the column.
+    """
+    if a.dim() == 2 and b.dim() == 2:
+        a, b = a[:, None, :], b[None, :, :]
+    value = torch.full((), scale, dtype=torch.float64, device=a.device)
+    for axis, column in enumerate(lag_columns):
+        lag = (a[..., axis] - b[..., axis]).abs().clamp_max(column.shape[0] - 1)
+        value = value * column[lag]
+    return value
+
+
+def _block_starts(
+    shape: Sequence[int], block: Sequence[int], targets: torch.Tensor | None, device: torch.device
+) -> torch.Tensor:
+    """First cell (d coordinates) of every block holding a target (every block when None)."""
+    counts = [math.ceil(n / b) for n, b in zip(shape, block, strict=True)]
+    if targets is None:
+        ids = torch.arange(math.prod(counts), device=device)
+    else:
+        coords = torch.unravel_index(targets, tuple(shape))
+        per_axis = [c // b for c, b in zip(coords, block, strict=True)]
+        ids = torch.unique(torch.stack(per_axis, 1) @ torch.tensor(_strides(counts), device=device))
+    starts = torch.stack(torch.unravel_index(ids, tuple(counts)), dim=1)
+    return starts * torch.tensor(block, device=device)
+
+
+def _strides(counts: Sequence[int]) -> list[int]:
+    """C-order strides of an array of shape `counts`."""
+    strides = [1] * len(counts)
+    for axis in range(len(counts) - 2, -1, -1):
+        strides[axis] = strides[axis + 1] * counts[axis + 1]
+    return strides

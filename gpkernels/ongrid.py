@@ -146,16 +146,19 @@ class OnGridProblem:
         z_norm = float(z.norm())
         relative = 1.0
         converged = True
-        # Gap-solve errors reach K^-1 z amplified by up to 1/noise: tighten the inner solve.
+        # Gap-solve errors reach K^-1 z amplified (by about 1/noise at first guess); later
+        # rounds use the amplification measured so far to ask for no more than needed.
         ratio = float(op.noise) / (float(op.grid.prior_variance) + float(op.noise))
-        inner_tol = min(max(0.1 * self.cg_tol * ratio, 1e-13), 1e-4)
+        amplification = 10.0 / ratio
         for rounds in range(1, MAX_REFINEMENTS + 1):  # noqa: B007
+            inner_tol = min(max(0.5 * self.cg_tol / (amplification * relative), 1e-13), 1e-4)
             correction, inner = self._complement_solve(op, eig, inverse, residual, inner_tol)
             iterations += inner.iterations
             converged = converged and inner.converged
             candidate = alpha + correction
             new_residual = z - op.matmul(candidate)
             new_relative = float(new_residual.norm()) / z_norm
+            amplification = max(amplification, new_relative / (relative * inner_tol))
             if new_relative >= relative:  # refinement stopped helping
                 break
             alpha, residual, relative = candidate, new_residual, new_relative

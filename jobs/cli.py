@@ -34,6 +34,13 @@ def _fail(err: Exception) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _start_ray(address: str | None = None) -> None:
+    """Start (or join) Ray before the heavy imports, so its workers warm up meanwhile."""
+    from pipeline.cluster import ensure_ray
+
+    ensure_ray(address)
+
+
 @app.command()
 def run(
     spec: Annotated[Path, typer.Argument(help="job spec (YAML)")],
@@ -43,10 +50,11 @@ def run(
     progress: Annotated[bool, typer.Option(help="show a progress bar over tiles")] = True,
 ) -> None:
     """Run a job spec: predict every target cell and write mean and std to the output zarr."""
-    from jobs.run import run_job
-
     try:
         job, text = load_spec(spec)
+        _start_ray(address)
+        from jobs.run import run_job
+
         summary = run_job(job, text, address=address, progress=progress)
     except Exception as err:  # noqa: BLE001 - every error becomes a message and an exit code
         _fail(err)
@@ -65,9 +73,10 @@ def demo(
     ] = ModelType.kiss,
 ) -> None:
     """Fill a 200,000-cell synthetic grid with 30% gaps on an embedded Ray and score it."""
-    from jobs.demo import run_demo
-
     try:
+        _start_ray()
+        from jobs.demo import run_demo
+
         result = run_demo(out, progress=progress, model=model.value)
     except Exception as err:  # noqa: BLE001
         _fail(err)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from jobs.spec import JobSpec
-from pipeline.runner import RunSummary, ensure_ray, run_pipeline
+from pipeline.cluster import ensure_ray
+from pipeline.runner import RunSummary, run_pipeline
 
 
 def run_job(

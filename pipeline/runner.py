@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
 
@@ -11,13 +10,12 @@ import ray
 from tqdm import tqdm
 
 from pipeline import __version__
+from pipeline.cluster import ensure_ray
 from pipeline.config import PipelineConfig
 from pipeline.inputs import check_input, open_input
 from pipeline.store import create_output_store, finalize_store, write_tile
 from pipeline.tasks import TileResult, predict_tile
 from pipeline.tiling import plan_tiles
-
-DEFAULT_OBJECT_STORE_BYTES = 512 * 1024**2
 
 
 @dataclass
@@ -32,34 +30,6 @@ class RunSummary:
     @property
     def cells_per_second(self) -> float:
         return self.cells / self.seconds if self.seconds > 0 else float("nan")
-
-
-def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to `address`, or start an embedded local Ray when none is given."""
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit` jobs
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return
-    os.environ.setdefault("RAY_TMPDIR", "/tmp/ray_gpgrid")
-    cpus = num_cpus or os.cpu_count() or 1
-    ray.init(
-        num_cpus=cpus,
-        include_dashboard=False,
-        object_store_memory=DEFAULT_OBJECT_STORE_BYTES,
-        log_to_driver=True,
-        logging_level="WARNING",
-    )
-    # Let the fresh workers import torch and the solvers while the driver prepares the
-    # run, instead of on their first tile.
-    warm = ray.remote(num_cpus=1)(_import_solvers)
-    for _ in range(cpus):
-        warm.remote()
-
-
-def _import_solvers() -> None:
-    import pipeline.tasks  # noqa: F401
 
 
 def run_pipeline(config: PipelineConfig, progress: bool = True) -> RunSummary:

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import xarray as xr
-from scipy.stats import norm
+from scipy.special import ndtr
 
 from pipeline.store import std_name
 
@@ -16,7 +16,8 @@ Z95 = 1.959963984540054
 def gaussian_crps(mean: np.ndarray, std: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Continuous ranked probability score of N(mean, std^2) at the truth (lower is better)."""
     z = (truth - mean) / std
-    return std * (z * (2 * norm.cdf(z) - 1) + 2 * norm.pdf(z) - 1 / math.sqrt(math.pi))
+    density = np.exp(-0.5 * z**2) / math.sqrt(2 * math.pi)
+    return std * (z * (2 * ndtr(z) - 1) + 2 * density - 1 / math.sqrt(math.pi))
 
 
 def score(mean: np.ndarray, std: np.ndarray, truth: np.ndarray) -> dict[str, float]:
