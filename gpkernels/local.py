@@ -68,7 +68,10 @@ def local_variances(
     neighbours = min(neighbours, n_obs)
     block = _block_shape(shape, lengthscale_cells)
     fraction = n_obs / observed.numel()
-    radius = _radius(shape, block, lengthscale_cells, 3.0 * neighbours / max(fraction, 1e-3))
+    if neighbours == n_obs:  # every block sees the whole grid: exact variances
+        radius = list(shape)
+    else:
+        radius = _radius(shape, block, lengthscale_cells, 3.0 * neighbours / max(fraction, 1e-3))
     window = [torch.arange(-r, b + r, device=device) for b, r in zip(block, radius, strict=True)]
     offsets = torch.cartesian_prod(*window).reshape(-1, len(shape))
     inner = torch.cartesian_prod(*[torch.arange(b, device=device) for b in block]).reshape(

@@ -112,6 +112,31 @@ def test_complete_grid_variances_are_exact() -> None:
     assert "exact" in kiss.diagnostics["variance"]
 
 
+def test_local_variances_in_3d_are_conservative_and_converge() -> None:
+    """Dense noisy 3-D data is the hard case for local kriging: errors shrink as the
+    neighbourhood grows, variances are never understated, and all observations give exact."""
+    gen = torch.Generator().manual_seed(0)
+    cells = torch.cartesian_prod(*[torch.arange(n, dtype=torch.float64) for n in (8, 12, 12)])
+    y = torch.sin(cells[:, 0] / 3) + torch.cos(cells[:, 1] / 5) + torch.sin(cells[:, 2] / 4)
+    y = y + 0.1 * torch.randn(len(y), generator=gen, dtype=torch.float64)
+    kept = torch.rand(len(y), generator=gen) < 0.7
+    x, y = cells[kept], y[kept]
+
+    def make() -> Scale:
+        return Scale(Product([Matern(1.5, ell, dims=[i]) for i, ell in enumerate((3, 6, 5))]))
+
+    _, var_e = ExactGP(make(), GaussianLikelihood(0.01)).condition(x, y).predict(cells)
+    errors = []
+    for neighbours in (64, 256, len(y)):
+        kiss = KissGP(make(), GaussianLikelihood(0.01), neighbours=neighbours).condition(x, y)
+        _, var_k = kiss.predict(cells)
+        assert bool((var_k >= var_e * (1 - 1e-9)).all())
+        errors.append(float(((var_k - var_e) / var_e).mean()))
+    assert errors[0] > 4 * errors[1]
+    assert errors[1] < 0.05
+    assert errors[2] < 1e-9
+
+
 def test_interpolated_means_within_one_percent_of_exact() -> None:
     gen = torch.Generator().manual_seed(4)
     x = torch.rand(1500, 2, generator=gen, dtype=torch.float64) * 10
