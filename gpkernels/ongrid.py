@@ -151,7 +151,7 @@ class OnGridProblem:
         ratio = float(op.noise) / (float(op.grid.prior_variance) + float(op.noise))
         amplification = 10.0 / ratio
         for rounds in range(1, MAX_REFINEMENTS + 1):  # noqa: B007
-            inner_tol = min(max(0.5 * self.cg_tol / (amplification * relative), 1e-13), 1e-4)
+            inner_tol = min(max(0.1 * self.cg_tol / (amplification * relative), 1e-13), 1e-4)
             correction, inner = self._complement_solve(op, eig, inverse, residual, inner_tol)
             iterations += inner.iterations
             converged = converged and inner.converged
