@@ -149,7 +149,7 @@ def _block_starts(
     else:
         coords = torch.unravel_index(targets, tuple(shape))
         per_axis = [c // b for c, b in zip(coords, block, strict=True)]
-        ids = torch.unique(torch.stack(per_axis, 1) @ torch.tensor(_strides(counts), device=device))
+        ids = torch.unique(sum(c * s for c, s in zip(per_axis, _strides(counts), strict=True)))
     starts = torch.stack(torch.unravel_index(ids, tuple(counts)), dim=1)
     return starts * torch.tensor(block, device=device)
 
