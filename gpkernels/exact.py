@@ -12,6 +12,7 @@ from gpkernels.base import FitReport, GPModel
 from gpkernels.kernels import Kernel, stationary_factors
 from gpkernels.likelihoods import GaussianLikelihood
 from gpkernels.linalg import NumericalWarning, robust_cholesky
+from gpkernels.optim import lbfgs
 
 LOG_2PI = math.log(2.0 * math.pi)
 INIT_LENGTHSCALE_FRACTIONS = (0.03, 0.1, 0.3, 1.0)
@@ -125,32 +126,16 @@ class ExactGP(GPModel):
         if init_from_data:
             self.init_from_data(x, z, seed=seed)
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.LBFGS(
-            params,
-            lr=1.0,
-            max_iter=max_iter,
-            line_search_fn="strong_wolfe",
-            tolerance_grad=1e-6,
-            tolerance_change=1e-9,
-        )
         n = z.shape[0]
         max_jitter = 0.0
 
-        def closure() -> torch.Tensor:
+        def objective() -> torch.Tensor:
             nonlocal max_jitter
-            optimizer.zero_grad()
             lml, _, _, jitter = self._standardised_lml(x, z, warn=False)
             max_jitter = max(max_jitter, jitter)
-            loss = -lml / n
-            loss.backward()
-            return loss
+            return -lml / n
 
-        optimizer.step(closure)
-        iterations = int(optimizer.state[params[0]].get("n_iter", 0))
-        converged = iterations < max_iter
-        reason = (
-            "gradient or change below tolerance" if converged else f"max_iter={max_iter} reached"
-        )
+        result = lbfgs(objective, params, max_iter=max_iter)
         if max_jitter > 0:
             warnings.warn(
                 f"fit needed up to {max_jitter:.3g} jitter on the kernel diagonal",
@@ -160,7 +145,12 @@ class ExactGP(GPModel):
         self.condition(x, y)
         lml = float(self._cache["lml"])
         return FitReport(
-            iterations, converged, reason, lml, max_jitter, time.perf_counter() - start
+            result.iterations,
+            result.converged,
+            result.reason,
+            lml,
+            max_jitter,
+            time.perf_counter() - start,
         )
 
     # -- prediction ----------------------------------------------------------------

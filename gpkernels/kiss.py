@@ -35,6 +35,7 @@ from gpkernels.ongrid import (
     complete_grid_variances,
     detect_lattice,
 )
+from gpkernels.optim import Adam
 from gpkernels.solvers import rademacher
 from gpkernels.structured import toeplitz
 
@@ -243,7 +244,7 @@ class KissGP(GPModel):
         if init_from_data:
             self._init_from_subsample(x, y, init_points)
         data = self._prepare(x, y)
-        optimizer = torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=lr)
+        optimizer = Adam([p for p in self.parameters() if p.requires_grad], lr=lr)
         previous, calm, iterations, value = None, 0, 0, float("nan")
         reason = f"max_iter={max_iter} reached"
         for iterations in range(1, max_iter + 1):  # noqa: B007

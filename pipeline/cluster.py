@@ -13,9 +13,7 @@ import ray
 
 DEFAULT_OBJECT_STORE_BYTES = 512 * 1024**2
 
-# Imported by each fresh worker before its first tile. torch.optim imports torch._dynamo
-# on the first optimizer it builds (about 1.4 s on 2 CPU cores).
-WARM_MODULES = ("pipeline.tasks", "torch._dynamo")
+WARM_MODULES = ("pipeline.tasks",)  # imported by each fresh worker before its first tile
 
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
