@@ -17,8 +17,10 @@ from gpkernels.likelihoods import GaussianLikelihood
 from gpkernels.linalg import NumericalWarning, robust_cholesky
 from gpkernels.ongrid import Lattice
 from gpkernels.sampling import sample_separable_grid
+from gpkernels.svgp import SVGP
 
 __all__ = [
+    "SVGP",
     "RBF",
     "ExactGP",
     "FitReport",

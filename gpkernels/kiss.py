@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Sequence
 
 import torch
 
 from gpkernels.base import FitReport, GPModel
-from gpkernels.exact import ExactGP
+from gpkernels.initial import init_from_subsample
 from gpkernels.interpolation import Interpolation
 from gpkernels.kernels import Kernel, axis_column, axis_factors, stationary_factors
 from gpkernels.likelihoods import GaussianLikelihood
-from gpkernels.linalg import NumericalWarning
 from gpkernels.local import local_variances
 from gpkernels.ongrid import (
     Lattice,
@@ -57,25 +55,6 @@ def interpolation_lattice(x: torch.Tensor, cells_per_axis: Sequence[int]) -> Lat
         starts.append(lo - 2 * h)
         spacings.append(h)
     return Lattice(tuple(starts), tuple(spacings), tuple(cells_per_axis))
-
-
-def subsample_for_init(x: torch.Tensor, points: int, seed: int) -> torch.Tensor:
-    """`points` row indices: half at random, half the nearest neighbours of a random row.
-
-    Distances are in units of each column's typical spacing, range / n^(1/d).
-    """
-    n, d = x.shape
-    if n <= points:
-        return torch.arange(n, device=x.device)
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(n, generator=gen).to(x.device)
-    spread = order[: points // 2]
-    spacing = (x.max(0).values - x.min(0).values).clamp_min(1e-12) / n ** (1.0 / d)
-    centre = x[order[-1]]
-    dist = (((x - centre) / spacing) ** 2).sum(1)
-    dist[spread] = float("inf")
-    cluster = torch.topk(dist, points - spread.numel(), largest=False).indices
-    return torch.cat([spread, cluster])
 
 
 class KissGP(GPModel):
@@ -242,7 +221,7 @@ class KissGP(GPModel):
         """
         start = time.perf_counter()
         if init_from_data:
-            self._init_from_subsample(x, y, init_points)
+            init_from_subsample(self, x, y, init_points, self.seed)
         data = self._prepare(x, y)
         optimizer = Adam([p for p in self.parameters() if p.requires_grad], lr=lr)
         previous, calm, iterations, value = None, 0, 0, float("nan")
@@ -275,34 +254,6 @@ class KissGP(GPModel):
             0.0,
             time.perf_counter() - start,
         )
-
-    def _init_from_subsample(self, x: torch.Tensor, y: torch.Tensor, points: int) -> None:
-        """Hyperparameters of an exact GP (sharing this model's modules) on a subsample.
-
-        Half the subsample is spread at random over the data (long-range structure),
-        half is one compact cluster of nearest neighbours (short range and the noise,
-        which sparse random points cannot tell apart).
-        """
-        if not stationary_factors(self.kernel):
-            return
-        idx = subsample_for_init(x, points, self.seed)
-        exact = ExactGP(self.kernel, self.likelihood, self.normalize_y)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", NumericalWarning)
-            exact.fit(x[idx], y[idx], max_iter=50)
-        if self.normalize_y:  # the subsample was standardised by its own variance, not y's
-            ratio = (exact.y_scale / max(float(y.std()), 1e-30)) ** 2
-            with torch.no_grad():
-                self.kernel.outputscale = self.kernel.outputscale * ratio
-                floor = self.likelihood.noise_param.floor
-                self.likelihood.noise = torch.clamp(self.likelihood.noise * ratio, min=1.01 * floor)
-        trouble = [str(w.message) for w in caught if issubclass(w.category, NumericalWarning)]
-        if trouble:  # one summary instead of one warning per line-search step
-            warnings.warn(
-                f"the initial exact fit on {len(idx)} points reported: {trouble[-1]}",
-                NumericalWarning,
-                stacklevel=3,
-            )
 
     # -- prediction ----------------------------------------------------------------
     @torch.no_grad()

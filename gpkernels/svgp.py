@@ -1,0 +1,291 @@
+"""Stochastic variational GP (SVGP) for many scattered points, trained on minibatches.
+
+M inducing points Z carry the field: u = f(Z) = L v with K_ZZ = L L^T (whitened), and
+q(v) = N(m, S) with S = P^-1 kept as its natural parameters (precision P, shift h = P m).
+For a Gaussian likelihood the natural gradient of the ELBO has a closed form, so each
+minibatch moves q part of the way to that batch's optimum, while Adam steps the kernel
+and noise on the same batch. `condition` then sets q to its optimum for all the data in
+one streaming pass (Titsias' collapsed solution), so predictions carry no minibatch
+noise. Memory: one batch plus a few M x M matrices, whatever the number of points.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Iterator
+
+import torch
+
+from gpkernels.base import FitReport, GPModel
+from gpkernels.initial import init_from_subsample
+from gpkernels.kernels import Kernel
+from gpkernels.likelihoods import GaussianLikelihood
+from gpkernels.linalg import NumericalWarning, robust_cholesky
+from gpkernels.optim import Adam
+
+LOG_2PI = math.log(2.0 * math.pi)
+KMEANS_SAMPLE_PER_CENTRE = 20
+KMEANS_ROUNDS = 10
+
+
+def kmeans_centres(x: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+    """k centres by Lloyd's algorithm on a subsample of x (empty clusters keep their start)."""
+    gen = torch.Generator().manual_seed(seed)
+    sample = x[torch.randperm(x.shape[0], generator=gen)[: k * KMEANS_SAMPLE_PER_CENTRE]]
+    centres = sample[:k].clone()
+    for _ in range(KMEANS_ROUNDS):
+        label = torch.cdist(sample, centres).argmin(1)
+        sums = torch.zeros_like(centres).index_add_(0, label, sample)
+        counts = torch.bincount(label, minlength=k).to(x.dtype)[:, None]
+        centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
+    return centres
+
+
+def grid_centres(x: torch.Tensor, k: int) -> torch.Tensor:
+    """About k centres on a regular grid over the data's bounding box (k^(1/d) per axis)."""
+    per_axis = max(2, round(k ** (1.0 / x.shape[1])))
+    axes = [
+        torch.linspace(float(c.min()), float(c.max()), per_axis, dtype=x.dtype, device=x.device)
+        for c in x.T
+    ]
+    return torch.cartesian_prod(*axes).reshape(-1, x.shape[1])
+
+
+class SVGP(GPModel):
+    """Sparse variational GP regression with the `fit` / `predict` facade of ExactGP.
+
+    `inducing` is "kmeans" (the default), "grid", or an (M, d) tensor of locations;
+    the locations stay fixed while the hyperparameters and q are learned.
+    """
+
+    def __init__(
+        self,
+        kernel: Kernel,
+        likelihood: GaussianLikelihood | None = None,
+        num_inducing: int = 500,
+        inducing: str | torch.Tensor = "kmeans",
+        batch_size: int = 1024,
+        normalize_y: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(kernel, likelihood, normalize_y)
+        if isinstance(inducing, str) and inducing not in ("kmeans", "grid"):
+            raise ValueError(f"inducing must be 'kmeans', 'grid' or a tensor; got {inducing!r}")
+        self.num_inducing = num_inducing
+        self.inducing = inducing
+        self.batch_size = batch_size
+        self.seed = seed
+        self.z: torch.Tensor | None = None  # inducing locations, (M, d)
+        self.precision: torch.Tensor | None = None  # P of q(v), (M, M), float64
+        self.shift: torch.Tensor | None = None  # h = P m, (M,), float64
+        self.jitter = 0.0
+        self.diagnostics: dict = {}
+        self._cache: dict | None = None
+
+    # -- structure -----------------------------------------------------------------
+    def _place_inducing(self, x: torch.Tensor) -> None:
+        if isinstance(self.inducing, torch.Tensor):
+            z = self.inducing
+        elif self.num_inducing >= x.shape[0]:
+            z = x
+        elif self.inducing == "grid":
+            z = grid_centres(x, self.num_inducing)
+        else:
+            z = kmeans_centres(x, self.num_inducing, self.seed)
+        self.z = z.detach().to(device=x.device, dtype=x.dtype)
+        m = self.z.shape[0]
+        self.precision = torch.eye(m, dtype=torch.float64, device=x.device)
+        self.shift = torch.zeros(m, dtype=torch.float64, device=x.device)
+
+    def _whitener(self) -> torch.Tensor:
+        """Cholesky factor L of K_ZZ (float64, differentiable), with jitter if needed."""
+        k_zz = self.kernel(self.z, self.z).double()
+        eye = torch.eye(k_zz.shape[0], dtype=k_zz.dtype, device=k_zz.device)
+        factor, info = torch.linalg.cholesky_ex(k_zz + self.jitter * eye)
+        if int(info) == 0:
+            return factor
+        with torch.no_grad():
+            _, jitter = robust_cholesky(k_zz.detach(), warn=False)
+        self.jitter = max(self.jitter, jitter)
+        warnings.warn(
+            f"SVGP: K_ZZ of {k_zz.shape[0]} inducing points needed {self.jitter:.3g} jitter on "
+            "its diagonal (inducing points too close for the lengthscale); fewer points help",
+            NumericalWarning,
+            stacklevel=3,
+        )
+        return torch.linalg.cholesky(k_zz + self.jitter * eye)
+
+    def _batches(
+        self, x: torch.Tensor, *others: torch.Tensor, epoch: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Rows in batches: in order, or shuffled (seeded by the epoch) when `epoch` is given."""
+        n = x.shape[0]
+        if epoch is None:
+            order = torch.arange(n, device=x.device)
+        else:
+            gen = torch.Generator().manual_seed(self.seed + epoch)
+            order = torch.randperm(n, generator=gen).to(x.device)
+        for idx in torch.split(order, self.batch_size):
+            yield (x[idx], *[o[idx] for o in others])
+
+    def _projection(self, whitener: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+        """A = L^-1 K_Z,x for a batch: the whitened features, (M, B) float64."""
+        k_zx = self.kernel(self.z, xb).double()
+        return torch.linalg.solve_triangular(whitener, k_zx, upper=False)
+
+    def _q_factor(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cholesky factor C of the precision P, and the mean m = P^-1 h."""
+        factor = torch.linalg.cholesky(self.precision)
+        mean = torch.cholesky_solve(self.shift[:, None], factor)[:, 0]
+        return factor, mean
+
+    def _expected_log_lik(
+        self,
+        a: torch.Tensor,
+        xb: torch.Tensor,
+        zb: torch.Tensor,
+        q_factor: torch.Tensor,
+        q_mean: torch.Tensor,
+    ) -> torch.Tensor:
+        """sum over the batch of E_q[log N(z | f, noise)], float64."""
+        noise = self.likelihood.noise.double()
+        mean = a.T @ q_mean
+        spread = torch.linalg.solve_triangular(q_factor, a, upper=False)
+        var = self.kernel.diag(xb).double() - (a * a).sum(0) + (spread * spread).sum(0)
+        resid = zb.double() - mean
+        return (-0.5 * (LOG_2PI + noise.log()) - 0.5 * (resid**2 + var) / noise).sum()
+
+    def _kl(self, q_factor: torch.Tensor, q_mean: torch.Tensor) -> torch.Tensor:
+        """KL(q(v) || N(0, I)) with S = P^-1."""
+        m = q_mean.shape[0]
+        eye = torch.eye(m, dtype=q_factor.dtype, device=q_factor.device)
+        trace = (torch.linalg.solve_triangular(q_factor, eye, upper=False) ** 2).sum()
+        logdet_p = 2.0 * q_factor.diagonal().log().sum()
+        return 0.5 * (trace + q_mean @ q_mean - m + logdet_p)
+
+    def _natural_target(
+        self, a: torch.Tensor, zb: torch.Tensor, scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """q's optimal precision and shift if the data were `scale` copies of this batch."""
+        noise = float(self.likelihood.noise)
+        eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
+        return eye + (scale / noise) * (a @ a.T), (scale / noise) * (a @ zb.double())
+
+    # -- training ------------------------------------------------------------------
+    def fit(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        epochs: int = 3,
+        lr: float = 0.01,
+        natgrad_lr: float = 0.1,
+        init_from_data: bool = True,
+        init_points: int = 400,
+    ) -> FitReport:
+        """Learn hyperparameters on minibatch ELBOs for `epochs` passes, then condition.
+
+        Per batch: Adam (`lr`) on the kernel and noise, then a natural-gradient step for q
+        of size max(`natgrad_lr`, 1/t) at batch t (a running mean at first). Starts from an
+        exact GP on `init_points` points unless `init_from_data` is False.
+        """
+        start = time.perf_counter()
+        z_all = self._standardise(x, y)
+        if init_from_data:
+            init_from_subsample(self, x, y, init_points, self.seed)
+        self._place_inducing(x)
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = Adam(params, lr=lr)
+        n, step = x.shape[0], 0
+        for epoch in range(epochs):
+            for xb, zb in self._batches(x, z_all, epoch=epoch):
+                step += 1
+                with torch.no_grad():
+                    q_factor, q_mean = self._q_factor()
+                optimizer.zero_grad()
+                whitener = self._whitener()
+                a = self._projection(whitener, xb)
+                ell = self._expected_log_lik(a, xb, zb, q_factor, q_mean)
+                loss = -ell / xb.shape[0]  # the KL term does not depend on the hyperparameters
+                if not bool(torch.isfinite(loss)):
+                    raise FloatingPointError(
+                        f"SVGP loss became {float(loss)} at step {step} with hyperparameters "
+                        f"{self.hyperparameters()}: try float64 or a smaller lr"
+                    )
+                loss.backward()
+                optimizer.step()
+                with torch.no_grad():
+                    rate = max(natgrad_lr, 1.0 / step)
+                    target_p, target_h = self._natural_target(a.detach(), zb, n / xb.shape[0])
+                    self.precision = (1 - rate) * self.precision + rate * target_p
+                    self.shift = (1 - rate) * self.shift + rate * target_h
+        self.condition(x, y)
+        elbo = self._cache["elbo"]
+        self.diagnostics.update(steps=step, epochs=epochs, batch_size=self.batch_size)
+        return FitReport(
+            step, True, f"{epochs} epochs done", elbo, self.jitter, time.perf_counter() - start
+        )
+
+    @torch.no_grad()
+    def condition(self, x: torch.Tensor, y: torch.Tensor) -> SVGP:
+        """Set q to its optimum for all of (x, y) in one pass (hyperparameters fixed)."""
+        z_all = self._standardise(x, y)
+        if self.z is None:
+            self._place_inducing(x)
+        whitener = self._whitener()
+        m = self.z.shape[0]
+        gram = torch.zeros(m, m, dtype=torch.float64, device=x.device)
+        shift = torch.zeros(m, dtype=torch.float64, device=x.device)
+        for xb, zb in self._batches(x, z_all):
+            a = self._projection(whitener, xb)
+            gram += a @ a.T
+            shift += a @ zb.double()
+        noise = float(self.likelihood.noise)
+        self.precision = torch.eye(m, dtype=torch.float64, device=x.device) + gram / noise
+        self.shift = shift / noise
+        q_factor, q_mean = self._q_factor()
+        ell = sum(
+            float(self._expected_log_lik(self._projection(whitener, xb), xb, zb, q_factor, q_mean))
+            for xb, zb in self._batches(x, z_all)
+        )
+        elbo = ell - float(self._kl(q_factor, q_mean)) - x.shape[0] * math.log(self.y_scale)
+        self._cache = {
+            "whitener": whitener,
+            "q_factor": q_factor,
+            "q_mean": q_mean,
+            "elbo": elbo,
+            "ndim": x.shape[1],
+        }
+        self.diagnostics.update(
+            inducing=self.z.shape[0], jitter=self.jitter, variance="exact under q (no sampling)"
+        )
+        return self
+
+    def elbo(self) -> float:
+        """The evidence lower bound of the last conditioning, in the units of y."""
+        if self._cache is None:
+            raise RuntimeError("call fit(x, y) or condition(x, y) before elbo()")
+        return self._cache["elbo"]
+
+    # -- prediction ----------------------------------------------------------------
+    @torch.no_grad()
+    def predict(
+        self, x: torch.Tensor, include_noise: bool = False, block_size: int = 4096
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and variance at x (of f, or of y with `include_noise`), in blocks."""
+        cache = self._cache
+        self._check_prediction_input(cache, x, cache["ndim"] if cache else 0)
+        means, variances = [], []
+        for xb in torch.split(x.to(self.z), block_size):
+            a = self._projection(cache["whitener"], xb)
+            mean = a.T @ cache["q_mean"]
+            spread = torch.linalg.solve_triangular(cache["q_factor"], a, upper=False)
+            var = self.kernel.diag(xb).double() - (a * a).sum(0) + (spread * spread).sum(0)
+            means.append(mean)
+            variances.append(var)
+        mean = torch.cat(means).to(x.dtype) * self.y_scale + self.y_mean
+        var = torch.cat(variances).to(x.dtype)
+        if include_noise:
+            var = var + self.likelihood.noise.to(x.dtype)
+        return mean, var.clamp_min(0.0) * self.y_scale**2
