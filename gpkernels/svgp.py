@@ -131,31 +131,39 @@ class SVGP(GPModel):
             yield (x[idx], *[o[idx] for o in others])
 
     def _projection(self, whitener: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
-        """A = L^-1 K_Z,x for a batch: the whitened features, (M, B) float64."""
-        k_zx = self.kernel(self.z, xb).double()
-        return torch.linalg.solve_triangular(whitener, k_zx, upper=False)
+        """A = L^-1 K_Z,x for a batch: the whitened features, (M, B) in the model's dtype."""
+        k_zx = self.kernel(self.z, xb)
+        return torch.linalg.solve_triangular(whitener.to(k_zx.dtype), k_zx, upper=False)
 
-    def _q_factor(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cholesky factor C of the precision P, and the mean m = P^-1 h."""
+    def _q_moments(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Cholesky factor C of the precision P, the mean m = P^-1 h, and S - I (float64)."""
         factor = torch.linalg.cholesky(self.precision)
         mean = torch.cholesky_solve(self.shift[:, None], factor)[:, 0]
-        return factor, mean
+        excess = torch.cholesky_inverse(factor)
+        excess.diagonal().sub_(1.0)
+        return factor, mean, excess
+
+    def _latent_moments(
+        self, a: torch.Tensor, xb: torch.Tensor, q_mean: torch.Tensor, q_excess: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean A^T m and variance k(x, x) + a^T (S - I) a of f under q, per column of A."""
+        mean = a.T @ q_mean.to(a.dtype)
+        var = self.kernel.diag(xb) + ((q_excess.to(a.dtype) @ a) * a).sum(0)
+        return mean, var
 
     def _expected_log_lik(
         self,
         a: torch.Tensor,
         xb: torch.Tensor,
         zb: torch.Tensor,
-        q_factor: torch.Tensor,
         q_mean: torch.Tensor,
+        q_excess: torch.Tensor,
     ) -> torch.Tensor:
-        """sum over the batch of E_q[log N(z | f, noise)], float64."""
-        noise = self.likelihood.noise.double()
-        mean = a.T @ q_mean
-        spread = torch.linalg.solve_triangular(q_factor, a, upper=False)
-        var = self.kernel.diag(xb).double() - (a * a).sum(0) + (spread * spread).sum(0)
-        resid = zb.double() - mean
-        return (-0.5 * (LOG_2PI + noise.log()) - 0.5 * (resid**2 + var) / noise).sum()
+        """sum over the batch of E_q[log N(z | f, noise)], accumulated in float64."""
+        noise = self.likelihood.noise
+        mean, var = self._latent_moments(a, xb, q_mean, q_excess)
+        terms = -0.5 * (LOG_2PI + noise.log()) - 0.5 * ((zb - mean) ** 2 + var) / noise
+        return terms.double().sum()
 
     def _kl(self, q_factor: torch.Tensor, q_mean: torch.Tensor) -> torch.Tensor:
         """KL(q(v) || N(0, I)) with S = P^-1."""
@@ -165,13 +173,16 @@ class SVGP(GPModel):
         logdet_p = 2.0 * q_factor.diagonal().log().sum()
         return 0.5 * (trace + q_mean @ q_mean - m + logdet_p)
 
-    def _natural_target(
-        self, a: torch.Tensor, zb: torch.Tensor, scale: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """q's optimal precision and shift if the data were `scale` copies of this batch."""
+    def _natural_target(self, a: torch.Tensor, zb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """A batch's terms of q's optimal precision and shift: A A^T / noise and A z / noise."""
         noise = float(self.likelihood.noise)
-        eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
-        return eye + (scale / noise) * (a @ a.T), (scale / noise) * (a @ zb.double())
+        return (a @ a.T).double() / noise, (a @ zb).double() / noise
+
+    def _natural_step(self, rate: float, data_p: torch.Tensor, data_h: torch.Tensor) -> None:
+        """Move q's natural parameters a fraction `rate` towards I + data_p and data_h."""
+        eye = torch.eye(data_p.shape[0], dtype=torch.float64, device=data_p.device)
+        self.precision = (1 - rate) * self.precision + rate * (eye + data_p)
+        self.shift = (1 - rate) * self.shift + rate * data_h
 
     # -- training ------------------------------------------------------------------
     def fit(
@@ -181,14 +192,17 @@ class SVGP(GPModel):
         epochs: int = 3,
         lr: float = 0.01,
         natgrad_lr: float = 0.1,
+        natgrad_every: int = 4,
         init_from_data: bool = True,
         init_points: int = 400,
     ) -> FitReport:
         """Learn hyperparameters on minibatch ELBOs for `epochs` passes, then condition.
 
-        Per batch: Adam (`lr`) on the kernel and noise, then a natural-gradient step for q
-        of size max(`natgrad_lr`, 1/t) at batch t (a running mean at first). Starts from an
-        exact GP on `init_points` points unless `init_from_data` is False.
+        Per batch, Adam (`lr`) steps the kernel and noise with q held fixed. Every
+        `natgrad_every` batches q takes a natural-gradient step towards the optimum for
+        those batches, of size max(`natgrad_lr`, 1/t) at its t-th step (a running mean at
+        first); fewer, larger steps save the M x M factorisations. Starts from an exact GP
+        on `init_points` points unless `init_from_data` is False.
         """
         start = time.perf_counter()
         z_all = self._standardise(x, y)
@@ -197,16 +211,17 @@ class SVGP(GPModel):
         self._place_inducing(x)
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = Adam(params, lr=lr)
-        n, step = x.shape[0], 0
+        n, step, updates = x.shape[0], 0, 0
+        target_p, target_h, seen = 0.0, 0.0, 0
+        with torch.no_grad():
+            _, q_mean, q_excess = self._q_moments()
         for epoch in range(epochs):
             for xb, zb in self._batches(x, z_all, epoch=epoch):
                 step += 1
-                with torch.no_grad():
-                    q_factor, q_mean = self._q_factor()
                 optimizer.zero_grad()
                 whitener = self._whitener()
                 a = self._projection(whitener, xb)
-                ell = self._expected_log_lik(a, xb, zb, q_factor, q_mean)
+                ell = self._expected_log_lik(a, xb, zb, q_mean, q_excess)
                 loss = -ell / xb.shape[0]  # the KL term does not depend on the hyperparameters
                 if not bool(torch.isfinite(loss)):
                     raise FloatingPointError(
@@ -216,10 +231,15 @@ class SVGP(GPModel):
                 loss.backward()
                 optimizer.step()
                 with torch.no_grad():
-                    rate = max(natgrad_lr, 1.0 / step)
-                    target_p, target_h = self._natural_target(a.detach(), zb, n / xb.shape[0])
-                    self.precision = (1 - rate) * self.precision + rate * target_p
-                    self.shift = (1 - rate) * self.shift + rate * target_h
+                    batch_p, batch_h = self._natural_target(a.detach(), zb)
+                    target_p, target_h, seen = target_p + batch_p, target_h + batch_h, seen + 1
+                    if seen == natgrad_every:
+                        updates += 1
+                        rate = max(natgrad_lr, 1.0 / updates)
+                        scale = n / (seen * self.batch_size)
+                        self._natural_step(rate, scale * target_p, scale * target_h)
+                        _, q_mean, q_excess = self._q_moments()
+                        target_p, target_h, seen = 0.0, 0.0, 0
         self.condition(x, y)
         elbo = self._cache["elbo"]
         self.diagnostics.update(steps=step, epochs=epochs, batch_size=self.batch_size)
@@ -234,26 +254,21 @@ class SVGP(GPModel):
         if self.z is None:
             self._place_inducing(x)
         whitener = self._whitener()
-        m = self.z.shape[0]
-        gram = torch.zeros(m, m, dtype=torch.float64, device=x.device)
-        shift = torch.zeros(m, dtype=torch.float64, device=x.device)
+        data_p, data_h = 0.0, 0.0
         for xb, zb in self._batches(x, z_all):
-            a = self._projection(whitener, xb)
-            gram += a @ a.T
-            shift += a @ zb.double()
-        noise = float(self.likelihood.noise)
-        self.precision = torch.eye(m, dtype=torch.float64, device=x.device) + gram / noise
-        self.shift = shift / noise
-        q_factor, q_mean = self._q_factor()
+            batch_p, batch_h = self._natural_target(self._projection(whitener, xb), zb)
+            data_p, data_h = data_p + batch_p, data_h + batch_h
+        self._natural_step(1.0, data_p, data_h)
+        q_factor, q_mean, q_excess = self._q_moments()
         ell = sum(
-            float(self._expected_log_lik(self._projection(whitener, xb), xb, zb, q_factor, q_mean))
+            float(self._expected_log_lik(self._projection(whitener, xb), xb, zb, q_mean, q_excess))
             for xb, zb in self._batches(x, z_all)
         )
         elbo = ell - float(self._kl(q_factor, q_mean)) - x.shape[0] * math.log(self.y_scale)
         self._cache = {
             "whitener": whitener,
-            "q_factor": q_factor,
             "q_mean": q_mean,
+            "q_excess": q_excess,
             "elbo": elbo,
             "ndim": x.shape[1],
         }
@@ -279,9 +294,7 @@ class SVGP(GPModel):
         means, variances = [], []
         for xb in torch.split(x.to(self.z), block_size):
             a = self._projection(cache["whitener"], xb)
-            mean = a.T @ cache["q_mean"]
-            spread = torch.linalg.solve_triangular(cache["q_factor"], a, upper=False)
-            var = self.kernel.diag(xb).double() - (a * a).sum(0) + (spread * spread).sum(0)
+            mean, var = self._latent_moments(a, xb, cache["q_mean"], cache["q_excess"])
             means.append(mean)
             variances.append(var)
         mean = torch.cat(means).to(x.dtype) * self.y_scale + self.y_mean
