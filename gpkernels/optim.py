@@ -117,7 +117,7 @@ def _evaluate(
     loss = objective()
     loss.backward()
     grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-    return float(loss), torch.cat([g.reshape(-1) for g in grads]).detach()
+    return float(loss.detach()), torch.cat([g.reshape(-1) for g in grads]).detach()
 
 
 def _two_loop(grad: torch.Tensor, memory: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
