@@ -169,13 +169,30 @@ class SVGP(GPModel):
         terms = -0.5 * (LOG_2PI + noise.log()) - 0.5 * ((zb - mean) ** 2 + var) / noise
         return terms.double().sum()
 
-    def _kl(self, q_factor: torch.Tensor, q_mean: torch.Tensor) -> torch.Tensor:
-        """KL(q(v) || N(0, I)) with S = P^-1."""
-        m = q_mean.shape[0]
-        eye = torch.eye(m, dtype=q_factor.dtype, device=q_factor.device)
-        trace = (torch.linalg.solve_triangular(q_factor, eye, upper=False) ** 2).sum()
-        logdet_p = 2.0 * q_factor.diagonal().log().sum()
-        return 0.5 * (trace + q_mean @ q_mean - m + logdet_p)
+    def _collapsed_bound(
+        self,
+        z: torch.Tensor,
+        q_factor: torch.Tensor,
+        q_mean: torch.Tensor,
+        data_p: torch.Tensor,
+        prior_trace: float,
+    ) -> float:
+        """The ELBO at the optimal q (Titsias' bound), from the statistics of one pass.
+
+        log N(z | 0, A^T A + noise I) - (sum k(x, x) - tr(A^T A)) / (2 noise), where the
+        log-determinant and the quadratic form come from P = I + A A^T / noise.
+        """
+        n, noise = z.shape[0], float(self.likelihood.noise)
+        zz = float((z.double() ** 2).sum())
+        logdet_p = 2.0 * float(q_factor.diagonal().log().sum())
+        quad = zz / noise - float(self.shift @ q_mean)
+        residual_variance = prior_trace - noise * float(data_p.diagonal().sum())
+        return (
+            -0.5 * n * (LOG_2PI + math.log(noise))
+            - 0.5 * logdet_p
+            - 0.5 * quad
+            - 0.5 * residual_variance / noise
+        )
 
     def _natural_target(self, a: torch.Tensor, zb: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """A batch's terms of q's optimal precision and shift: A A^T / noise and A z / noise."""
@@ -188,6 +205,29 @@ class SVGP(GPModel):
         self.precision = (1 - rate) * self.precision + rate * (eye + data_p)
         self.shift = (1 - rate) * self.shift + rate * data_h
 
+    def _hyper_step(
+        self,
+        optimizer: Adam,
+        xb: torch.Tensor,
+        zb: torch.Tensor,
+        q_mean: torch.Tensor,
+        q_excess: torch.Tensor,
+        step: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One Adam step on this batch's expected log-likelihood; returns L^-1 and A, detached."""
+        optimizer.zero_grad()
+        whitener = self._whitener()
+        a = self._projection(whitener, xb)
+        loss = -self._expected_log_lik(a, xb, zb, q_mean, q_excess) / xb.shape[0]
+        if not bool(torch.isfinite(loss)):  # the KL term does not depend on the hyperparameters
+            raise FloatingPointError(
+                f"SVGP loss became {float(loss)} at batch {step} with hyperparameters "
+                f"{self.hyperparameters()}: try float64 or a smaller lr"
+            )
+        loss.backward()
+        optimizer.step()
+        return whitener.detach(), a.detach()
+
     # -- training ------------------------------------------------------------------
     def fit(
         self,
@@ -197,16 +237,19 @@ class SVGP(GPModel):
         lr: float = 0.01,
         natgrad_lr: float = 0.1,
         natgrad_every: int = 4,
+        hyper_every: int = 4,
         init_from_data: bool = True,
         init_points: int = 400,
     ) -> FitReport:
         """Learn hyperparameters on minibatch ELBOs for `epochs` passes, then condition.
 
-        Per batch, Adam (`lr`) steps the kernel and noise with q held fixed. Every
-        `natgrad_every` batches q takes a natural-gradient step towards the optimum for
-        those batches, of size max(`natgrad_lr`, 1/t) at its t-th step (a running mean at
-        first); fewer, larger steps save the M x M factorisations. Starts from an exact GP
-        on `init_points` points unless `init_from_data` is False.
+        Every `hyper_every`-th batch, Adam (`lr`) steps the kernel and noise with q held
+        fixed; every batch adds to q's statistics, and every `natgrad_every` batches q
+        takes a natural-gradient step towards the optimum for them, of size
+        max(`natgrad_lr`, 1/t) at its t-th step (a running mean at first). A hyperparameter
+        step costs about four plain batches (the M x M factorisation and its gradient), so
+        `hyper_every` > 1 trades steps for speed. Starts from an exact GP on
+        `init_points` points unless `init_from_data` is False.
         """
         start = time.perf_counter()
         z_all = self._standardise(x, y)
@@ -215,27 +258,24 @@ class SVGP(GPModel):
         self._place_inducing(x)
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = Adam(params, lr=lr)
-        n, step, updates = x.shape[0], 0, 0
+        n, step, updates, hyper_steps = x.shape[0], 0, 0, 0
         target_p, target_h, seen = 0.0, 0.0, 0
         with torch.no_grad():
             _, q_mean, q_excess = self._q_moments()
+        whitener = None
         for epoch in range(epochs):
             for xb, zb in self._batches(x, z_all, epoch=epoch):
                 step += 1
-                optimizer.zero_grad()
-                whitener = self._whitener()
-                a = self._projection(whitener, xb)
-                ell = self._expected_log_lik(a, xb, zb, q_mean, q_excess)
-                loss = -ell / xb.shape[0]  # the KL term does not depend on the hyperparameters
-                if not bool(torch.isfinite(loss)):
-                    raise FloatingPointError(
-                        f"SVGP loss became {float(loss)} at step {step} with hyperparameters "
-                        f"{self.hyperparameters()}: try float64 or a smaller lr"
-                    )
-                loss.backward()
-                optimizer.step()
+                if (step - 1) % hyper_every == 0:
+                    # The batches up to the next step are whitened with this step's L^-1:
+                    # one Adam step stale, which only q's running statistics see.
+                    whitener, a = self._hyper_step(optimizer, xb, zb, q_mean, q_excess, step)
+                    hyper_steps += 1
+                else:
+                    with torch.no_grad():
+                        a = self._projection(whitener, xb)
                 with torch.no_grad():
-                    batch_p, batch_h = self._natural_target(a.detach(), zb)
+                    batch_p, batch_h = self._natural_target(a, zb)
                     target_p, target_h, seen = target_p + batch_p, target_h + batch_h, seen + 1
                     if seen == natgrad_every:
                         updates += 1
@@ -246,7 +286,9 @@ class SVGP(GPModel):
                         target_p, target_h, seen = 0.0, 0.0, 0
         self.condition(x, y)
         elbo = self._cache["elbo"]
-        self.diagnostics.update(steps=step, epochs=epochs, batch_size=self.batch_size)
+        self.diagnostics.update(
+            batches=step, hyper_steps=hyper_steps, epochs=epochs, batch_size=self.batch_size
+        )
         return FitReport(
             step, True, f"{epochs} epochs done", elbo, self.jitter, time.perf_counter() - start
         )
@@ -258,17 +300,15 @@ class SVGP(GPModel):
         if self.z is None:
             self._place_inducing(x)
         whitener = self._whitener()
-        data_p, data_h = 0.0, 0.0
+        data_p, data_h, prior_trace = 0.0, 0.0, 0.0
         for xb, zb in self._batches(x, z_all):
             batch_p, batch_h = self._natural_target(self._projection(whitener, xb), zb)
             data_p, data_h = data_p + batch_p, data_h + batch_h
+            prior_trace += float(self.kernel.diag(xb).double().sum())
         self._natural_step(1.0, data_p, data_h)
         q_factor, q_mean, q_excess = self._q_moments()
-        ell = sum(
-            float(self._expected_log_lik(self._projection(whitener, xb), xb, zb, q_mean, q_excess))
-            for xb, zb in self._batches(x, z_all)
-        )
-        elbo = ell - float(self._kl(q_factor, q_mean)) - x.shape[0] * math.log(self.y_scale)
+        elbo = self._collapsed_bound(z_all, q_factor, q_mean, data_p, prior_trace)
+        elbo -= x.shape[0] * math.log(self.y_scale)
         self._cache = {
             "whitener": whitener,
             "q_mean": q_mean,
