@@ -15,12 +15,14 @@ from gpkernels.kernels import (
 from gpkernels.kiss import KissGP
 from gpkernels.likelihoods import GaussianLikelihood
 from gpkernels.linalg import NumericalWarning, robust_cholesky
+from gpkernels.lmc import LMCSVGP
 from gpkernels.multitask import MultitaskExactGP, TaskCovariance
 from gpkernels.ongrid import Lattice
 from gpkernels.sampling import sample_separable_grid
 from gpkernels.svgp import SVGP
 
 __all__ = [
+    "LMCSVGP",
     "MultitaskExactGP",
     "TaskCovariance",
     "SVGP",

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gpkernels import ExactGP, GaussianLikelihood, Matern, MultitaskExactGP, Scale
+from gpkernels import LMCSVGP, ExactGP, GaussianLikelihood, Matern, MultitaskExactGP, Scale
 
 
 def inputs(n: int = 60, seed: int = 0) -> torch.Tensor:
@@ -89,3 +89,72 @@ def test_bad_shapes_are_refused_with_the_expected_shape() -> None:
         model.fit(x, torch.zeros(10, 2, dtype=torch.float64))
     with pytest.raises(ValueError, match="rank must be"):
         MultitaskExactGP(Matern(1.5), num_tasks=2, rank=3)
+
+
+def lmc_data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(80, 1, generator=gen, dtype=torch.float64) * 10
+    f = torch.stack([torch.sin(x[:, 0]), 0.5 * torch.sin(x[:, 0]) + 0.1], 1)
+    y = f + 0.05 * torch.randn(80, 2, generator=gen, dtype=torch.float64)
+    y[torch.rand(80, generator=gen) < 0.3, 0] = float("nan")  # any subset observed per point
+    y[torch.rand(80, generator=gen) < 0.3, 1] = float("nan")
+    return x, y
+
+
+def paired_models(mixing: torch.Tensor, diagonal: torch.Tensor, latents: int, x: torch.Tensor):
+    icm = MultitaskExactGP(Matern(1.5, 0.8), num_tasks=2, rank=1)
+    lmc = LMCSVGP(Matern(1.5, 0.8), num_outputs=2, num_latents=latents, inducing=x, batch_size=32)
+    w = torch.tensor([[1.0], [0.6]], dtype=torch.float64)
+    with torch.no_grad():
+        icm.tasks.mixing.copy_(w)
+        icm.tasks.diagonal.set(diagonal)
+        lmc.mixing.copy_(mixing)
+        for model in (icm, lmc):
+            model.noise.set(torch.tensor([0.02, 0.05]))
+    return icm, lmc
+
+
+def test_lmc_at_the_inputs_equals_icm_rank_one_plus_diagonal() -> None:
+    """B = w w^T + diag(v) is LMC with one shared latent and one latent per output."""
+    x, y = lmc_data()
+    v = torch.tensor([0.3, 0.2], dtype=torch.float64)
+    w = torch.tensor([[1.0], [0.6]], dtype=torch.float64)
+    icm, lmc = paired_models(torch.cat([w, torch.diag(v.sqrt())], 1), v, 3, x)
+    icm.condition(x, y)
+    lmc.condition(x, y)
+    x_test = torch.linspace(0, 10, 50, dtype=torch.float64)[:, None]
+    mean_i, var_i = icm.predict(x_test)
+    mean_l, var_l = lmc.predict(x_test)
+    assert torch.allclose(mean_l, mean_i, rtol=1e-8, atol=1e-10)
+    assert float(((var_l - var_i).abs() / var_i).max()) < 1e-8
+    lml = float(icm.log_marginal_likelihood(x, y).detach())
+    assert lmc.elbo() == pytest.approx(lml, rel=1e-9)
+
+
+def test_lmc_with_one_latent_matches_icm_of_rank_one() -> None:
+    """ICM's task diagonal cannot go below its 1e-6 floor, hence the looser variance match."""
+    x, y = lmc_data()
+    w = torch.tensor([[1.0], [0.6]], dtype=torch.float64)
+    icm, lmc = paired_models(w, torch.full((2,), 1.0001e-6, dtype=torch.float64), 1, x)
+    icm.condition(x, y)
+    lmc.condition(x, y)
+    x_test = torch.linspace(0, 10, 50, dtype=torch.float64)[:, None]
+    mean_i, var_i = icm.predict(x_test)
+    mean_l, var_l = lmc.predict(x_test)
+    assert float((mean_l - mean_i).abs().max() / mean_i.abs().max()) < 1e-4
+    assert float(((var_l - var_i).abs() / var_i).max()) < 5e-3
+    assert lmc.elbo() <= float(icm.log_marginal_likelihood(x, y).detach())
+
+
+def test_lmc_fit_on_partly_observed_outputs() -> None:
+    x, y = lmc_data(1)
+    model = LMCSVGP(Matern(1.5, 1.0), num_outputs=2, num_latents=2, num_inducing=40, batch_size=32)
+    start = model.condition(x, y).elbo()
+    report = model.fit(x, y, epochs=100)
+    assert report.stop_reason == "100 epochs done"
+    assert model.elbo() > start
+    x_test = torch.linspace(0.5, 9.5, 40, dtype=torch.float64)[:, None]
+    mean, var = model.predict(x_test)
+    truth = torch.sin(x_test[:, 0])
+    assert float(torch.sqrt(torch.mean((mean[:, 0] - truth) ** 2))) < 0.2
+    assert bool((var >= 0).all())

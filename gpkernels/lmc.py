@@ -1,0 +1,279 @@
+"""Multi-output SVGP by the linear model of coregionalisation (LMC): Q latent GPs, T outputs.
+
+f_t(x) = sum_q W[t, q] g_q(x), each g_q a GP with its own kernel and whitened inducing
+variables at shared locations Z; q(v) is one joint Gaussian over all Q x M of them, kept
+as natural parameters, so an observation of any subset of outputs at a point informs
+every latent. For Gaussian likelihoods q's optimum has a closed form: `condition` finds
+it in one streaming pass, and `fit` learns kernels, W and per-output noise on minibatches
+in between natural-gradient steps, as `SVGP` does for one output.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from gpkernels.base import FitReport
+from gpkernels.kernels import Kernel
+from gpkernels.linalg import robust_cholesky
+from gpkernels.optim import Adam
+from gpkernels.params import PositiveParameter
+from gpkernels.svgp import LOG_2PI, kmeans_centres
+
+
+class LMCSVGP(nn.Module):
+    """Sparse variational LMC regression; y is (n, T) with NaN where an output is missing.
+
+    `kernel` is copied once per latent (unit variance: W carries the scales).
+    """
+
+    def __init__(
+        self,
+        kernel: Kernel,
+        num_outputs: int,
+        num_latents: int = 1,
+        num_inducing: int = 200,
+        inducing: torch.Tensor | None = None,
+        batch_size: int = 1024,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.kernels = nn.ModuleList(copy.deepcopy(kernel) for _ in range(num_latents))
+        gen = torch.Generator().manual_seed(seed)
+        self.mixing = nn.Parameter(torch.randn(num_outputs, num_latents, generator=gen).double())
+        self.noise = PositiveParameter(torch.full((num_outputs,), 0.1), floor=1e-6)
+        self.num_outputs, self.num_latents = num_outputs, num_latents
+        self.num_inducing, self.inducing = num_inducing, inducing
+        self.batch_size, self.seed = batch_size, seed
+        self.z: torch.Tensor | None = None
+        self.precision: torch.Tensor | None = None
+        self.shift: torch.Tensor | None = None
+        self.y_mean = torch.zeros(num_outputs)
+        self.y_scale = torch.ones(num_outputs)
+        self._cache: dict | None = None
+
+    # -- data ------------------------------------------------------------------------
+    def _standardise(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 2 or y.shape != (x.shape[0], self.num_outputs):
+            raise ValueError(
+                f"x must be (n, d) and y (n, {self.num_outputs}) with NaN where an output is "
+                f"missing; got x {tuple(x.shape)}, y {tuple(y.shape)}"
+            )
+        observed = torch.isfinite(y)
+        counts = observed.sum(0)
+        if bool((counts < 2).any()):
+            raise ValueError(f"every output needs 2 observations; counts {counts.tolist()}")
+        self.to(device=x.device, dtype=x.dtype)
+        filled = torch.where(observed, y, torch.zeros_like(y))
+        mean = filled.sum(0) / counts
+        var = (torch.where(observed, y - mean, torch.zeros_like(y)) ** 2).sum(0) / (counts - 1)
+        self.y_mean, self.y_scale = mean, var.sqrt().clamp_min(1e-12)
+        return (y - mean) / self.y_scale
+
+    def _batches(
+        self, x: torch.Tensor, z: torch.Tensor, epoch: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.arange(x.shape[0], device=x.device)
+        if epoch is not None:
+            gen = torch.Generator().manual_seed(self.seed + epoch)
+            order = torch.randperm(x.shape[0], generator=gen).to(x.device)
+        for idx in torch.split(order, self.batch_size):
+            yield x[idx], z[idx]
+
+    def _place_inducing(self, x: torch.Tensor) -> None:
+        if self.inducing is not None:
+            z = self.inducing
+        elif self.num_inducing >= x.shape[0]:
+            z = x
+        else:
+            z = kmeans_centres(x, self.num_inducing, self.seed)
+        self.z = z.detach().to(device=x.device, dtype=x.dtype)
+        size = self.num_latents * self.z.shape[0]
+        self.precision = torch.eye(size, dtype=torch.float64, device=x.device)
+        self.shift = torch.zeros(size, dtype=torch.float64, device=x.device)
+
+    # -- features ------------------------------------------------------------------
+    def _whiteners(self) -> list[torch.Tensor]:
+        """L_q^-1 per latent (float64, differentiable)."""
+        out = []
+        for kernel in self.kernels:
+            k_zz = kernel(self.z, self.z).double()
+            eye = torch.eye(k_zz.shape[0], dtype=k_zz.dtype, device=k_zz.device)
+            with torch.no_grad():
+                _, jitter = robust_cholesky(k_zz.detach())
+            factor = torch.linalg.cholesky(k_zz + jitter * eye)
+            out.append(torch.linalg.solve_triangular(factor, eye, upper=False))
+        return out
+
+    def _features(
+        self, whiteners: list[torch.Tensor], xb: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per latent: whitened features A_q (Q, M, B) and unexplained variances (Q, B)."""
+        feats, rest = [], []
+        for kernel, whitener in zip(self.kernels, whiteners, strict=True):
+            a = whitener.to(xb.dtype) @ kernel(self.z, xb)
+            feats.append(a)
+            rest.append(kernel.diag(xb) - (a * a).sum(0))
+        return torch.stack(feats), torch.stack(rest)
+
+    def _output_features(self, feats: torch.Tensor, t: int) -> torch.Tensor:
+        """Phi_t (Q M, B): output t's features, the latents' scaled by W[t, q]."""
+        w = self.mixing[t].to(feats.dtype)
+        return (w[:, None, None] * feats).reshape(-1, feats.shape[-1])
+
+    def _statistics(self, feats: torch.Tensor, zb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Sum over observed entries of Phi Phi^T / noise and Phi z / noise (float64)."""
+        noise = self.noise.value.detach()
+        p = torch.zeros_like(self.precision)
+        h = torch.zeros_like(self.shift)
+        for t in range(self.num_outputs):
+            seen = torch.isfinite(zb[:, t])
+            phi = self._output_features(feats, t)[:, seen].detach()
+            p += (phi @ phi.T).double() / float(noise[t])
+            h += (phi @ zb[seen, t]).double() / float(noise[t])
+        return p, h
+
+    def _q_moments(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        factor = torch.linalg.cholesky(self.precision)
+        mean = torch.cholesky_solve(self.shift[:, None], factor)[:, 0]
+        return factor, mean, torch.cholesky_inverse(factor)
+
+    def _moments(
+        self,
+        feats: torch.Tensor,
+        rest: torch.Tensor,
+        t: int,
+        q_mean,
+        q_cov,  # noqa: ANN001
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of f_t under q at the batch's points."""
+        phi = self._output_features(feats, t)
+        w2 = self.mixing[t].to(rest.dtype) ** 2
+        mean = phi.T @ q_mean.to(phi.dtype)
+        var = (w2[:, None] * rest).sum(0) + ((q_cov.to(phi.dtype) @ phi) * phi).sum(0)
+        return mean, var
+
+    # -- training and conditioning -----------------------------------------------------
+    def fit(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        epochs: int = 3,
+        lr: float = 0.05,
+        natgrad_lr: float = 0.1,
+        every: int = 4,
+    ) -> FitReport:
+        """Minibatch epochs (Adam on kernels, W, noise every `every` batches, natural steps
+        for q from every batch's statistics), then an exact conditioning pass."""
+        start = time.perf_counter()
+        z_all = self._standardise(x, y)
+        self._place_inducing(x)
+        optimizer = Adam([p for p in self.parameters() if p.requires_grad], lr=lr)
+        n_rows, batch, updates = x.shape[0], 0, 0
+        acc_p, acc_h = 0.0, 0.0
+        _, q_mean, q_cov = self._q_moments()
+        for epoch in range(epochs):
+            for xb, zb in self._batches(x, z_all, epoch):
+                batch += 1
+                optimizer.zero_grad()
+                whiteners = self._whiteners()
+                feats, rest = self._features(whiteners, xb)
+                if (batch - 1) % every == 0:
+                    loss = -self._expected_log_lik(feats, rest, zb, q_mean, q_cov) / xb.shape[0]
+                    loss.backward()
+                    optimizer.step()
+                p, h = self._statistics(feats, zb)
+                acc_p, acc_h = acc_p + p, acc_h + h
+                if batch % every == 0:
+                    updates += 1
+                    rate = max(natgrad_lr, 1.0 / updates)
+                    scale = n_rows / (every * self.batch_size)
+                    eye = torch.eye(p.shape[0], dtype=torch.float64, device=p.device)
+                    self.precision = (1 - rate) * self.precision + rate * (eye + scale * acc_p)
+                    self.shift = (1 - rate) * self.shift + rate * scale * acc_h
+                    _, q_mean, q_cov = self._q_moments()
+                    acc_p, acc_h = 0.0, 0.0
+        self.condition(x, y)
+        return FitReport(
+            batch,
+            True,
+            f"{epochs} epochs done",
+            self._cache["elbo"],
+            0.0,
+            time.perf_counter() - start,
+        )
+
+    def _expected_log_lik(self, feats, rest, zb, q_mean, q_cov) -> torch.Tensor:  # noqa: ANN001
+        """Sum over the batch's observed entries of E_q[log N(z | f_t, noise_t)], float64."""
+        total = torch.zeros((), dtype=torch.float64, device=zb.device)
+        for t in range(self.num_outputs):
+            seen = torch.isfinite(zb[:, t])
+            mean, var = self._moments(feats[:, :, seen], rest[:, seen], t, q_mean, q_cov)
+            noise = self.noise.value[t]
+            terms = -0.5 * (LOG_2PI + noise.log()) - 0.5 * ((zb[seen, t] - mean) ** 2 + var) / noise
+            total = total + terms.double().sum()
+        return total
+
+    @torch.no_grad()
+    def condition(self, x: torch.Tensor, y: torch.Tensor) -> LMCSVGP:
+        """Set q to its optimum for all observed entries in one pass; cache the bound."""
+        z_all = self._standardise(x, y)
+        if self.z is None:
+            self._place_inducing(x)
+        whiteners = self._whiteners()
+        data_p = torch.zeros_like(self.precision)
+        data_h = torch.zeros_like(self.shift)
+        entries, log_noise, zz, residual = 0, 0.0, 0.0, 0.0
+        noise = self.noise.value.double()
+        for xb, zb in self._batches(x, z_all):
+            feats, rest = self._features(whiteners, xb)
+            p, h = self._statistics(feats, zb)
+            data_p, data_h = data_p + p, data_h + h
+            for t in range(self.num_outputs):
+                seen = torch.isfinite(zb[:, t])
+                w2 = self.mixing[t].double() ** 2
+                entries += int(seen.sum())
+                log_noise += float(seen.sum()) * float(noise[t].log())
+                zz += float((zb[seen, t].double() ** 2).sum()) / float(noise[t])
+                residual += float((w2[:, None] * rest[:, seen].double()).sum()) / float(noise[t])
+        eye = torch.eye(data_p.shape[0], dtype=torch.float64, device=data_p.device)
+        self.precision, self.shift = eye + data_p, data_h
+        factor, q_mean, q_cov = self._q_moments()
+        elbo = (
+            -0.5 * entries * LOG_2PI
+            - 0.5 * log_noise
+            - factor.diagonal().log().sum().item()
+            - 0.5 * (zz - float(self.shift @ q_mean))
+            - 0.5 * residual
+        )
+        _, outputs = torch.nonzero(torch.isfinite(z_all), as_tuple=True)
+        elbo -= float(self.y_scale.log()[outputs].sum())
+        self._cache = {"whiteners": whiteners, "q_mean": q_mean, "q_cov": q_cov, "elbo": elbo}
+        return self
+
+    def elbo(self) -> float:
+        """The evidence lower bound of the last conditioning, in the units of y."""
+        if self._cache is None:
+            raise RuntimeError("call fit(x, y) or condition(x, y) before elbo()")
+        return self._cache["elbo"]
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, block_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent means and variances (m, T) of every output at x, in each output's units."""
+        if self._cache is None:
+            raise RuntimeError("call fit(x, y) or condition(x, y) before predict")
+        means, variances = [], []
+        for xb in torch.split(x.to(self.z), block_size):
+            feats, rest = self._features(self._cache["whiteners"], xb)
+            pairs = [
+                self._moments(feats, rest, t, self._cache["q_mean"], self._cache["q_cov"])
+                for t in range(self.num_outputs)
+            ]
+            means.append(torch.stack([m for m, _ in pairs], 1))
+            variances.append(torch.stack([v for _, v in pairs], 1))
+        mean = torch.cat(means) * self.y_scale + self.y_mean
+        return mean, torch.cat(variances).clamp_min(0.0) * self.y_scale**2
