@@ -20,6 +20,7 @@ from torch import nn
 from gpkernels.base import FitReport
 from gpkernels.kernels import Kernel
 from gpkernels.linalg import robust_cholesky
+from gpkernels.multitask import standardise_columns
 from gpkernels.optim import Adam
 from gpkernels.params import PositiveParameter
 from gpkernels.svgp import LOG_2PI, kmeans_centres
@@ -63,16 +64,9 @@ class LMCSVGP(nn.Module):
                 f"x must be (n, d) and y (n, {self.num_outputs}) with NaN where an output is "
                 f"missing; got x {tuple(x.shape)}, y {tuple(y.shape)}"
             )
-        observed = torch.isfinite(y)
-        counts = observed.sum(0)
-        if bool((counts < 2).any()):
-            raise ValueError(f"every output needs 2 observations; counts {counts.tolist()}")
         self.to(device=x.device, dtype=x.dtype)
-        filled = torch.where(observed, y, torch.zeros_like(y))
-        mean = filled.sum(0) / counts
-        var = (torch.where(observed, y - mean, torch.zeros_like(y)) ** 2).sum(0) / (counts - 1)
-        self.y_mean, self.y_scale = mean, var.sqrt().clamp_min(1e-12)
-        return (y - mean) / self.y_scale
+        z, self.y_mean, self.y_scale = standardise_columns(y)
+        return z
 
     def _batches(
         self, x: torch.Tensor, z: torch.Tensor, epoch: int | None = None

@@ -42,6 +42,22 @@ class TaskCovariance(nn.Module):
         return b / torch.outer(scale, scale)
 
 
+def standardise_columns(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each column of y (n, T, NaN where missing) to zero mean, unit variance; with the
+    means and scales. Every column needs at least 2 observations."""
+    observed = torch.isfinite(y)
+    counts = observed.sum(0)
+    if bool((counts < 2).any()):
+        raise ValueError(
+            f"every variable needs at least 2 observations; counts per variable {counts.tolist()}"
+        )
+    filled = torch.where(observed, y, torch.zeros_like(y))
+    mean = filled.sum(0) / counts
+    var = (torch.where(observed, y - mean, torch.zeros_like(y)) ** 2).sum(0) / (counts - 1)
+    scale = var.sqrt().clamp_min(1e-12)
+    return (y - mean) / scale, mean, scale
+
+
 def _observed_entries(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Row and task index of every finite entry of y (n, T)."""
     rows, tasks = torch.nonzero(torch.isfinite(y), as_tuple=True)
@@ -76,18 +92,9 @@ class MultitaskExactGP(nn.Module):
             )
         if not bool(torch.isfinite(x).all()):
             raise ValueError("x must be finite; drop rows with NaN coordinates")
-        observed = torch.isfinite(y)
-        counts = observed.sum(0)
-        if bool((counts < 2).any()):
-            raise ValueError(
-                f"every task needs at least 2 observations; counts per task {counts.tolist()}"
-            )
         self.to(device=x.device, dtype=x.dtype)
-        filled = torch.where(observed, y, torch.zeros_like(y))
-        mean = filled.sum(0) / counts
-        var = (torch.where(observed, y - mean, torch.zeros_like(y)) ** 2).sum(0) / (counts - 1)
-        self.y_mean, self.y_scale = mean, var.sqrt().clamp_min(1e-12)
-        return (y - self.y_mean) / self.y_scale
+        z, self.y_mean, self.y_scale = standardise_columns(y)
+        return z
 
     def _covariance(self, x: torch.Tensor, rows: torch.Tensor, tasks: torch.Tensor):  # noqa: ANN202
         points = x[rows]
