@@ -56,6 +56,10 @@ class ModelSpec(Strict):
         128, ge=16, le=4096, description="kiss only: observations each variance conditions on"
     )
     dtype: Literal["float32", "float64"] = "float64"
+    multitask: bool = Field(
+        False, description="exact only: one ICM model over all variables per tile"
+    )
+    rank: int = Field(1, ge=0, le=8, description="multitask: rank of the variables' covariance")
 
 
 class TilingSpec(Strict):
@@ -86,6 +90,12 @@ class JobSpec(Strict):
 
     @model_validator(mode="after")
     def _per_dim_maps_match_dims(self) -> JobSpec:
+        if self.model.multitask and (self.model.type != "exact" or len(self.input.variables) < 2):
+            raise ValueError(
+                f"model.multitask needs model.type: exact and at least 2 input.variables; got "
+                f"type {self.model.type!r} with variables {self.input.variables}: set "
+                "type: exact and list the variables, or drop multitask"
+            )
         dims = self.input.dims
         for field_name, mapping in (
             ("model.kernel", self.model.kernel),
@@ -123,6 +133,8 @@ class JobSpec(Strict):
                 max_points=self.model.max_points,
                 max_iter=self.model.max_iter,
                 dtype=self.model.dtype,
+                multitask=self.model.multitask,
+                rank=self.model.rank,
             ),
             num_cpus=self.resources.num_cpus,
             num_gpus=self.resources.num_gpus,

@@ -12,7 +12,9 @@ class ModelConfig:
     kiss: hyperparameters from an exact GP on `fit_points` observations (L-BFGS,
     `max_iter`), refined by `refine_iter` Adam steps on the whole window, then an
     exact on-grid solve over every observed cell; variances by local kriging on
-    `neighbours` observations. exact: dense GP on at most `max_points` observations.
+    `neighbours` observations. exact: dense GP on at most `max_points` observations;
+    with `multitask`, one ICM model (variables' covariance of rank `rank`) over all
+    variables, on at most `max_points` observed values.
     """
 
     kernels: tuple[str, ...]
@@ -23,6 +25,8 @@ class ModelConfig:
     refine_iter: int = 0
     neighbours: int = 128
     dtype: str = "float64"
+    multitask: bool = False
+    rank: int = 1
 
 
 @dataclass(frozen=True)

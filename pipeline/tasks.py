@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from gpkernels import ExactGP, KissGP, Lattice, separable
+from gpkernels import ExactGP, KissGP, Lattice, MultitaskExactGP, separable
 from pipeline.config import PipelineConfig
 from pipeline.inputs import coordinate_values, open_input
 from pipeline.store import std_name
@@ -147,6 +147,60 @@ def predict_kiss(
     return mean, std, info
 
 
+def predict_multitask(
+    x: np.ndarray, values: np.ndarray, x_core: np.ndarray, config: PipelineConfig, seed: int
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One ICM model over all variables (columns of `values`, NaN where missing).
+
+    The kernel starts from an ExactGP fit to the first variable's observations; then
+    kernel, the variables' covariance and per-variable noise are learned on at most
+    `fit_points` rows, and the model conditions on all of them.
+    """
+    tx, ty, tc = _tensors(config, x, values, x_core)
+    kernel = separable(config.model.kernels)
+    gen = np.random.default_rng(seed)
+    first = np.flatnonzero(np.isfinite(values[:, 0]))
+    start_idx = np.sort(gen.permutation(first)[: config.model.fit_points])
+    ExactGP(kernel).fit(tx[start_idx], ty[start_idx, 0], max_iter=config.model.max_iter, seed=seed)
+    model = MultitaskExactGP(kernel.base, len(config.variables), config.model.rank, seed)
+    fit_idx = np.sort(gen.permutation(len(values))[: config.model.fit_points])
+
+    def fit():  # noqa: ANN202
+        report = model.fit(tx[fit_idx], ty[fit_idx], max_iter=config.model.max_iter)
+        model.condition(tx, ty)
+        return report
+
+    mean, std, info = _fit_and_predict(model, fit, tc)
+    info.update(n_fit=len(fit_idx), n_conditioned=int(np.isfinite(values).sum()))
+    info["solver"] = {"jitter": model.jitter}
+    return mean, std, info
+
+
+def _predict_variables_jointly(
+    config: PipelineConfig,
+    tile: Tile,
+    ds,
+    x: np.ndarray,
+    x_core: np.ndarray,
+    window: dict,  # noqa: ANN001
+) -> tuple[dict[str, np.ndarray], dict]:
+    """The multitask branch of predict_tile: rows with any variable observed, nearest first."""
+    columns = [
+        ds[v].isel(window).transpose(*config.dims).values.reshape(-1) for v in config.variables
+    ]
+    values = np.stack(columns, axis=1)
+    rows = np.flatnonzero(np.isfinite(values).any(axis=1))
+    limit = max(config.model.max_points // len(config.variables), MIN_OBSERVATIONS)
+    used = nearest_to_core(rows, tile, config.halo, limit, tile.index)
+    mean, std, info = predict_multitask(x[used], values[used], x_core, config, tile.index)
+    predictions = {}
+    for t, var in enumerate(config.variables):
+        predictions[var] = mean[:, t].reshape(tile.core_shape)
+        predictions[std_name(var)] = std[:, t].reshape(tile.core_shape)
+    info.update(status="ok", n_observed=[int(np.isfinite(c).sum()) for c in columns])
+    return predictions, info
+
+
 def predict_tile(config: PipelineConfig, tile: Tile) -> TileResult:
     """Read the tile's window, fit and predict each variable, return core mean and std."""
     start = time.perf_counter()
@@ -160,6 +214,11 @@ def predict_tile(config: PipelineConfig, tile: Tile) -> TileResult:
     x_core = x[core_mask.reshape(-1)]
     predictions: dict[str, np.ndarray] = {}
     diagnostics: dict = {"tile": tile.index, "variables": {}}
+    if config.model.multitask:
+        predictions, info = _predict_variables_jointly(config, tile, ds, x, x_core, window)
+        diagnostics["variables"] = dict.fromkeys(config.variables, info)
+        diagnostics["seconds"] = time.perf_counter() - start
+        return TileResult(tile, predictions, diagnostics)
     for var in config.variables:
         read_start = time.perf_counter()
         values = ds[var].isel(window).transpose(*config.dims).values.reshape(-1)

@@ -63,6 +63,10 @@ def test_good_spec_maps_dims_in_order(tmp_path) -> None:
             {**GOOD, "resources": {"num_gpus": -1}},
             r"resources\.num_gpus: got -1; Input should be greater than or equal to 0",
         ),
+        (
+            with_change("model", "multitask", True),
+            r"model\.multitask needs model\.type: exact and at least 2 input\.variables",
+        ),
     ],
 )
 def test_bad_specs_name_the_field_value_and_fix(spec, expected) -> None:

@@ -132,3 +132,32 @@ def test_missing_variable_is_named(source, tmp_path) -> None:
     with pytest.raises(KeyError, match="'sst' is not in the input; it has"):
         run_pipeline(config, progress=False)
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_multitask_tiles_fill_a_block_from_a_correlated_variable(tmp_path) -> None:
+    """tas is missing in a block where a correlated variable is observed: the joint (ICM)
+    model predicts the block better than tas alone, and writes mean and std for both."""
+    from pipeline.synthetic import make_synthetic_dataset
+
+    ds = make_synthetic_dataset(SyntheticGrid(shape=(4, 16, 16), seed=5, gap_fraction=0.1))
+    truth = ds["tas_true"].values
+    rng = np.random.default_rng(0)
+    dew = 0.9 * (truth - truth.mean()) + 270 + 0.2 * rng.standard_normal(truth.shape)
+    tas = ds["tas"].values.copy()
+    tas[:, 5:11, 5:11] = np.nan
+    ds = ds.assign(tas=(DIMS, tas, ds["tas"].attrs), dew=(DIMS, dew.astype(np.float32), {}))
+    path = str(tmp_path / "two.zarr")
+    ds.to_zarr(path, mode="w", zarr_format=3, consolidated=False)
+    model = replace(MODEL, type="exact", fit_points=200, max_points=1200, max_iter=60)
+    common = dict(tile=(4, 16, 16), halo=(0, 0, 0), variables=("tas", "dew"))
+    multitask = replace(model, multitask=True)
+    joint = config_for(path, str(tmp_path / "j.zarr"), model=multitask, **common)
+    alone = config_for(path, str(tmp_path / "a.zarr"), model=model, **common)
+    errors = {}
+    for name, config in (("joint", joint), ("alone", alone)):
+        run_pipeline(config, progress=False)
+        out = xr.open_zarr(config.output_path)
+        block = out["tas"].values[:, 5:11, 5:11] - truth[:, 5:11, 5:11]
+        errors[name] = float(np.sqrt(np.mean(block**2)))
+        assert np.isfinite(out["dew_std"].values).all() and (out["tas_std"].values > 0).all()
+    assert errors["joint"] < 0.8 * errors["alone"], errors
