@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from gpkernels import LMCSVGP, ExactGP, GaussianLikelihood, Matern, MultitaskExactGP, Scale
+from tests.conftest import DEVICES
 
 
 def inputs(n: int = 60, seed: int = 0) -> torch.Tensor:
@@ -60,7 +61,8 @@ def test_identity_task_covariance_equals_independent_gps() -> None:
         assert torch.allclose(var[:, t], v, rtol=1e-6, atol=1e-12)  # 1e-8 seen
 
 
-def test_a_correlated_variable_fills_a_block_the_other_misses() -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_correlated_variable_fills_a_block_the_other_misses(device: str) -> None:
     """ICM draw, correlation 0.9: the block where task 0 is missing but task 1 observed."""
     gen = torch.Generator().manual_seed(3)
     x = torch.linspace(0, 20, 160, dtype=torch.float64)[:, None]
@@ -72,6 +74,7 @@ def test_a_correlated_variable_fills_a_block_the_other_misses() -> None:
     y = f + 0.1 * torch.randn(160, 2, generator=gen, dtype=torch.float64)
     block = (x[:, 0] > 8) & (x[:, 0] < 12)
     y[block, 0] = float("nan")
+    x, y, f, block = x.to(device), y.to(device), f.to(device), block.to(device)
     joint = MultitaskExactGP(Matern(2.5, 1.0), num_tasks=2, rank=1)
     joint.fit(x, y)
     single = ExactGP(Scale(Matern(2.5, 1.0)))
@@ -146,14 +149,15 @@ def test_lmc_with_one_latent_matches_icm_of_rank_one() -> None:
     assert lmc.elbo() <= float(icm.log_marginal_likelihood(x, y).detach())
 
 
-def test_lmc_fit_on_partly_observed_outputs() -> None:
-    x, y = lmc_data(1)
+@pytest.mark.parametrize("device", DEVICES)
+def test_lmc_fit_on_partly_observed_outputs(device: str) -> None:
+    x, y = (t.to(device) for t in lmc_data(1))
     model = LMCSVGP(Matern(1.5, 1.0), num_outputs=2, num_latents=2, num_inducing=40, batch_size=32)
     start = model.condition(x, y).elbo()
     report = model.fit(x, y, epochs=100)
     assert report.stop_reason == "100 epochs done"
     assert model.elbo() > start
-    x_test = torch.linspace(0.5, 9.5, 40, dtype=torch.float64)[:, None]
+    x_test = torch.linspace(0.5, 9.5, 40, dtype=torch.float64, device=device)[:, None]
     mean, var = model.predict(x_test)
     truth = torch.sin(x_test[:, 0])
     assert float(torch.sqrt(torch.mean((mean[:, 0] - truth) ** 2))) < 0.2
