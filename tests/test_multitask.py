@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -162,3 +163,29 @@ def test_lmc_fit_on_partly_observed_outputs(device: str) -> None:
     truth = torch.sin(x_test[:, 0])
     assert float(torch.sqrt(torch.mean((mean[:, 0] - truth) ** 2))) < 0.2
     assert bool((var >= 0).all())
+
+
+def test_real_weather_fills_held_out_days_of_temperature_from_dew_point_and_humidity() -> None:
+    """JFK, 1-14 March 2013: temperature removed on three whole days; dew point and humidity
+    (kept) carry the information in, so the joint model beats temperature alone."""
+    import pandas as pd
+
+    table = pd.read_csv(Path(__file__).parent / "data" / "nyc_weather_2013.csv.gz")
+    table["t"] = pd.to_datetime(table["time_hour"]).dt.tz_localize(None)
+    window = table[(table["origin"] == "JFK") & (table["t"] >= "2013-03-01")]
+    window = window[window["t"] < "2013-03-15"].dropna(subset=["temp", "dewp", "humid"])
+    hours = (window["t"] - window["t"].iloc[0]).dt.total_seconds().to_numpy() / 3600
+    x = torch.tensor(hours, dtype=torch.float64)[:, None]
+    y = torch.tensor(window[["temp", "dewp", "humid"]].to_numpy(), dtype=torch.float64)
+    held = torch.zeros(len(x), dtype=torch.bool)
+    for day in (2, 6, 10):
+        held |= (x[:, 0] >= 24 * day) & (x[:, 0] < 24 * (day + 1))
+    gappy = y.clone()
+    gappy[held, 0] = float("nan")
+    joint = MultitaskExactGP(Matern(2.5, 6.0), num_tasks=3, rank=2)
+    joint.fit(x, gappy)
+    alone = ExactGP(Scale(Matern(2.5, 6.0)))
+    alone.fit(x[~held], y[~held, 0])
+    rmse_joint = float(((joint.predict(x[held])[0][:, 0] - y[held, 0]) ** 2).mean().sqrt())
+    rmse_alone = float(((alone.predict(x[held])[0] - y[held, 0]) ** 2).mean().sqrt())
+    assert rmse_joint < 0.5 * rmse_alone  # measured: 1.0 vs 4.4 degrees F
