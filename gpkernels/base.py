@@ -79,6 +79,20 @@ class GPModel(nn.Module):
         if x.ndim != 2 or x.shape[1] != ndim:
             raise ValueError(f"x must have shape (m, {ndim}); got {tuple(x.shape)}")
 
+    def _finish_prediction(
+        self,
+        means: list[torch.Tensor],
+        variances: list[torch.Tensor],
+        x: torch.Tensor,
+        include_noise: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Join per-block standardised moments, add the noise if asked, return in y's units."""
+        mean = torch.cat(means).to(x.dtype) * self.y_scale + self.y_mean
+        var = torch.cat(variances).to(x.dtype)
+        if include_noise:
+            var = var + self.likelihood.noise.to(x.dtype)
+        return mean, var.clamp_min(0.0) * self.y_scale**2
+
     def hyperparameters(self) -> dict:
         """Learned hyperparameters in the data's units (outputscale and noise are variances)."""
         kernel = self.kernel.describe()

@@ -7,12 +7,13 @@ import time
 import warnings
 
 import torch
+from torch import nn
 
 from gpkernels.base import FitReport, GPModel
 from gpkernels.kernels import Kernel, stationary_factors
 from gpkernels.likelihoods import GaussianLikelihood
 from gpkernels.linalg import NumericalWarning, robust_cholesky
-from gpkernels.optim import lbfgs
+from gpkernels.optim import LBFGSResult, lbfgs
 
 LOG_2PI = math.log(2.0 * math.pi)
 INIT_LENGTHSCALE_FRACTIONS = (0.03, 0.1, 0.3, 1.0)
@@ -38,6 +39,33 @@ class _GaussianLogDensity(torch.autograd.Function):
         factor, alpha = ctx.saved_tensors
         grad_cov = 0.5 * (torch.outer(alpha, alpha) - torch.cholesky_inverse(factor))
         return grad_output * grad_cov, None, None, None
+
+
+def maximise_dense_lml(
+    model: nn.Module, x: torch.Tensor, z: torch.Tensor, n: int, max_iter: int
+) -> tuple[LBFGSResult, float]:
+    """L-BFGS on `model._standardised_lml(x, z)` / n over all its free parameters.
+
+    Returns the optimiser's result and the largest jitter any factorisation needed,
+    which is also reported in a `NumericalWarning`.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    max_jitter = 0.0
+
+    def objective() -> torch.Tensor:
+        nonlocal max_jitter
+        lml, _, _, jitter = model._standardised_lml(x, z, warn=False)
+        max_jitter = max(max_jitter, jitter)
+        return -lml / n
+
+    result = lbfgs(objective, params, max_iter=max_iter)
+    if max_jitter > 0:
+        warnings.warn(
+            f"fit needed up to {max_jitter:.3g} jitter on the kernel diagonal",
+            NumericalWarning,
+            stacklevel=3,
+        )
+    return result, max_jitter
 
 
 class ExactGP(GPModel):
@@ -125,23 +153,7 @@ class ExactGP(GPModel):
         z = self._standardise(x, y)
         if init_from_data:
             self.init_from_data(x, z, seed=seed)
-        params = [p for p in self.parameters() if p.requires_grad]
-        n = z.shape[0]
-        max_jitter = 0.0
-
-        def objective() -> torch.Tensor:
-            nonlocal max_jitter
-            lml, _, _, jitter = self._standardised_lml(x, z, warn=False)
-            max_jitter = max(max_jitter, jitter)
-            return -lml / n
-
-        result = lbfgs(objective, params, max_iter=max_iter)
-        if max_jitter > 0:
-            warnings.warn(
-                f"fit needed up to {max_jitter:.3g} jitter on the kernel diagonal",
-                NumericalWarning,
-                stacklevel=2,
-            )
+        result, max_jitter = maximise_dense_lml(self, x, z, z.shape[0], max_iter)
         self.condition(x, y)
         lml = float(self._cache["lml"])
         return FitReport(

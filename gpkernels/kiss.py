@@ -332,11 +332,7 @@ class KissGP(GPModel):
             mean, var = self._predict_block(xb, lattice)
             means.append(mean)
             variances.append(var)
-        mean = torch.cat(means).to(x.dtype) * self.y_scale + self.y_mean
-        var = torch.cat(variances).to(x.dtype)
-        if include_noise:
-            var = var + self.likelihood.noise.to(x.dtype)
-        return mean, var.clamp_min(0.0) * self.y_scale**2
+        return self._finish_prediction(means, variances, x, include_noise)
 
     def _predict_block(
         self, xb: torch.Tensor, lattice: Lattice

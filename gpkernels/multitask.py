@@ -14,10 +14,9 @@ import torch
 from torch import nn
 
 from gpkernels.base import FitReport
-from gpkernels.exact import _GaussianLogDensity
+from gpkernels.exact import _GaussianLogDensity, maximise_dense_lml
 from gpkernels.kernels import Kernel
 from gpkernels.linalg import robust_cholesky
-from gpkernels.optim import lbfgs
 from gpkernels.params import PositiveParameter
 
 
@@ -122,17 +121,7 @@ class MultitaskExactGP(nn.Module):
         """Learn kernel, task covariance and noise by L-BFGS, then condition on (x, y)."""
         start = time.perf_counter()
         z = self._standardise(x, y)
-        n = int(torch.isfinite(z).sum())
-        params = [p for p in self.parameters() if p.requires_grad]
-        max_jitter = 0.0
-
-        def objective() -> torch.Tensor:
-            nonlocal max_jitter
-            lml, _, _, jitter = self._standardised_lml(x, z, warn=False)
-            max_jitter = max(max_jitter, jitter)
-            return -lml / n
-
-        result = lbfgs(objective, params, max_iter=max_iter)
+        result, max_jitter = maximise_dense_lml(self, x, z, int(torch.isfinite(z).sum()), max_iter)
         self.condition(x, y)
         return FitReport(
             result.iterations,
