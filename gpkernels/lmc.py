@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -23,7 +22,7 @@ from gpkernels.linalg import robust_cholesky
 from gpkernels.multitask import standardise_columns
 from gpkernels.optim import Adam
 from gpkernels.params import PositiveParameter
-from gpkernels.svgp import LOG_2PI, kmeans_centres
+from gpkernels.svgp import LOG_2PI, inducing_locations, minibatches
 
 
 class LMCSVGP(nn.Module):
@@ -68,24 +67,9 @@ class LMCSVGP(nn.Module):
         z, self.y_mean, self.y_scale = standardise_columns(y)
         return z
 
-    def _batches(
-        self, x: torch.Tensor, z: torch.Tensor, epoch: int | None = None
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.arange(x.shape[0], device=x.device)
-        if epoch is not None:
-            gen = torch.Generator().manual_seed(self.seed + epoch)
-            order = torch.randperm(x.shape[0], generator=gen).to(x.device)
-        for idx in torch.split(order, self.batch_size):
-            yield x[idx], z[idx]
-
     def _place_inducing(self, x: torch.Tensor) -> None:
-        if self.inducing is not None:
-            z = self.inducing
-        elif self.num_inducing >= x.shape[0]:
-            z = x
-        else:
-            z = kmeans_centres(x, self.num_inducing, self.seed)
-        self.z = z.detach().to(device=x.device, dtype=x.dtype)
+        inducing = "kmeans" if self.inducing is None else self.inducing
+        self.z = inducing_locations(x, inducing, self.num_inducing, self.seed)
         size = self.num_latents * self.z.shape[0]
         self.precision = torch.eye(size, dtype=torch.float64, device=x.device)
         self.shift = torch.zeros(size, dtype=torch.float64, device=x.device)
@@ -171,7 +155,7 @@ class LMCSVGP(nn.Module):
         acc_p, acc_h = 0.0, 0.0
         _, q_mean, q_cov = self._q_moments()
         for epoch in range(epochs):
-            for xb, zb in self._batches(x, z_all, epoch):
+            for xb, zb in minibatches(self.batch_size, self.seed, x, z_all, epoch=epoch):
                 batch += 1
                 optimizer.zero_grad()
                 whiteners = self._whiteners()
@@ -223,7 +207,7 @@ class LMCSVGP(nn.Module):
         data_h = torch.zeros_like(self.shift)
         entries, log_noise, zz, residual = 0, 0.0, 0.0, 0.0
         noise = self.noise.value.double()
-        for xb, zb in self._batches(x, z_all):
+        for xb, zb in minibatches(self.batch_size, self.seed, x, z_all):
             feats, rest = self._features(whiteners, xb)
             p, h = self._statistics(feats, zb)
             data_p, data_h = data_p + p, data_h + h

@@ -53,6 +53,36 @@ def grid_centres(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cartesian_prod(*axes).reshape(-1, x.shape[1])
 
 
+def inducing_locations(
+    x: torch.Tensor, inducing: str | torch.Tensor, num_inducing: int, seed: int
+) -> torch.Tensor:
+    """Inducing points: the given tensor, all of x when it has no more than `num_inducing`
+    rows, else `num_inducing` k-means ("kmeans") or regular ("grid") centres."""
+    if isinstance(inducing, torch.Tensor):
+        z = inducing
+    elif num_inducing >= x.shape[0]:
+        z = x
+    elif inducing == "grid":
+        z = grid_centres(x, num_inducing)
+    else:
+        z = kmeans_centres(x, num_inducing, seed)
+    return z.detach().to(device=x.device, dtype=x.dtype)
+
+
+def minibatches(
+    batch_size: int, seed: int, x: torch.Tensor, *others: torch.Tensor, epoch: int | None = None
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Rows of x (and of `others`) in batches: in order, or shuffled, seeded by the epoch."""
+    n = x.shape[0]
+    if epoch is None:
+        order = torch.arange(n, device=x.device)
+    else:
+        gen = torch.Generator().manual_seed(seed + epoch)
+        order = torch.randperm(n, generator=gen).to(x.device)
+    for idx in torch.split(order, batch_size):
+        yield (x[idx], *[o[idx] for o in others])
+
+
 class SVGP(GPModel):
     """Sparse variational GP regression with the `fit` / `predict` facade of ExactGP.
 
@@ -86,15 +116,7 @@ class SVGP(GPModel):
 
     # -- structure -----------------------------------------------------------------
     def _place_inducing(self, x: torch.Tensor) -> None:
-        if isinstance(self.inducing, torch.Tensor):
-            z = self.inducing
-        elif self.num_inducing >= x.shape[0]:
-            z = x
-        elif self.inducing == "grid":
-            z = grid_centres(x, self.num_inducing)
-        else:
-            z = kmeans_centres(x, self.num_inducing, self.seed)
-        self.z = z.detach().to(device=x.device, dtype=x.dtype)
+        self.z = inducing_locations(x, self.inducing, self.num_inducing, self.seed)
         m = self.z.shape[0]
         self.precision = torch.eye(m, dtype=torch.float64, device=x.device)
         self.shift = torch.zeros(m, dtype=torch.float64, device=x.device)
@@ -120,19 +142,6 @@ class SVGP(GPModel):
             )
             factor = torch.linalg.cholesky(k_zz + self.jitter * eye)
         return torch.linalg.solve_triangular(factor, eye, upper=False)
-
-    def _batches(
-        self, x: torch.Tensor, *others: torch.Tensor, epoch: int | None = None
-    ) -> Iterator[tuple[torch.Tensor, ...]]:
-        """Rows in batches: in order, or shuffled (seeded by the epoch) when `epoch` is given."""
-        n = x.shape[0]
-        if epoch is None:
-            order = torch.arange(n, device=x.device)
-        else:
-            gen = torch.Generator().manual_seed(self.seed + epoch)
-            order = torch.randperm(n, generator=gen).to(x.device)
-        for idx in torch.split(order, self.batch_size):
-            yield (x[idx], *[o[idx] for o in others])
 
     def _projection(self, whitener: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
         """A = L^-1 K_Z,x for a batch: the whitened features, (M, B) in the model's dtype."""
@@ -264,7 +273,7 @@ class SVGP(GPModel):
             _, q_mean, q_excess = self._q_moments()
         whitener = None
         for epoch in range(epochs):
-            for xb, zb in self._batches(x, z_all, epoch=epoch):
+            for xb, zb in minibatches(self.batch_size, self.seed, x, z_all, epoch=epoch):
                 step += 1
                 if (step - 1) % hyper_every == 0:
                     # The batches up to the next step are whitened with this step's L^-1:
@@ -301,7 +310,7 @@ class SVGP(GPModel):
             self._place_inducing(x)
         whitener = self._whitener()
         data_p, data_h, prior_trace = 0.0, 0.0, 0.0
-        for xb, zb in self._batches(x, z_all):
+        for xb, zb in minibatches(self.batch_size, self.seed, x, z_all):
             batch_p, batch_h = self._natural_target(self._projection(whitener, xb), zb)
             data_p, data_h = data_p + batch_p, data_h + batch_h
             prior_trace += float(self.kernel.diag(xb).double().sum())
