@@ -181,6 +181,26 @@ MAKERS: dict[str, Callable[[float], Data]] = {
 # ----------------------------------------------------------------------------- runners
 
 
+def timed_predict(status: dict, predict: Callable[[], tuple]) -> tuple[tuple, float]:
+    """Run the prediction stage; returns its (mean, var) and its seconds, GPU work included."""
+    status["stage"] = "predict"
+    start = time.perf_counter()
+    moments = predict()
+    synchronize()
+    return moments, time.perf_counter() - start
+
+
+def gpytorch_moments(model, likelihood, x_test: torch.Tensor, fast: bool) -> tuple:  # noqa: ANN001
+    """Latent mean and variance of a GPyTorch model in eval mode (fast_pred_var if `fast`)."""
+    import gpytorch
+
+    model.eval()
+    likelihood.eval()
+    with torch.no_grad(), gpytorch.settings.fast_pred_var(fast):
+        latent = model(x_test)
+        return latent.mean.cpu(), latent.variance.cpu()
+
+
 def run_ours(data: Data, dtype: torch.dtype, status: dict) -> dict:
     """Fit and predict with gpkernels.KissGP; returns raw predictions and timings."""
     from gpkernels import KissGP, separable  # lazy: keeps the GPyTorch side usable alone
@@ -193,11 +213,7 @@ def run_ours(data: Data, dtype: torch.dtype, status: dict) -> dict:
     synchronize()
     train_s = time.perf_counter() - start
 
-    status["stage"] = "predict"
-    start = time.perf_counter()
-    mean, var = model.predict(x_test)
-    synchronize()
-    predict_s = time.perf_counter() - start
+    (mean, var), predict_s = timed_predict(status, lambda: model.predict(x_test))
 
     losses = [float(v) for v in getattr(report, "loss_history", None) or []]
     losses.append(float(report.log_marginal_likelihood))
@@ -255,15 +271,9 @@ def run_gpytorch(data: Data, dtype: torch.dtype, status: dict) -> dict:
     synchronize()
     train_s = time.perf_counter() - start
 
-    status["stage"] = "predict"
-    start = time.perf_counter()
-    model.eval()
-    likelihood.eval()
-    with torch.no_grad(), gpytorch.settings.fast_pred_var():
-        latent = model(x_test)
-        mean, var = latent.mean.cpu(), latent.variance.cpu()
-    synchronize()
-    predict_s = time.perf_counter() - start
+    (mean, var), predict_s = timed_predict(
+        status, lambda: gpytorch_moments(model, likelihood, x_test, fast=True)
+    )
 
     return {
         "train_s": train_s,
@@ -290,11 +300,7 @@ def run_ours_svgp(data: Data, dtype: torch.dtype, status: dict) -> dict:
     synchronize()
     train_s = time.perf_counter() - start
 
-    status["stage"] = "predict"
-    start = time.perf_counter()
-    mean, var = model.predict(x_test)
-    synchronize()
-    predict_s = time.perf_counter() - start
+    (mean, var), predict_s = timed_predict(status, lambda: model.predict(x_test))
     return {
         "train_s": train_s,
         "predict_s": predict_s,
@@ -355,15 +361,9 @@ def run_gpytorch_svgp(data: Data, dtype: torch.dtype, status: dict) -> dict:
     synchronize()
     train_s = time.perf_counter() - start
 
-    status["stage"] = "predict"
-    start = time.perf_counter()
-    model.eval()
-    likelihood.eval()
-    with torch.no_grad():
-        latent = model(x_test)
-        mean, var = latent.mean.cpu(), latent.variance.cpu()
-    synchronize()
-    predict_s = time.perf_counter() - start
+    (mean, var), predict_s = timed_predict(
+        status, lambda: gpytorch_moments(model, likelihood, x_test, fast=False)
+    )
     return {
         "train_s": train_s,
         "predict_s": predict_s,
