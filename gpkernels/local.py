@@ -108,10 +108,13 @@ def local_variances(
             near = offsets[pick]
             k_nn = _pair_kernel(lag_columns, scale, near[:, :, None, :], near[:, None, :, :])
         k_tn = inner_table[pick]  # (B, k, T)
-        pair = usable[:, :, None] & usable[:, None, :]
-        diagonal = torch.where(usable, torch.full_like(dist, nugget), torch.ones_like(dist))
-        k_nn = torch.where(pair, k_nn, torch.zeros_like(k_nn)) + eye * diagonal[:, :, None]
-        k_tn = torch.where(usable[:, :, None], k_tn, torch.zeros_like(k_tn))
+        if usable.all():
+            k_nn.diagonal(dim1=1, dim2=2).add_(nugget)
+        else:  # blocks near a corner see fewer than k observations: unit rows for the rest
+            pair = usable[:, :, None] & usable[:, None, :]
+            diagonal = torch.where(usable, torch.full_like(dist, nugget), torch.ones_like(dist))
+            k_nn = torch.where(pair, k_nn, torch.zeros_like(k_nn)) + eye * diagonal[:, :, None]
+            k_tn = torch.where(usable[:, :, None], k_tn, torch.zeros_like(k_tn))
         chol = torch.linalg.cholesky(k_nn)
         v = torch.linalg.solve_triangular(chol, k_tn, upper=False)
         var = (prior - (v * v).sum(1)).clamp_min(0.0)  # (B, T)

@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray
 import xarray as xr
 
 from jobs.plots import quicklook
 from jobs.run import run_job
 from jobs.spec import JobSpec, parse_spec
+from pipeline.cluster import ensure_ray
 from pipeline.runner import RunSummary
 from pipeline.scores import score_gap_cells
 from pipeline.synthetic import DIMS, SyntheticGrid, write_synthetic
@@ -63,7 +65,10 @@ def run_demo(
     stem = output_path.name.removesuffix(".zarr")
     input_path = folder / f"{stem}_input.zarr"
     spec_path = folder / f"{stem}.yaml"
-    source = write_synthetic(str(input_path), recipe, chunks=(10, 50, 50))
+    # Drawn on a Ray worker, which has the solvers imported already; the driver stays torch-free.
+    ensure_ray()
+    draw = ray.remote(num_cpus=1)(write_synthetic)
+    source = ray.get(draw.remote(str(input_path), recipe, chunks=(10, 50, 50)))
     spec = demo_spec(input_path, output_path, recipe.variable, model)
     spec_text = spec.to_yaml()
     spec_path.write_text(spec_text)

@@ -14,8 +14,7 @@ from pipeline.cluster import ensure_ray
 from pipeline.config import PipelineConfig
 from pipeline.inputs import check_input, open_input
 from pipeline.store import create_output_store, finalize_store, write_tile
-from pipeline.tasks import TileResult, predict_tile
-from pipeline.tiling import plan_tiles
+from pipeline.tiling import Tile, TileResult, plan_tiles
 
 
 @dataclass
@@ -30,6 +29,13 @@ class RunSummary:
     @property
     def cells_per_second(self) -> float:
         return self.cells / self.seconds if self.seconds > 0 else float("nan")
+
+
+def predict_tile_on_worker(config: PipelineConfig, tile: Tile) -> TileResult:
+    """The Ray task: imports the solvers on the worker, so the driver never loads torch."""
+    from pipeline.tasks import predict_tile
+
+    return predict_tile(config, tile)
 
 
 def run_pipeline(config: PipelineConfig, progress: bool = True) -> RunSummary:
@@ -52,7 +58,7 @@ def run_pipeline(config: PipelineConfig, progress: bool = True) -> RunSummary:
         config.output_path, ds, config.variables, config.dims, config.tile, attrs, config.overwrite
     )
     ensure_ray()
-    remote = ray.remote(predict_tile).options(
+    remote = ray.remote(predict_tile_on_worker).options(
         num_cpus=config.num_cpus, num_gpus=config.num_gpus, max_retries=3
     )
     config_ref = ray.put(config)

@@ -1,18 +1,22 @@
 """Synthetic (time, lat, lon) grids drawn from a known GP, with cloud-like gaps.
 
 The true field is kept beside the gappy observations so predictions can be scored.
+torch is imported inside the drawing functions: a driver can hold a recipe and send the
+drawing to a Ray worker without loading the solvers itself.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 import xarray as xr
 
-from gpkernels import make_kernel, sample_separable_grid
 from pipeline.store import consolidated_v3_allowed
+
+if TYPE_CHECKING:
+    import torch
 
 DIMS = ("time", "lat", "lon")
 START = np.datetime64("2020-01-01T00:00:00", "s")
@@ -38,6 +42,8 @@ class SyntheticGrid:
 
 def draw_field(recipe: SyntheticGrid, generator: torch.Generator) -> np.ndarray:
     """The noise-free field, drawn exactly by circulant embedding."""
+    from gpkernels import make_kernel, sample_separable_grid
+
     axis_kernels = []
     for name, scale in zip(recipe.kernels, recipe.lengthscales, strict=True):
         kernel = make_kernel(name)
@@ -55,6 +61,10 @@ def cut_gaps(recipe: SyntheticGrid, generator: torch.Generator) -> np.ndarray:
     Blobs are the top quantile of a smooth random field, so they are contiguous in
     space and persist for a few time steps; scattered cells make up the rest.
     """
+    import torch
+
+    from gpkernels import make_kernel, sample_separable_grid
+
     cloud_scales = (2.0 * recipe.spacing[0], 4.0 * recipe.spacing[1], 4.0 * recipe.spacing[2])
     kernels = []
     for scale in cloud_scales:
@@ -73,6 +83,8 @@ def cut_gaps(recipe: SyntheticGrid, generator: torch.Generator) -> np.ndarray:
 
 def make_synthetic_dataset(recipe: SyntheticGrid) -> xr.Dataset:
     """Gappy observations `<variable>` and the true field `<variable>_true`, with CF attributes."""
+    import torch
+
     generator = torch.Generator().manual_seed(recipe.seed)
     truth = draw_field(recipe, generator)
     noise = recipe.noise_std * torch.randn(recipe.shape, generator=generator, dtype=torch.float64)

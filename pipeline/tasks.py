@@ -7,7 +7,6 @@ directly. Everything random is seeded by the tile index, so a retry gives the sa
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -16,19 +15,10 @@ from gpkernels import ExactGP, KissGP, Lattice, MultitaskExactGP, separable
 from pipeline.config import PipelineConfig
 from pipeline.inputs import coordinate_values, open_input
 from pipeline.store import std_name
-from pipeline.tiling import Tile
+from pipeline.tiling import Tile, TileResult
 
 MIN_OBSERVATIONS = 3
 KISS_CG_TOL = 1e-4  # relative residual of the mean solve: far below the noise in any field
-
-
-@dataclass
-class TileResult:
-    """Core predictions (output variable name -> array of the core's shape) and diagnostics."""
-
-    tile: Tile
-    predictions: dict[str, np.ndarray]
-    diagnostics: dict = field(default_factory=dict)
 
 
 def window_axes(config: PipelineConfig, tile: Tile, ds) -> list[np.ndarray]:  # noqa: ANN001

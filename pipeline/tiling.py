@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -56,3 +58,15 @@ def plan_tiles(shape: Sequence[int], tile: Sequence[int], halo: Sequence[int]) -
         )
         tiles.append(Tile(index, core, window))
     return tiles
+
+
+@dataclass
+class TileResult:
+    """Core predictions (output variable name -> array of the core's shape) and diagnostics.
+
+    Kept here, free of torch, so the driver can receive results without importing the solvers.
+    """
+
+    tile: Tile
+    predictions: dict[str, np.ndarray]
+    diagnostics: dict = field(default_factory=dict)
