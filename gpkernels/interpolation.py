@@ -31,6 +31,8 @@ class Interpolation:
     index: torch.Tensor  # (n, 4^d) long
     weight: torch.Tensor  # (n, 4^d)
     grid_size: int
+    axis_index: torch.Tensor  # (d, n, 4) long: the 4 neighbours' positions along each axis
+    axis_weight: torch.Tensor  # (d, n, 4): their weights (W is their tensor product)
 
     @classmethod
     def build(
@@ -69,7 +71,13 @@ class Interpolation:
         total = 1
         for n in shape:
             total *= n
-        return cls(torch.stack(indices, 1), torch.stack(weights, 1), total)
+        return cls(
+            torch.stack(indices, 1),
+            torch.stack(weights, 1),
+            total,
+            torch.stack(per_dim_index),
+            torch.stack(per_dim_weight),
+        )
 
     def matmul(self, v: torch.Tensor) -> torch.Tensor:
         """W v for v (m, b) -> (n, b)."""

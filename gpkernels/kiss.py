@@ -6,16 +6,19 @@ Two paths, chosen from the data:
   K = S K_grid S^T + noise I is the exact kernel matrix, solved through the gap block
   of the full grid's Kronecker inverse (see ongrid.py); variances are exact on
   complete grids and by local kriging otherwise (local.py).
-- interpolated: scattered inputs on a grid of at most `dense_grid_limit` cells.
-  K = W K_UU W^T + noise I with cubic-convolution W; since only W^T W and W^T y
+- interpolated, small grid: scattered inputs on a grid of at most `dense_grid_limit`
+  cells. K = W K_UU W^T + noise I with cubic-convolution W; since only W^T W and W^T y
   enter, every solve is an m x m dense one in float64: exact likelihood, exact SKI
   posterior mean and variance.
+- interpolated, large grid: the same K, never formed: pivoted-Cholesky-preconditioned
+  CG, stochastic Lanczos log-determinants, LOVE variances (see scattered.py).
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -25,6 +28,7 @@ from gpkernels.initial import init_from_subsample
 from gpkernels.interpolation import Interpolation
 from gpkernels.kernels import Kernel, axis_column, axis_factors, stationary_factors
 from gpkernels.likelihoods import GaussianLikelihood
+from gpkernels.linalg import NumericalWarning
 from gpkernels.local import local_variances
 from gpkernels.ongrid import (
     Lattice,
@@ -34,6 +38,7 @@ from gpkernels.ongrid import (
     detect_lattice,
 )
 from gpkernels.optim import Adam
+from gpkernels.scattered import ScatteredProblem, love_root, ski_diagonal
 from gpkernels.solvers import rademacher
 from gpkernels.structured import toeplitz
 
@@ -41,6 +46,9 @@ LOG_2PI = math.log(2.0 * math.pi)
 # Default noise floor, in units of the data variance: iterative solves slow down as
 # noise / variance shrinks, and real data are never noise-free to 1e-4.
 NOISE_FLOOR = 1e-4
+# Interpolated-path variances: warn when the last quarter of the Lanczos steps still
+# lowered a variance by more than this fraction (the rank was too small).
+LANCZOS_CHANGE_WARNING = 0.01
 
 
 def interpolation_lattice(x: torch.Tensor, cells_per_axis: Sequence[int]) -> Lattice:
@@ -63,7 +71,10 @@ class KissGP(GPModel):
     `kernel` must be separable: Scale(Product(one factor per input column)), e.g.
     `separable(["matern32", "matern32", "matern32"])`. Gridded inputs take the exact
     on-grid path automatically; scattered ones are interpolated onto a grid of
-    `grid_shape` cells (chosen from the data when None). See the module docstring.
+    `grid_shape` cells (chosen from the data when None): solved densely up to
+    `dense_grid_limit` cells, iteratively beyond (CG with a pivoted Cholesky
+    preconditioner of rank `preconditioner_rank`, variances by LOVE of rank
+    `love_rank`). See the module docstring.
     """
 
     def __init__(
@@ -80,6 +91,8 @@ class KissGP(GPModel):
         dense_grid_limit: int = 1000,
         exact_gap_limit: int = 1024,
         neighbours: int = 256,
+        preconditioner_rank: int = 32,
+        love_rank: int = 512,
         seed: int = 0,
     ) -> None:
         if likelihood is None:
@@ -94,6 +107,8 @@ class KissGP(GPModel):
         self.dense_grid_limit = dense_grid_limit
         self.exact_gap_limit = exact_gap_limit
         self.neighbours = neighbours
+        self.preconditioner_rank = preconditioner_rank
+        self.love_rank = love_rank
         self.seed = seed
         self.diagnostics: dict = {}
         self._cache: dict | None = None
@@ -139,14 +154,26 @@ class KissGP(GPModel):
             )
             return {"path": "grid", "z": z, "problem": problem}
         shape = self.grid_shape or self._default_grid_shape(x)
-        if math.prod(shape) > self.dense_grid_limit:
-            raise ValueError(
-                f"an interpolation grid of {math.prod(shape)} cells exceeds dense_grid_limit="
-                f"{self.dense_grid_limit}: choose a coarser grid_shape (scattered inputs are "
-                "solved densely on the grid), or give gridded inputs"
-            )
         lattice = interpolation_lattice(x, shape)
         interp = Interpolation.build(x, lattice.starts, lattice.spacings, lattice.shape)
+        if lattice.size > self.dense_grid_limit:
+            self.diagnostics = {
+                "path": "interpolated (W K_UU W^T, iterative)",
+                "grid_shape": list(lattice.shape),
+                "jitter": 0.0,
+            }
+            problem = ScatteredProblem(
+                interp,
+                lattice.shape,
+                z,
+                self.num_probes,
+                self.cg_tol or (1e-4 if x.dtype == torch.float32 else 1e-6),
+                self.max_cg_iter,
+                self.preconditioner_rank,
+                self.seed,
+                self.diagnostics,
+            )
+            return {"path": "scattered", "z": z, "lattice": lattice, "problem": problem}
         self.diagnostics = {
             "path": "interpolated (W K_UU W^T, dense m x m in float64)",
             "grid_shape": list(lattice.shape),
@@ -177,6 +204,9 @@ class KissGP(GPModel):
             problem = data["problem"]
             columns = self._columns(problem.lattice, z.dtype, z.device)
             return OnGridLogLikelihood.apply(problem, outputscale, noise, *columns)
+        if data["path"] == "scattered":
+            columns = self._columns(data["lattice"], z.dtype, z.device)
+            return data["problem"].log_likelihood(columns, outputscale, noise)
         k_uu, system = self._interp_system(data)
         n, m = z.shape[0], k_uu.shape[0]
         noise64 = noise.double()
@@ -262,6 +292,8 @@ class KissGP(GPModel):
         data = self._prepare(x, y)
         if data["path"] == "grid":
             self._cache = self._condition_grid(data)
+        elif data["path"] == "scattered":
+            self._cache = self._condition_scattered(data)
         else:
             self._cache = self._condition_interp(data)
             lml = self._standardised_lml(data) - x.shape[0] * math.log(self.y_scale)
@@ -319,6 +351,37 @@ class KissGP(GPModel):
             "cov_u": posterior,
         }
 
+    def _condition_scattered(self, data: dict) -> dict:
+        problem: ScatteredProblem = data["problem"]
+        z, lattice = data["z"], data["lattice"]
+        columns = self._columns(lattice, z.dtype, z.device)
+        op = problem.operator(columns, self.kernel.outputscale, self.likelihood.noise)
+        pre = op.preconditioner(self.preconditioner_rank)
+        alpha = problem.solve_mean(op, pre)
+        lanczos = love_root(op, self.love_rank, self.seed)
+        rank = lanczos.root.shape[1]
+        self.diagnostics.update(
+            variance=f"Lanczos (LOVE-style), rank {rank}",
+            variance_last_quarter_change=lanczos.last_quarter_change,
+        )
+        if lanczos.last_quarter_change > LANCZOS_CHANGE_WARNING:
+            warnings.warn(
+                f"KissGP variances may be overstated: the last {rank - 3 * rank // 4} of {rank} "
+                "Lanczos steps still lowered variances by up to "
+                f"{lanczos.last_quarter_change:.1%}; "
+                "raise love_rank",
+                NumericalWarning,
+                stacklevel=4,
+            )
+        return {
+            "path": "scattered",
+            "lattice": lattice,
+            "mean_u": op.grid_matmul(problem.interp.transpose_matmul(alpha[:, None]))[:, 0],
+            "root": lanczos.root,
+            "columns": columns,
+            "outputscale": self.kernel.outputscale.detach(),
+        }
+
     @torch.no_grad()
     def predict(
         self, x: torch.Tensor, include_noise: bool = False, block_size: int = 65536
@@ -350,6 +413,12 @@ class KissGP(GPModel):
             var = local_variances(**cache["local"], targets=cells)[cells]
             return cache["mean"][cells], var
         interp = Interpolation.build(xb, lattice.starts, lattice.spacings, lattice.shape)
+        if cache["path"] == "scattered":
+            weight = interp.weight.to(cache["mean_u"].dtype)
+            mean = (cache["mean_u"][interp.index] * weight).sum(1)
+            prior = ski_diagonal(cache["columns"], cache["outputscale"], interp)
+            projected = (cache["root"][interp.index] * weight[..., None]).sum(1)
+            return mean, (prior - (projected * projected).sum(1)).clamp_min(0.0)
         weight = interp.weight.double()
         mean = (cache["mean_u"][interp.index] * weight).sum(1)
         cov = cache["cov_u"][interp.index[:, :, None], interp.index[:, None, :]]

@@ -126,6 +126,45 @@ def lanczos(matmul: MatMul, start: torch.Tensor, steps: int) -> tuple[torch.Tens
     )
 
 
+def lanczos_basis(
+    matmul: MatMul, start: torch.Tensor, steps: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fully reorthogonalised Lanczos from one vector (n,): basis Q (n, k), tridiagonal T (k, k).
+
+    A ~ Q T Q^T on the Krylov space; with k = n (and exact arithmetic) it is A itself.
+    Stops early when the Krylov space is exhausted.
+    """
+    steps = min(steps, start.shape[0])
+    basis = start.new_zeros(start.shape[0], steps)
+    basis[:, 0] = start / start.norm()
+    diag, off = [], []
+    for step in range(steps):
+        q = basis[:, step]
+        w = matmul(q[:, None])[:, 0]
+        diag.append(w @ q)
+        for _ in range(2):  # Gram-Schmidt twice keeps the basis orthogonal to working precision
+            kept = basis[:, : step + 1]
+            w = w - kept @ (kept.T @ w)
+        beta = w.norm()
+        if step == steps - 1 or float(beta) <= 1e-10 * float(diag[0].abs()):
+            break
+        off.append(beta)
+        basis[:, step + 1] = w / beta
+    k = len(diag)
+    tridiagonal = torch.diag(torch.stack(diag))
+    if k > 1:
+        offs = torch.stack(off[: k - 1])
+        tridiagonal = tridiagonal + torch.diag(offs, 1) + torch.diag(offs, -1)
+    return basis[:, :k], tridiagonal
+
+
+def gauss_quadrature_log(tridiagonal: torch.Tensor) -> torch.Tensor:
+    """e_1^T log(T) e_1 of one Lanczos tridiagonal: the quadrature weight of a unit start vector."""
+    theta, vectors = torch.linalg.eigh(tridiagonal)
+    tiny = torch.finfo(theta.dtype).tiny
+    return (vectors[0, :] ** 2 * theta.clamp_min(tiny).log()).sum()
+
+
 def slq_trace_log(matmul: MatMul, probes: torch.Tensor, steps: int) -> torch.Tensor:
     """Stochastic Lanczos quadrature estimate of tr(log A) from Rademacher `probes` (n, t).
 
