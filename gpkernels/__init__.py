@@ -17,6 +17,7 @@ from gpkernels.likelihoods import GaussianLikelihood
 from gpkernels.linalg import NumericalWarning, robust_cholesky
 from gpkernels.lmc import LMCSVGP
 from gpkernels.multitask import MultitaskExactGP, TaskCovariance
+from gpkernels.multitask_kiss import MultitaskKissGP
 from gpkernels.ongrid import Lattice
 from gpkernels.sampling import sample_separable_grid
 from gpkernels.svgp import SVGP
@@ -24,6 +25,7 @@ from gpkernels.svgp import SVGP
 __all__ = [
     "LMCSVGP",
     "MultitaskExactGP",
+    "MultitaskKissGP",
     "TaskCovariance",
     "SVGP",
     "RBF",

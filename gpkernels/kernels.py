@@ -368,10 +368,17 @@ def axis_factors(kernel: Kernel, ndim: int) -> tuple[Scale, list[Kernel]]:
     hint = "use Scale(Product([k_0 on dims=[0], k_1 on dims=[1], ...])), e.g. separable(...)"
     if not isinstance(kernel, Scale):
         raise ValueError(f"a grid model needs an outputscale around a separable kernel: {hint}")
-    parts = kernel.base.factors if isinstance(kernel.base, Product) else [kernel.base]
+    return kernel, product_factors(kernel.base, ndim, hint)
+
+
+def product_factors(kernel: Kernel, ndim: int, hint: str) -> list[Kernel]:
+    """One factor per input column of a product kernel (or of a single 1-D kernel)."""
+    parts = kernel.factors if isinstance(kernel, Product) else [kernel]
     by_axis: list[Kernel | None] = [None] * ndim
     for part in parts:
         cols = part.columns
+        if cols is None and ndim == 1:  # a kernel over all columns of 1-D inputs
+            cols = [0]
         if cols is None or len(cols) != 1:
             raise ValueError(f"factor {part.describe()} spans columns {cols}: {hint}")
         (axis,) = cols
@@ -381,7 +388,7 @@ def axis_factors(kernel: Kernel, ndim: int) -> tuple[Scale, list[Kernel]]:
     missing = [i for i, k in enumerate(by_axis) if k is None]
     if missing:
         raise ValueError(f"columns {missing} have no kernel factor: {hint}")
-    return kernel, by_axis  # type: ignore[return-value]
+    return by_axis  # type: ignore[return-value]
 
 
 def axis_column(factor: Kernel, axis: int, lags: torch.Tensor, ndim: int) -> torch.Tensor:

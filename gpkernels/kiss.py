@@ -37,7 +37,7 @@ from gpkernels.ongrid import (
     complete_grid_variances,
     detect_lattice,
 )
-from gpkernels.optim import Adam
+from gpkernels.optim import adam_until_calm
 from gpkernels.scattered import ScatteredProblem, love_root, ski_diagonal
 from gpkernels.solvers import rademacher
 from gpkernels.structured import toeplitz
@@ -253,34 +253,21 @@ class KissGP(GPModel):
         if init_from_data:
             init_from_subsample(self, x, y, init_points, self.seed)
         data = self._prepare(x, y)
-        optimizer = Adam([p for p in self.parameters() if p.requires_grad], lr=lr)
-        previous, calm, iterations, value = None, 0, 0, float("nan")
-        reason = f"max_iter={max_iter} reached"
-        for iterations in range(1, max_iter + 1):  # noqa: B007
-            optimizer.zero_grad()
-            loss = -self._standardised_lml(data) / x.shape[0]
-            if not bool(torch.isfinite(loss)):
-                raise FloatingPointError(
-                    f"KissGP loss became {float(loss)} at iteration {iterations} with "
-                    f"hyperparameters {self.hyperparameters()}: try float64 or a smaller lr"
-                )
-            loss.backward()
-            optimizer.step()
-            value = float(loss.detach())
-            if previous is not None and abs(previous - value) <= tol * max(1.0, abs(value)):
-                calm += 1
-                if calm >= 5:
-                    reason = f"loss changed by < {tol:g} (relative) for 5 steps"
-                    break
-            else:
-                calm = 0
-            previous = value
+        params = [p for p in self.parameters() if p.requires_grad]
+        result = adam_until_calm(
+            lambda: -self._standardised_lml(data) / x.shape[0],
+            params,
+            max_iter,
+            lr,
+            tol,
+            "KissGP",
+        )
         self.condition(x, y)
         return FitReport(
-            iterations,
-            reason != f"max_iter={max_iter} reached",
-            reason,
-            -value * x.shape[0] - x.shape[0] * math.log(self.y_scale),
+            result.iterations,
+            result.converged,
+            result.reason,
+            -result.loss * x.shape[0] - x.shape[0] * math.log(self.y_scale),
             0.0,
             time.perf_counter() - start,
         )

@@ -57,6 +57,29 @@ def standardise_columns(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
     return (y - mean) / scale, mean, scale
 
 
+def check_multitask_data(x: torch.Tensor, y: torch.Tensor, num_tasks: int) -> None:
+    """Refuse x that is not (n, d) and finite, or y that is not (n, num_tasks)."""
+    if x.ndim != 2 or y.ndim != 2 or y.shape != (x.shape[0], num_tasks):
+        raise ValueError(
+            f"x must be (n, d) and y (n, {num_tasks}) with NaN where a task is "
+            f"missing; got x {tuple(x.shape)}, y {tuple(y.shape)}"
+        )
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x must be finite; drop rows with NaN coordinates")
+
+
+def icm_hyperparameters(model: nn.Module) -> dict:
+    """An ICM model's kernel, task covariance B (standardised units), per-task noise (data
+    units) and per-task means."""
+    return {
+        "kernel": model.kernel.describe(),
+        "task_covariance": model.tasks.matrix.detach().cpu().tolist(),
+        "task_correlation": model.tasks.correlation().cpu().tolist(),
+        "noise": (model.noise.value.detach() * model.y_scale**2).cpu().tolist(),
+        "mean": model.y_mean.cpu().tolist(),
+    }
+
+
 def _observed_entries(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Row and task index of every finite entry of y (n, T)."""
     rows, tasks = torch.nonzero(torch.isfinite(y), as_tuple=True)
@@ -84,13 +107,7 @@ class MultitaskExactGP(nn.Module):
 
     def _standardise(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-task standardised y (NaN kept), after checking shapes and coverage."""
-        if x.ndim != 2 or y.ndim != 2 or y.shape != (x.shape[0], self.num_tasks):
-            raise ValueError(
-                f"x must be (n, d) and y (n, {self.num_tasks}) with NaN where a task is "
-                f"missing; got x {tuple(x.shape)}, y {tuple(y.shape)}"
-            )
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError("x must be finite; drop rows with NaN coordinates")
+        check_multitask_data(x, y, self.num_tasks)
         self.to(device=x.device, dtype=x.dtype)
         z, self.y_mean, self.y_scale = standardise_columns(y)
         return z
@@ -177,11 +194,4 @@ class MultitaskExactGP(nn.Module):
         return torch.cat(means) * self.y_scale + self.y_mean, var * self.y_scale**2
 
     def hyperparameters(self) -> dict:
-        """Kernel, task covariance B (standardised units), per-task noise (data units)."""
-        return {
-            "kernel": self.kernel.describe(),
-            "task_covariance": self.tasks.matrix.detach().cpu().tolist(),
-            "task_correlation": self.tasks.correlation().cpu().tolist(),
-            "noise": (self.noise.value.detach() * self.y_scale**2).cpu().tolist(),
-            "mean": self.y_mean.cpu().tolist(),
-        }
+        return icm_hyperparameters(self)

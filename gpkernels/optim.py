@@ -59,6 +59,41 @@ class LBFGSResult:
     loss: float
 
 
+def adam_until_calm(
+    loss_fn: Callable[[], torch.Tensor],
+    params: Sequence[torch.Tensor],
+    max_iter: int,
+    lr: float,
+    tol: float,
+    label: str,
+) -> LBFGSResult:
+    """Minimise `loss_fn()` by Adam for up to `max_iter` steps, or until the loss changed by
+    less than `tol` (relative) for five steps in a row. A non-finite loss raises
+    FloatingPointError naming `label`, the step and the fix."""
+    optimizer = Adam(list(params), lr=lr)
+    previous, calm, value = None, 0, float("nan")
+    for iteration in range(1, max_iter + 1):
+        optimizer.zero_grad()
+        loss = loss_fn()
+        if not bool(torch.isfinite(loss)):
+            raise FloatingPointError(
+                f"{label} loss became {float(loss)} at iteration {iteration}: "
+                "try float64 or a smaller lr"
+            )
+        loss.backward()
+        optimizer.step()
+        value = float(loss.detach())
+        if previous is not None and abs(previous - value) <= tol * max(1.0, abs(value)):
+            calm += 1
+            if calm >= 5:
+                reason = f"loss changed by < {tol:g} (relative) for 5 steps"
+                return LBFGSResult(iteration, True, reason, value)
+        else:
+            calm = 0
+        previous = value
+    return LBFGSResult(max_iter, False, f"max_iter={max_iter} reached", value)
+
+
 def lbfgs(
     objective: Callable[[], torch.Tensor],
     params: Sequence[torch.Tensor],
