@@ -56,6 +56,15 @@ class LMCSVGP(nn.Module):
         self.y_scale = torch.ones(num_outputs)
         self._cache: dict | None = None
 
+    def hyperparameters(self) -> dict:
+        """Latent kernels, mixing W (standardised units), per-output noise (data units)."""
+        return {
+            "kernels": [k.describe() for k in self.kernels],
+            "mixing": self.mixing.detach().cpu().tolist(),
+            "noise": (self.noise.value.detach() * self.y_scale**2).cpu().tolist(),
+            "mean": self.y_mean.cpu().tolist(),
+        }
+
     # -- data ------------------------------------------------------------------------
     def _standardise(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if x.ndim != 2 or y.shape != (x.shape[0], self.num_outputs):
@@ -150,6 +159,7 @@ class LMCSVGP(nn.Module):
         start = time.perf_counter()
         z_all = self._standardise(x, y)
         self._place_inducing(x)
+        self._init_mixing(z_all)
         optimizer = Adam([p for p in self.parameters() if p.requires_grad], lr=lr)
         n_rows, batch, updates = x.shape[0], 0, 0
         acc_p, acc_h = 0.0, 0.0
@@ -184,6 +194,24 @@ class LMCSVGP(nn.Module):
             0.0,
             time.perf_counter() - start,
         )
+
+    @torch.no_grad()
+    def _init_mixing(self, z: torch.Tensor) -> None:
+        """W from the leading eigenpairs of the outputs' correlation (pairwise complete rows),
+        so that correlated outputs start sharing latents instead of random ones."""
+        t = self.num_outputs
+        corr = torch.eye(t, dtype=torch.float64, device=z.device)
+        for i in range(t):
+            for j in range(i):
+                both = torch.isfinite(z[:, i]) & torch.isfinite(z[:, j])
+                if int(both.sum()) > 2:
+                    a, b = z[both, i].double(), z[both, j].double()
+                    a, b = a - a.mean(), b - b.mean()
+                    corr[i, j] = corr[j, i] = (a @ b) / (a.norm() * b.norm()).clamp_min(1e-12)
+        values, vectors = torch.linalg.eigh(corr)
+        top = min(self.num_latents, t)
+        start = vectors[:, -top:] * values[-top:].clamp_min(1e-3).sqrt()
+        self.mixing[:, :top] = start.flip(1).to(self.mixing)
 
     def _expected_log_lik(self, feats, rest, zb, q_mean, q_cov) -> torch.Tensor:  # noqa: ANN001
         """Sum over the batch's observed entries of E_q[log N(z | f_t, noise_t)], float64."""

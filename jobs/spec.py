@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pipeline.config import ModelConfig, PipelineConfig
 
 KernelName = Literal["rbf", "matern12", "matern32", "matern52"]
+WHOLE_DIM = 2**31 - 1  # a tile size that spans any dim
 
 
 class SpecError(ValueError):
@@ -25,10 +26,35 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class StationSpec(Strict):
+    dim: str = Field(description="the dim along which stations sit, e.g. station")
+    coords: list[str] = Field(
+        min_length=1, description="coordinates along that dim giving positions, e.g. [lat, lon]"
+    )
+
+
 class InputSpec(Strict):
     path: str = Field(description="zarr store or netCDF file holding the gridded data")
     variables: list[str] = Field(min_length=1, description="data variables to predict")
     dims: list[str] = Field(min_length=1, description="grid dims in order, e.g. [time, lat, lon]")
+    stations: StationSpec | None = Field(
+        None, description="scattered data: the station dim and its position coordinates"
+    )
+
+    @property
+    def columns(self) -> list[str]:
+        """The GP's input columns: each dim's coordinate, or the station positions."""
+        out: list[str] = []
+        for dim in self.dims:
+            out.extend(
+                self.stations.coords if self.stations and dim == self.stations.dim else [dim]
+            )
+        return out
+
+    @property
+    def tiled_dims(self) -> list[str]:
+        """Dims the tiling cuts: all but a station dim (every tile holds all stations)."""
+        return [d for d in self.dims if not (self.stations and d == self.stations.dim)]
 
 
 class TargetSpec(Strict):
@@ -38,10 +64,15 @@ class TargetSpec(Strict):
 
 
 class ModelSpec(Strict):
-    type: Literal["kiss", "exact"] = Field(
-        "kiss", description="kiss: exact structured solve over every observed cell; exact: dense"
+    type: Literal["auto", "kiss", "exact", "svgp"] = Field(
+        "auto",
+        description="auto: kiss on grids, svgp for stations; kiss: exact structured solve over "
+        "every observed cell; exact: dense; svgp: stochastic variational",
     )
-    kernel: dict[str, KernelName] = Field(description="one kernel per dim, e.g. {time: matern32}")
+    kernel: dict[str, KernelName] = Field(
+        description="one kernel per input column (each dim, or a station dim's coords), "
+        "e.g. {time: matern32}"
+    )
     fit_points: int = Field(
         400, ge=10, le=5000, description="observations used to learn hyperparameters"
     )
@@ -57,9 +88,20 @@ class ModelSpec(Strict):
     )
     dtype: Literal["float32", "float64"] = "float64"
     multitask: bool = Field(
-        False, description="exact only: one ICM model over all variables per tile"
+        False,
+        description="exact: one ICM model over all variables per tile; svgp: one LMC model",
     )
-    rank: int = Field(1, ge=0, le=8, description="multitask: rank of the variables' covariance")
+    rank: int = Field(
+        1, ge=0, le=8, description="multitask: rank of the variables' covariance (svgp: latents)"
+    )
+    inducing: int = Field(256, ge=4, le=4096, description="svgp only: inducing points per tile")
+    epochs: int = Field(3, ge=1, le=100, description="svgp only: minibatch passes over a tile")
+
+    def resolved_type(self, stations: bool) -> str:
+        """The model type to run: `auto` becomes kiss on grids and svgp for stations."""
+        if self.type != "auto":
+            return self.type
+        return "svgp" if stations else "kiss"
 
 
 class TilingSpec(Strict):
@@ -90,22 +132,40 @@ class JobSpec(Strict):
 
     @model_validator(mode="after")
     def _per_dim_maps_match_dims(self) -> JobSpec:
-        if self.model.multitask and (self.model.type != "exact" or len(self.input.variables) < 2):
-            raise ValueError(
-                f"model.multitask needs model.type: exact and at least 2 input.variables; got "
-                f"type {self.model.type!r} with variables {self.input.variables}: set "
-                "type: exact and list the variables, or drop multitask"
-            )
-        dims = self.input.dims
-        for field_name, mapping in (
-            ("model.kernel", self.model.kernel),
-            ("tiling.tile", self.tiling.tile),
-            ("tiling.halo", self.tiling.halo),
+        stations = self.input.stations
+        model_type = self.model.resolved_type(stations is not None)
+        if self.model.multitask and (
+            model_type not in ("exact", "svgp") or len(self.input.variables) < 2
         ):
-            if set(mapping) != set(dims):
+            raise ValueError(
+                f"model.multitask needs model.type exact or svgp and at least 2 "
+                f"input.variables; got type {model_type!r} with variables "
+                f"{self.input.variables}: set type: exact (or svgp) and list the variables, "
+                "or drop multitask"
+            )
+        if stations is not None:
+            if stations.dim not in self.input.dims:
                 raise ValueError(
-                    f"{field_name} has keys {sorted(mapping)} but input.dims is {dims}: "
-                    f"give exactly one entry per dim"
+                    f"input.stations.dim {stations.dim!r} is not one of input.dims "
+                    f"{self.input.dims}: add it to dims or fix the name"
+                )
+            if model_type == "kiss":
+                raise ValueError(
+                    "model.type: kiss needs a regular grid, but input.stations makes the data "
+                    "scattered: use svgp (the default for stations) or exact"
+                )
+        columns, dims = self.input.columns, self.input.tiled_dims
+        columns_are = "input.dims (a station dim replaced by its coords) give the columns"
+        dims_are = "input.dims (less the station dim, which is never tiled) are"
+        for field_name, mapping, expected, are, what in (
+            ("model.kernel", self.model.kernel, columns, columns_are, "input column"),
+            ("tiling.tile", self.tiling.tile, dims, dims_are, "tiled dim"),
+            ("tiling.halo", self.tiling.halo, dims, dims_are, "tiled dim"),
+        ):
+            if set(mapping) != set(expected):
+                raise ValueError(
+                    f"{field_name} has keys {sorted(mapping)} but {are} {expected}: "
+                    f"give exactly one entry per {what}"
                 )
         for dim in dims:
             if self.tiling.tile[dim] < 1 or self.tiling.halo[dim] < 0:
@@ -117,16 +177,18 @@ class JobSpec(Strict):
 
     def to_pipeline_config(self, spec_text: str = "") -> PipelineConfig:
         dims = tuple(self.input.dims)
+        stations = self.input.stations
         return PipelineConfig(
             input_path=self.input.path,
             variables=tuple(self.input.variables),
             dims=dims,
             output_path=self.output.path,
-            tile=tuple(self.tiling.tile[d] for d in dims),
-            halo=tuple(self.tiling.halo[d] for d in dims),
+            # a station dim is never cut: one tile spans it (the runner clips to its size)
+            tile=tuple(self.tiling.tile.get(d, WHOLE_DIM) for d in dims),
+            halo=tuple(self.tiling.halo.get(d, 0) for d in dims),
             model=ModelConfig(
-                kernels=tuple(self.model.kernel[d] for d in dims),
-                type=self.model.type,
+                kernels=tuple(self.model.kernel[c] for c in self.input.columns),
+                type=self.model.resolved_type(stations is not None),
                 refine_iter=self.model.refine_iter,
                 neighbours=self.model.neighbours,
                 fit_points=self.model.fit_points,
@@ -135,12 +197,16 @@ class JobSpec(Strict):
                 dtype=self.model.dtype,
                 multitask=self.model.multitask,
                 rank=self.model.rank,
+                inducing=self.model.inducing,
+                epochs=self.model.epochs,
             ),
             num_cpus=self.resources.num_cpus,
             num_gpus=self.resources.num_gpus,
             max_in_flight=self.resources.max_in_flight,
             overwrite=self.output.overwrite,
             spec_text=spec_text or self.to_yaml(),
+            station_dim=stations.dim if stations else None,
+            station_coords=tuple(stations.coords) if stations else (),
         )
 
     def to_yaml(self) -> str:

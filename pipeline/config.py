@@ -7,17 +7,19 @@ from dataclasses import asdict, dataclass
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The per-tile GP: its type, one kernel name per grid dim, and its budgets.
+    """The per-tile GP: its type, one kernel name per input column, and its budgets.
 
     kiss: hyperparameters from an exact GP on `fit_points` observations (L-BFGS,
     `max_iter`), refined by `refine_iter` Adam steps on the whole window, then an
     exact on-grid solve over every observed cell; variances by local kriging on
     `neighbours` observations. exact: dense GP on at most `max_points` observations;
     with `multitask`, one ICM model (variables' covariance of rank `rank`) over all
-    variables, on at most `max_points` observed values.
+    variables, on at most `max_points` observed values. svgp: every observation of the
+    window, `inducing` inducing points, `epochs` minibatch passes; with `multitask`,
+    an LMC model with `rank` latent GPs.
     """
 
-    kernels: tuple[str, ...]
+    kernels: tuple[str, ...]  # one per input column (see PipelineConfig.input_columns)
     type: str = "kiss"
     fit_points: int = 400
     max_points: int = 2000
@@ -27,11 +29,18 @@ class ModelConfig:
     dtype: str = "float64"
     multitask: bool = False
     rank: int = 1
+    inducing: int = 256
+    epochs: int = 3
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """A gap-filling run over a (time, lat, lon)-like grid, predicting every grid cell."""
+    """A gap-filling run over a (time, lat, lon)-like grid, predicting every grid cell.
+
+    With `station_dim` the data are scattered: along that dim sit stations whose
+    positions are the coordinates `station_coords` (e.g. lat, lon), the GP's inputs are
+    the other dims' coordinates plus those, and every tile holds all stations.
+    """
 
     input_path: str
     variables: tuple[str, ...]
@@ -45,6 +54,16 @@ class PipelineConfig:
     max_in_flight: int = 4
     overwrite: bool = False
     spec_text: str = ""
+    station_dim: str | None = None
+    station_coords: tuple[str, ...] = ()
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        """Names of the GP's input columns: each dim's coordinate, a station dim's positions."""
+        columns: list[str] = []
+        for dim in self.dims:
+            columns.extend(self.station_coords if dim == self.station_dim else (dim,))
+        return tuple(columns)
 
     def as_dict(self) -> dict:
         return asdict(self)

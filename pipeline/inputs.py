@@ -31,8 +31,14 @@ def coordinate_values(coord: xr.DataArray) -> np.ndarray:
     return values.astype(np.float64)
 
 
-def check_input(ds: xr.Dataset, variables: tuple[str, ...], dims: tuple[str, ...]) -> None:
-    """Refuse a dataset that lacks the spec's variables or dims, naming what is there."""
+def check_input(
+    ds: xr.Dataset,
+    variables: tuple[str, ...],
+    dims: tuple[str, ...],
+    station_dim: str | None = None,
+    station_coords: tuple[str, ...] = (),
+) -> None:
+    """Refuse a dataset that lacks the spec's variables, dims or station coordinates."""
     for var in variables:
         if var not in ds.data_vars:
             raise KeyError(
@@ -44,5 +50,13 @@ def check_input(ds: xr.Dataset, variables: tuple[str, ...], dims: tuple[str, ...
                 f"variable {var!r} has dims {ds[var].dims}, the spec says {dims}: fix input.dims"
             )
     for dim in dims:
-        if dim not in ds.coords:
+        if dim not in ds.coords and dim != station_dim:
             raise KeyError(f"dim {dim!r} has no coordinate in the input: add one or fix input.dims")
+    for name in station_coords:
+        if name not in ds.coords or ds[name].dims != (station_dim,):
+            found = ds[name].dims if name in ds.coords else "missing"
+            raise KeyError(
+                f"station coordinate {name!r} must be a coordinate along {station_dim!r}; "
+                f"found {found}: fix input.stations.coords"
+            )
+        coordinate_values(ds[name])  # numeric or refused

@@ -42,10 +42,11 @@ def run_pipeline(config: PipelineConfig, progress: bool = True) -> RunSummary:
     """Predict every grid cell of the job's variables into a new zarr store, tile by tile."""
     start = time.perf_counter()
     ds = open_input(config.input_path)
-    check_input(ds, config.variables, config.dims)
+    check_input(ds, config.variables, config.dims, config.station_dim, config.station_coords)
     shape = tuple(ds.sizes[d] for d in config.dims)
-    tiles = plan_tiles(shape, config.tile, config.halo)
-    kernels = dict(zip(config.dims, config.model.kernels, strict=True))
+    chunks = tuple(min(t, n) for t, n in zip(config.tile, shape, strict=True))
+    tiles = plan_tiles(shape, chunks, config.halo)
+    kernels = dict(zip(config.input_columns, config.model.kernels, strict=True))
     attrs = {
         "title": "gpgrid Gaussian-process predictions",
         "Conventions": "CF-1.8",
@@ -55,7 +56,14 @@ def run_pipeline(config: PipelineConfig, progress: bool = True) -> RunSummary:
         "gpgrid_model": f"{config.model.type} GP per tile, kernels {kernels}",
     }
     create_output_store(
-        config.output_path, ds, config.variables, config.dims, config.tile, attrs, config.overwrite
+        config.output_path,
+        ds,
+        config.variables,
+        config.dims,
+        chunks,
+        attrs,
+        config.overwrite,
+        config.station_coords,
     )
     ensure_ray()
     remote = ray.remote(predict_tile_on_worker).options(

@@ -49,11 +49,12 @@ def create_output_store(
     chunks: tuple[int, ...],
     attrs: Mapping[str, str],
     overwrite: bool = False,
+    extra_coords: tuple[str, ...] = (),
 ) -> None:
     """Write the output's metadata and coordinates, with every prediction chunk still empty.
 
     An existing store is refused unless `overwrite`, so finished results are never
-    replaced by accident.
+    replaced by accident. `extra_coords` (e.g. station positions) are copied too.
     """
     if Path(path).exists():
         if not overwrite:
@@ -63,7 +64,7 @@ def create_output_store(
             )
         shutil.rmtree(path)
     shape = tuple(source.sizes[d] for d in dims)
-    coords = {d: source[d] for d in dims}
+    coords = {name: source[name] for name in (*dims, *extra_coords) if name in source.coords}
     data_vars = {}
     for var in variables:
         mean_attrs, std_attrs = _prediction_attrs(source[var].attrs, var)

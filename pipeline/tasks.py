@@ -11,7 +11,7 @@ import time
 import numpy as np
 import torch
 
-from gpkernels import ExactGP, KissGP, Lattice, MultitaskExactGP, separable
+from gpkernels import LMCSVGP, SVGP, ExactGP, KissGP, Lattice, MultitaskExactGP, separable
 from pipeline.config import PipelineConfig
 from pipeline.inputs import coordinate_values, open_input
 from pipeline.store import std_name
@@ -19,6 +19,10 @@ from pipeline.tiling import Tile, TileResult
 
 MIN_OBSERVATIONS = 3
 KISS_CG_TOL = 1e-4  # relative residual of the mean solve: far below the noise in any field
+# Windows with more observations than this go to SVGP: the on-grid solve's vectors and
+# local-variance tables would outgrow a worker's memory.
+KISS_MAX_OBSERVATIONS = 5_000_000
+SVGP_BATCH = 1024
 
 
 def window_axes(config: PipelineConfig, tile: Tile, ds) -> list[np.ndarray]:  # noqa: ANN001
@@ -27,6 +31,19 @@ def window_axes(config: PipelineConfig, tile: Tile, ds) -> list[np.ndarray]:  # 
         coordinate_values(ds[dim])[window]
         for dim, window in zip(config.dims, tile.window, strict=True)
     ]
+
+
+def window_inputs(config: PipelineConfig, tile: Tile, ds) -> np.ndarray:  # noqa: ANN001
+    """GP inputs of every window cell in C order over the dims (columns: input_columns)."""
+    per_dim = []
+    for dim, window in zip(config.dims, tile.window, strict=True):
+        if dim == config.station_dim:
+            positions = [coordinate_values(ds[c])[window] for c in config.station_coords]
+            per_dim.append(np.stack(positions, axis=1))
+        else:
+            per_dim.append(coordinate_values(ds[dim])[window][:, None])
+    index = np.meshgrid(*[np.arange(len(v)) for v in per_dim], indexing="ij")
+    return np.concatenate([v[i.reshape(-1)] for v, i in zip(per_dim, index, strict=True)], 1)
 
 
 def window_lattice(axes: list[np.ndarray], dims: tuple[str, ...]) -> Lattice:
@@ -137,6 +154,26 @@ def predict_kiss(
     return mean, std, info
 
 
+def predict_svgp(
+    x: np.ndarray, y: np.ndarray, x_core: np.ndarray, config: PipelineConfig, seed: int
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """SVGP on every observation of the window (stations, or windows too big for kiss)."""
+    tx, ty, tc = _tensors(config, x, y, x_core)
+    model = SVGP(
+        separable(config.model.kernels),
+        num_inducing=min(config.model.inducing, len(y)),
+        batch_size=SVGP_BATCH,
+        seed=seed,
+    )
+
+    def fit():  # noqa: ANN202
+        return model.fit(tx, ty, epochs=config.model.epochs, init_points=config.model.fit_points)
+
+    mean, std, info = _fit_and_predict(model, fit, tc)
+    info.update(n_fit=len(y), n_conditioned=len(y), solver=dict(model.diagnostics))
+    return mean, std, info
+
+
 def predict_multitask(
     x: np.ndarray, values: np.ndarray, x_core: np.ndarray, config: PipelineConfig, seed: int
 ) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -147,12 +184,11 @@ def predict_multitask(
     `fit_points` rows, and the model conditions on all of them.
     """
     tx, ty, tc = _tensors(config, x, values, x_core)
-    kernel = separable(config.model.kernels)
     gen = np.random.default_rng(seed)
-    first = np.flatnonzero(np.isfinite(values[:, 0]))
-    start_idx = np.sort(gen.permutation(first)[: config.model.fit_points])
-    ExactGP(kernel).fit(tx[start_idx], ty[start_idx, 0], max_iter=config.model.max_iter, seed=seed)
-    model = MultitaskExactGP(kernel.base, len(config.variables), config.model.rank, seed)
+    kernel = _kernel_from_first_variable(config, tx, ty, gen, seed)
+    if config.model.type == "svgp":
+        return _predict_lmc(kernel, tx, ty, tc, config, seed)
+    model = MultitaskExactGP(kernel, len(config.variables), config.model.rank, seed)
     fit_idx = np.sort(gen.permutation(len(values))[: config.model.fit_points])
 
     def fit():  # noqa: ANN202
@@ -163,6 +199,40 @@ def predict_multitask(
     mean, std, info = _fit_and_predict(model, fit, tc)
     info.update(n_fit=len(fit_idx), n_conditioned=int(np.isfinite(values).sum()))
     info["solver"] = {"jitter": model.jitter}
+    return mean, std, info
+
+
+def _kernel_from_first_variable(
+    config: PipelineConfig,
+    tx: torch.Tensor,
+    ty: torch.Tensor,
+    gen: np.random.Generator,
+    seed: int,
+):  # noqa: ANN202
+    """A unit-variance kernel whose lengthscales an ExactGP learned on the first variable."""
+    kernel = separable(config.model.kernels)
+    first = np.flatnonzero(np.isfinite(ty[:, 0].cpu().numpy()))
+    start_idx = np.sort(gen.permutation(first)[: config.model.fit_points])
+    ExactGP(kernel).fit(tx[start_idx], ty[start_idx, 0], max_iter=config.model.max_iter, seed=seed)
+    return kernel.base
+
+
+def _predict_lmc(kernel, tx, ty, tc, config: PipelineConfig, seed: int) -> tuple:  # noqa: ANN001
+    """LMC SVGP over all variables: `rank` latent GPs, every observed row of the window."""
+    model = LMCSVGP(
+        kernel,
+        num_outputs=len(config.variables),
+        num_latents=max(config.model.rank, 1),
+        num_inducing=min(config.model.inducing, ty.shape[0]),
+        batch_size=SVGP_BATCH,
+        seed=seed,
+    )
+
+    def fit():  # noqa: ANN202
+        return model.fit(tx, ty, epochs=config.model.epochs)
+
+    mean, std, info = _fit_and_predict(model, fit, tc)
+    info.update(n_fit=ty.shape[0], n_conditioned=int(torch.isfinite(ty).sum()), solver={})
     return mean, std, info
 
 
@@ -180,8 +250,11 @@ def _predict_variables_jointly(
     ]
     values = np.stack(columns, axis=1)
     rows = np.flatnonzero(np.isfinite(values).any(axis=1))
-    limit = max(config.model.max_points // len(config.variables), MIN_OBSERVATIONS)
-    used = nearest_to_core(rows, tile, config.halo, limit, tile.index)
+    if config.model.type == "svgp":
+        used = rows
+    else:
+        limit = max(config.model.max_points // len(config.variables), MIN_OBSERVATIONS)
+        used = nearest_to_core(rows, tile, config.halo, limit, tile.index)
     mean, std, info = predict_multitask(x[used], values[used], x_core, config, tile.index)
     predictions = {}
     for t, var in enumerate(config.variables):
@@ -196,9 +269,7 @@ def predict_tile(config: PipelineConfig, tile: Tile) -> TileResult:
     start = time.perf_counter()
     ds = open_input(config.input_path)
     window = dict(zip(config.dims, tile.window, strict=True))
-    axes = window_axes(config, tile, ds)
-    mesh = np.meshgrid(*axes, indexing="ij")
-    x = np.stack([m.reshape(-1) for m in mesh], axis=1)
+    x = window_inputs(config, tile, ds)
     core_mask = np.zeros(tile.window_shape, dtype=bool)
     core_mask[tile.core_in_window] = True
     x_core = x[core_mask.reshape(-1)]
@@ -221,8 +292,16 @@ def predict_tile(config: PipelineConfig, tile: Tile) -> TileResult:
             info["status"] = f"skipped: {observed.size} observations in the window"
             mean = std = np.full(len(x_core), np.nan)
         else:
-            if config.model.type == "kiss":
-                lattice = window_lattice(axes, config.dims)
+            use_svgp = config.model.type == "svgp" or (
+                config.model.type == "kiss" and observed.size > KISS_MAX_OBSERVATIONS
+            )
+            if use_svgp:
+                mean, std, fit_info = predict_svgp(
+                    x[observed], values[observed], x_core, config, tile.index
+                )
+                fit_info["model"] = "svgp"
+            elif config.model.type == "kiss":
+                lattice = window_lattice(window_axes(config, tile, ds), config.dims)
                 mean, std, fit_info = predict_kiss(
                     x[observed], values[observed], x_core, lattice, config, tile.index
                 )
