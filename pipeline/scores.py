@@ -39,7 +39,8 @@ def score(mean: np.ndarray, std: np.ndarray, truth: np.ndarray) -> dict[str, flo
 
 
 def score_gap_cells(output: xr.Dataset, source: xr.Dataset, variable: str) -> dict[str, float]:
-    """Scores on the cells missing from the input, against the true field `<variable>_true`.
+    """Scores on the cells missing from the input, against the true field `<variable>_true`
+    (cells where the truth itself is missing are skipped).
 
     Only synthetic inputs carry the truth; the true field's standard deviation over
     the gaps is reported too, as the scale RMSE should be compared with.
@@ -47,8 +48,8 @@ def score_gap_cells(output: xr.Dataset, source: xr.Dataset, variable: str) -> di
     truth_name = f"{variable}_true"
     if truth_name not in source:
         raise KeyError(f"{truth_name!r} is not in the input: only synthetic inputs carry the truth")
-    gaps = np.isnan(source[variable].values)
+    gaps = np.isnan(source[variable].values) & np.isfinite(source[truth_name].values)
     truth = source[truth_name].values[gaps]
     scores = score(output[variable].values[gaps], output[std_name(variable)].values[gaps], truth)
-    scores["truth_std"] = float(np.std(source[truth_name].values))
+    scores["truth_std"] = float(np.nanstd(source[truth_name].values))
     return scores
