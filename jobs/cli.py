@@ -9,6 +9,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from jobs.spec import SpecError, load_spec
+from pipeline.errors import GPUUnavailableError, RunInProgressError
 
 app = typer.Typer(
     help="Gaussian-process gap filling for gridded spatiotemporal data, sharded over Ray.",
@@ -23,7 +24,18 @@ class ModelType(StrEnum):
     exact = "exact"
 
 
-BAD_INPUT = (SpecError, FileNotFoundError, FileExistsError, KeyError, ValueError, TypeError)
+# Refusals (exit 2): bad specs, paths and data, a store made for another plan (a
+# ValueError), a store a live run holds, GPUs asked of a machine without any.
+BAD_INPUT = (
+    SpecError,
+    FileNotFoundError,
+    FileExistsError,
+    KeyError,
+    ValueError,
+    TypeError,
+    RunInProgressError,
+    GPUUnavailableError,
+)
 
 
 def _fail(err: Exception) -> NoReturn:
@@ -58,9 +70,15 @@ def run(
         summary = run_job(job, text, address=address, progress=progress)
     except Exception as err:  # noqa: BLE001 - every error becomes a message and an exit code
         _fail(err)
+    resumed = (
+        f" ({summary.resumed_tiles} tiles were already written by an earlier run)"
+        if summary.resumed_tiles
+        else ""
+    )
     typer.echo(
-        f"wrote {summary.cells:,} cells in {summary.tiles} tiles to {summary.output_path} "
-        f"in {summary.seconds:.1f} s ({summary.cells_per_second:,.0f} cells/s)"
+        f"wrote {summary.cells:,} cells in {summary.tiles - summary.resumed_tiles} tiles to "
+        f"{summary.output_path}{resumed} in {summary.seconds:.1f} s "
+        f"({summary.cells_per_second:,.0f} cells/s)"
     )
 
 

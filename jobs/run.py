@@ -12,4 +12,4 @@ def run_job(
 ) -> RunSummary:
     """Run on the Ray cluster at `address`, or on an embedded local Ray when None."""
     ensure_ray(address)
-    return run_pipeline(spec.to_pipeline_config(spec_text), progress=progress)
+    return run_pipeline(spec.to_pipeline_config(spec_text), progress=progress, address=address)

@@ -113,6 +113,9 @@ class ResourcesSpec(Strict):
     num_cpus: float = Field(1.0, gt=0, description="CPUs per tile task")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per tile task (fractions allowed)")
     max_in_flight: int = Field(4, ge=1, description="tile tasks submitted at once")
+    cpu_fallback: bool = Field(
+        False, description="run on CPU when num_gpus is set but this machine has no GPU"
+    )
 
 
 class OutputSpec(Strict):
@@ -203,6 +206,7 @@ class JobSpec(Strict):
             num_cpus=self.resources.num_cpus,
             num_gpus=self.resources.num_gpus,
             max_in_flight=self.resources.max_in_flight,
+            cpu_fallback=self.resources.cpu_fallback,
             overwrite=self.output.overwrite,
             spec_text=spec_text or self.to_yaml(),
             station_dim=stations.dim if stations else None,

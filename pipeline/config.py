@@ -56,6 +56,10 @@ class PipelineConfig:
     spec_text: str = ""
     station_dim: str | None = None
     station_coords: tuple[str, ...] = ()
+    cpu_fallback: bool = False  # run on CPU when GPUs are asked for but none is visible
+    # Fault injection, for tests only: (tile index, marker file): the worker running that
+    # tile dies once (the marker records that it did), so retries can be tested.
+    crash_once: tuple[int, str] | None = None
 
     @property
     def input_columns(self) -> tuple[str, ...]:

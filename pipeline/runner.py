@@ -1,10 +1,19 @@
-"""Drive a run on Ray: plan tiles, keep a bounded number of tile tasks in flight, write results."""
+"""Drive a run on Ray: plan tiles, keep a bounded number of tile tasks in flight, write results.
+
+A run holds its output's lock, journals every finished tile and resumes a store made
+by an interrupted run of the same plan (see journal.py); tile tasks are retried when
+their worker dies and on the transient errors below.
+"""
 
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import ray
 from tqdm import tqdm
@@ -12,19 +21,34 @@ from tqdm import tqdm
 from pipeline import __version__
 from pipeline.cluster import ensure_ray
 from pipeline.config import PipelineConfig
+from pipeline.errors import GPUUnavailableError
 from pipeline.inputs import check_input, open_input
+from pipeline.journal import (
+    RunLock,
+    check_plan,
+    finished_tiles,
+    plan_of,
+    record_tile,
+    reset,
+    write_plan,
+)
 from pipeline.store import create_output_store, finalize_store, write_tile
 from pipeline.tiling import Tile, TileResult, plan_tiles
+
+# Errors worth another try on another worker: storage or network hiccups.
+TRANSIENT_ERRORS = (OSError, TimeoutError, ConnectionError)
+MAX_RETRIES = 3
 
 
 @dataclass
 class RunSummary:
-    """What a run did: how many tiles and cells it wrote and how long it took."""
+    """What a run did: how many tiles and cells it wrote, how many a previous run had, how long."""
 
     output_path: str
     tiles: int
     cells: int
     seconds: float
+    resumed_tiles: int = 0
 
     @property
     def cells_per_second(self) -> float:
@@ -33,19 +57,59 @@ class RunSummary:
 
 def predict_tile_on_worker(config: PipelineConfig, tile: Tile) -> TileResult:
     """The Ray task: imports the solvers on the worker, so the driver never loads torch."""
+    if config.crash_once is not None:
+        index, marker = config.crash_once
+        if tile.index == index and not os.path.exists(marker):
+            Path(marker).touch()
+            os._exit(1)  # fault injection for tests: this worker process dies mid-tile
     from pipeline.tasks import predict_tile
 
     return predict_tile(config, tile)
 
 
-def run_pipeline(config: PipelineConfig, progress: bool = True) -> RunSummary:
-    """Predict every grid cell of the job's variables into a new zarr store, tile by tile."""
+def run_pipeline(
+    config: PipelineConfig, progress: bool = True, address: str | None = None
+) -> RunSummary:
+    """Predict every grid cell of the job's variables into its zarr store, tile by tile.
+
+    A store left by an interrupted run of the same plan is resumed: only its missing
+    tiles are computed. `address` says Ray is a cluster (which may add GPU nodes on
+    demand) rather than the embedded local one.
+    """
     start = time.perf_counter()
     ds = open_input(config.input_path)
     check_input(ds, config.variables, config.dims, config.station_dim, config.station_coords)
     shape = tuple(ds.sizes[d] for d in config.dims)
     chunks = tuple(min(t, n) for t, n in zip(config.tile, shape, strict=True))
     tiles = plan_tiles(shape, chunks, config.halo)
+    plan = plan_of(config, shape)
+    with RunLock(config.output_path):
+        if Path(config.output_path).exists() and not config.overwrite:
+            check_plan(config.output_path, plan)
+            done = set(finished_tiles(config.output_path))
+        else:
+            reset(config.output_path)
+            _create_store(config, ds, chunks)
+            write_plan(config.output_path, plan)
+            done = set()
+        todo = [tile for tile in tiles if tile.index not in done]
+        if done and progress:
+            print(
+                f"resuming {config.output_path}: {len(done)} of {len(tiles)} tiles already "
+                f"written; computing the other {len(todo)}",
+                file=sys.stderr,
+            )
+        ensure_ray()
+        config = _placement(config, address)
+        cells = _run_tiles(config, todo, progress, start)
+        records = finished_tiles(config.output_path)
+        finalize_store(
+            config.output_path, {"gpgrid_tiles": [_provenance(records[i]) for i in sorted(records)]}
+        )
+    return RunSummary(config.output_path, len(tiles), cells, time.perf_counter() - start, len(done))
+
+
+def _create_store(config: PipelineConfig, ds, chunks: tuple[int, ...]) -> None:  # noqa: ANN001
     kernels = dict(zip(config.input_columns, config.model.kernels, strict=True))
     attrs = {
         "title": "gpgrid Gaussian-process predictions",
@@ -65,13 +129,39 @@ def run_pipeline(config: PipelineConfig, progress: bool = True) -> RunSummary:
         config.overwrite,
         config.station_coords,
     )
-    ensure_ray()
+
+
+def _placement(config: PipelineConfig, address: str | None) -> PipelineConfig:
+    """Fail fast when GPUs are asked of an embedded Ray without any (or fall back to CPU)."""
+    if config.num_gpus <= 0 or ray.cluster_resources().get("GPU", 0) > 0:
+        return config
+    if address or os.environ.get("RAY_ADDRESS"):
+        return config  # a cluster's autoscaler may still add GPU workers
+    if config.cpu_fallback:
+        warnings.warn(
+            f"resources.num_gpus is {config.num_gpus:g} but Ray sees no GPU on this machine: "
+            "running on CPU (resources.cpu_fallback is true)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return replace(config, num_gpus=0.0)
+    raise GPUUnavailableError(
+        f"resources.num_gpus is {config.num_gpus:g} but Ray sees no GPU on this machine: set "
+        "resources.num_gpus: 0, set resources.cpu_fallback: true, or run on a GPU cluster "
+        "with --address"
+    )
+
+
+def _run_tiles(config: PipelineConfig, tiles: list[Tile], progress: bool, start: float) -> int:
+    """Compute `tiles` with at most `max_in_flight` tasks at once; write and journal each."""
     remote = ray.remote(predict_tile_on_worker).options(
-        num_cpus=config.num_cpus, num_gpus=config.num_gpus, max_retries=3
+        num_cpus=config.num_cpus,
+        num_gpus=config.num_gpus,
+        max_retries=MAX_RETRIES,
+        retry_exceptions=list(TRANSIENT_ERRORS),
     )
     config_ref = ray.put(config)
     pending: dict = {}
-    diagnostics: list[dict] = []
     cells = 0
     bar = tqdm(total=len(tiles), unit="tile", disable=not progress, desc="tiles", mininterval=1.0)
 
@@ -79,7 +169,7 @@ def run_pipeline(config: PipelineConfig, progress: bool = True) -> RunSummary:
         nonlocal cells
         result: TileResult = ray.get(ref)
         write_tile(config.output_path, result.tile, result.predictions)
-        diagnostics.append(result.diagnostics)
+        record_tile(config.output_path, result.tile.index, result.diagnostics)
         cells += math.prod(result.tile.core_shape)
         bar.update(1)
         bar.set_postfix(cells_per_s=f"{cells / (time.perf_counter() - start):,.0f}")
@@ -95,6 +185,13 @@ def run_pipeline(config: PipelineConfig, progress: bool = True) -> RunSummary:
         collect(done[0])
         pending.pop(done[0])
     bar.close()
-    diagnostics.sort(key=lambda d: d["tile"])
-    finalize_store(config.output_path, {"gpgrid_tiles": diagnostics})
-    return RunSummary(config.output_path, len(tiles), cells, time.perf_counter() - start)
+    return cells
+
+
+def _provenance(diagnostics: object) -> object:
+    """A tile's diagnostics without its timings, so that reruns give identical metadata."""
+    if isinstance(diagnostics, dict):
+        return {k: _provenance(v) for k, v in diagnostics.items() if "seconds" not in k}
+    if isinstance(diagnostics, list):
+        return [_provenance(v) for v in diagnostics]
+    return diagnostics

@@ -104,7 +104,14 @@ def test_cli_run_writes_the_store(tmp_path) -> None:
     out = xr.open_zarr(tmp_path / "out.zarr")
     assert np.isfinite(out["tas"].values).all() and np.isfinite(out["tas_std"].values).all()
     again = gpgrid("run", str(spec), "--no-progress", cwd=tmp_path)
-    assert again.returncode == 2 and "already exists" in again.stderr
+    assert again.returncode == 0, again.stderr
+    assert "wrote 0 cells in 0 tiles" in again.stdout
+    assert "(4 tiles were already written by an earlier run)" in again.stdout
+    changed = {**GOOD, "model": {**GOOD["model"], "fit_points": 50}}
+    spec.write_text(yaml.safe_dump(changed))
+    refused = gpgrid("run", str(spec), "--no-progress", cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "was made for another grid or spec (model: store" in refused.stderr
 
 
 def test_help_lists_the_commands(tmp_path) -> None:

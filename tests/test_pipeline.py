@@ -12,6 +12,7 @@ import xarray as xr
 
 from gpkernels import ExactGP, KissGP, separable
 from pipeline.config import ModelConfig, PipelineConfig
+from pipeline.errors import PlanMismatchError
 from pipeline.inputs import coordinate_values
 from pipeline.runner import run_pipeline
 from pipeline.scores import score_gap_cells
@@ -116,12 +117,12 @@ def test_tiles_are_deterministic(source, tmp_path) -> None:
         np.testing.assert_array_equal(first.predictions[name], second.predictions[name])
 
 
-def test_existing_output_is_refused_and_left_intact(source, tmp_path) -> None:
+def test_existing_output_not_made_by_gpgrid_is_refused_and_left_intact(source, tmp_path) -> None:
     input_path, _ = source
     out = tmp_path / "out.zarr"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="already exists: choose another output.path"):
+    with pytest.raises(PlanMismatchError, match="was not made by a gpgrid run"):
         run_pipeline(config_for(input_path, str(out)), progress=False)
     assert (out / "precious.txt").read_text() == "keep me"
 

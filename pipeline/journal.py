@@ -1,0 +1,141 @@
+"""A run's journal, so that a failed run loses nothing and a rerun resumes where it stopped.
+
+It lives beside the output store, in `<store>.gpgrid/` (so zarr never sees it):
+
+- `lock`: an OS file lock that one live run holds for its whole duration; the kernel
+  releases it when the process dies, even by SIGKILL, so a crashed run never blocks
+  its rerun while a live one is never joined.
+- `plan.json`: what the store was made for (input, grid shape, tiling, model); a rerun
+  with the same plan resumes, any other is refused.
+- `tiles/<index>.json`: one completion record per finished tile, with its diagnostics,
+  written atomically after all of the tile's chunks.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import PlanMismatchError, RunInProgressError
+
+
+def journal_dir(store_path: str) -> Path:
+    """The journal folder of an output store: `<store>.gpgrid` beside it."""
+    return Path(f"{store_path.rstrip('/')}.gpgrid")
+
+
+def plan_of(config: PipelineConfig, shape: tuple[int, ...]) -> dict:
+    """Everything that decides the output's values (not resources, progress or provenance),
+    as plain JSON values so that it compares equal to the stored copy."""
+    plan = {
+        "input_path": config.input_path,
+        "variables": list(config.variables),
+        "dims": list(config.dims),
+        "shape": list(shape),
+        "tile": list(config.tile),
+        "halo": list(config.halo),
+        "model": asdict(config.model),
+        "station_dim": config.station_dim,
+        "station_coords": list(config.station_coords),
+    }
+    return json.loads(json.dumps(plan))
+
+
+class RunLock:
+    """An exclusive, non-blocking lock on the journal's `lock` file for the life of a run."""
+
+    def __init__(self, store_path: str) -> None:
+        self.store_path = store_path
+        self.path = journal_dir(store_path) / "lock"
+        self._file = None
+
+    def acquire(self) -> None:
+        """Take the lock, or raise RunInProgressError naming the run that holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")  # noqa: SIM115 - held open until release()
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            handle.close()
+            raise RunInProgressError(
+                f"output {self.store_path!r} is being written by another run ({owner}): "
+                "wait for it to finish, or choose another output.path"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        started = time.strftime("%Y-%m-%dT%H:%M:%S")
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}")
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _write_atomically(path: Path, payload: object) -> None:
+    """Write JSON to a temporary file and rename it into place: readers see all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, default=str))
+    os.replace(tmp, path)
+
+
+def reset(store_path: str) -> None:
+    """Forget the plan and completion records (before a new store is made at the path)."""
+    folder = journal_dir(store_path)
+    (folder / "plan.json").unlink(missing_ok=True)
+    shutil.rmtree(folder / "tiles", ignore_errors=True)
+
+
+def write_plan(store_path: str, plan: dict) -> None:
+    _write_atomically(journal_dir(store_path) / "plan.json", plan)
+
+
+def check_plan(store_path: str, plan: dict) -> None:
+    """Refuse to resume into a store made for another plan, naming what differs."""
+    path = journal_dir(store_path) / "plan.json"
+    if not path.is_file():
+        raise PlanMismatchError(
+            f"output {store_path!r} exists but was not made by a gpgrid run (no {path}): "
+            "choose another output.path, or set output.overwrite: true to replace it"
+        )
+    found = json.loads(path.read_text())
+    differing = sorted(k for k in set(found) | set(plan) if found.get(k) != plan.get(k))
+    if differing:
+        details = "; ".join(f"{k}: store {found.get(k)!r}, job {plan.get(k)!r}" for k in differing)
+        raise PlanMismatchError(
+            f"output {store_path!r} was made for another grid or spec ({details}): choose "
+            "another output.path, or set output.overwrite: true to replace it"
+        )
+
+
+def record_tile(store_path: str, index: int, diagnostics: dict) -> None:
+    """Mark one tile finished (after all its chunks were written), with its diagnostics."""
+    _write_atomically(journal_dir(store_path) / "tiles" / f"{index:07d}.json", diagnostics)
+
+
+def finished_tiles(store_path: str) -> dict[int, dict]:
+    """Completion records of the tiles a store already holds: index -> diagnostics."""
+    folder = journal_dir(store_path) / "tiles"
+    if not folder.is_dir():
+        return {}
+    return {int(p.stem): json.loads(p.read_text()) for p in sorted(folder.glob("[0-9]*.json"))}

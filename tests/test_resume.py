@@ -1,0 +1,152 @@
+"""Losing nothing when things fail: resume after a killed driver, retry after a dead worker,
+refusal of a second writer and of a store made for another plan, GPUs asked of a CPU machine.
+
+Runs go through a real local Ray; killed drivers are real processes joined to it.
+"""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import xarray as xr
+import zarr
+
+from pipeline.config import ModelConfig, PipelineConfig
+from pipeline.errors import GPUUnavailableError, PlanMismatchError, RunInProgressError
+from pipeline.journal import finished_tiles
+from pipeline.runner import run_pipeline
+from pipeline.synthetic import DIMS, SyntheticGrid, write_synthetic
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+RECIPE = SyntheticGrid(shape=(6, 32, 32), seed=3)
+TILES = 8
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("input") / "syn.zarr"
+    write_synthetic(str(path), RECIPE, chunks=(3, 16, 16))
+    return str(path)
+
+
+def config_for(input_path: str, output_path: str, **changes) -> PipelineConfig:  # noqa: ANN003
+    base = dict(
+        input_path=input_path,
+        variables=("tas",),
+        dims=DIMS,
+        output_path=output_path,
+        tile=(3, 16, 16),
+        halo=(1, 4, 4),
+        model=ModelConfig(kernels=("matern32",) * 3, type="exact", max_points=700),
+        max_in_flight=1,
+    )
+    return PipelineConfig(**{**base, **changes})
+
+
+@pytest.fixture(scope="module")
+def reference(source, tmp_path_factory) -> str:
+    """An uninterrupted run: what every interrupted one must end up identical to."""
+    out = str(tmp_path_factory.mktemp("reference") / "ref.zarr")
+    summary = run_pipeline(config_for(source, out), progress=False)
+    assert summary.tiles == TILES and summary.resumed_tiles == 0
+    return out
+
+
+def assert_identical_stores(path: str, expected: str) -> None:
+    """Every array bitwise equal (NaN where NaN), and the same attributes."""
+    got, want = zarr.open_group(path, mode="r"), zarr.open_group(expected, mode="r")
+    assert sorted(got.array_keys()) == sorted(want.array_keys())
+    for name in want.array_keys():
+        np.testing.assert_array_equal(got[name][...], want[name][...])
+    assert dict(got.attrs) == dict(want.attrs)
+
+
+def start_driver(config: PipelineConfig, folder: Path) -> subprocess.Popen:
+    """A second driver process, joined to this module's Ray, running `config`."""
+    pickled = folder / "config.pkl"
+    pickled.write_bytes(pickle.dumps(config))
+    address = ray.get_runtime_context().gcs_address
+    code = (
+        "import pickle, sys, ray\n"
+        f"ray.init(address={address!r}, logging_level='ERROR')\n"
+        "from pipeline.runner import run_pipeline\n"
+        f"run_pipeline(pickle.loads(open({str(pickled)!r}, 'rb').read()), progress=False)\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[1])
+
+
+def wait_for_tiles(path: str, count: int, driver: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while len(finished_tiles(path)) < count:
+        assert driver.poll() is None, "the driver ended before it was interrupted"
+        assert time.monotonic() < deadline, f"fewer than {count} tiles after {timeout} s"
+        time.sleep(0.05)
+
+
+def test_rerun_after_a_killed_driver_computes_only_the_missing_tiles(
+    source, reference, tmp_path
+) -> None:
+    out = str(tmp_path / "out.zarr")
+    driver = start_driver(config_for(source, out), tmp_path)
+    wait_for_tiles(out, 2, driver)
+    driver.kill()  # SIGKILL: no cleanup of any kind
+    driver.wait()
+    done_before = len(finished_tiles(out))
+    assert 2 <= done_before < TILES
+
+    summary = run_pipeline(config_for(source, out), progress=False)
+    assert summary.resumed_tiles == done_before
+    assert summary.cells == (TILES - done_before) * 3 * 16 * 16
+    assert_identical_stores(out, reference)
+
+
+def test_a_worker_dying_mid_tile_is_retried(source, reference, tmp_path) -> None:
+    marker = tmp_path / "crashed"
+    config = config_for(source, str(tmp_path / "out.zarr"), crash_once=(5, str(marker)))
+    summary = run_pipeline(config, progress=False)
+    assert marker.exists(), "the fault was not injected"
+    assert summary.tiles == TILES
+    assert_identical_stores(config.output_path, reference)
+
+
+def test_a_second_run_on_a_live_store_is_refused_and_the_live_run_finishes(
+    source, reference, tmp_path
+) -> None:
+    out = str(tmp_path / "out.zarr")
+    driver = start_driver(config_for(source, out), tmp_path)
+    wait_for_tiles(out, 1, driver)
+    with pytest.raises(RunInProgressError, match=r"is being written by another run \(pid"):
+        run_pipeline(config_for(source, out), progress=False)
+    assert driver.wait(timeout=300) == 0
+    assert_identical_stores(out, reference)
+
+
+def test_a_store_made_for_another_plan_is_refused_untouched(source, reference, tmp_path) -> None:
+    other = config_for(source, reference, halo=(1, 6, 6))
+    before = xr.open_zarr(reference)["tas"].values
+    with pytest.raises(PlanMismatchError, match=r"made for another grid or spec \(halo: store"):
+        run_pipeline(other, progress=False)
+    np.testing.assert_array_equal(xr.open_zarr(reference)["tas"].values, before)
+
+
+def test_rerunning_a_finished_job_computes_nothing(source, reference) -> None:
+    summary = run_pipeline(config_for(source, reference), progress=False)
+    assert summary.resumed_tiles == TILES and summary.cells == 0
+
+
+def test_gpus_asked_of_a_machine_without_any_fail_fast_or_fall_back(source, tmp_path) -> None:
+    config = config_for(source, str(tmp_path / "gpu.zarr"), num_gpus=0.5)
+    with pytest.raises(GPUUnavailableError, match="Ray sees no GPU on this machine"):
+        run_pipeline(config, progress=False)
+    with pytest.warns(RuntimeWarning, match="running on CPU"):
+        summary = run_pipeline(replace(config, cpu_fallback=True), progress=False)
+    assert summary.tiles == TILES
