@@ -96,6 +96,14 @@ class ModelSpec(Strict):
     )
     inducing: int = Field(256, ge=4, le=4096, description="svgp only: inducing points per tile")
     epochs: int = Field(3, ge=1, le=100, description="svgp only: minibatch passes over a tile")
+    hyperparameters: Literal["per_tile", "shared"] = Field(
+        "per_tile",
+        description="per_tile: each tile learns its own; shared: learned on a sample of tiles "
+        "first, then used by every tile (kiss and exact, one model per variable)",
+    )
+    warm_start: str | None = Field(
+        None, description="shared: take the hyperparameters of this earlier output store"
+    )
 
     def resolved_type(self, stations: bool) -> str:
         """The model type to run: `auto` becomes kiss on grids and svgp for stations."""
@@ -145,6 +153,18 @@ class JobSpec(Strict):
                 f"input.variables; got type {model_type!r} with variables "
                 f"{self.input.variables}: set type: exact (or svgp) and list the variables, "
                 "or drop multitask"
+            )
+        if (self.model.hyperparameters == "shared" or self.model.warm_start) and (
+            model_type not in ("kiss", "exact") or self.model.multitask
+        ):
+            raise ValueError(
+                f"model.hyperparameters: shared (and warm_start) work with kiss and exact models "
+                f"fitted per variable; got type {model_type!r}, multitask "
+                f"{self.model.multitask}: use hyperparameters: per_tile"
+            )
+        if self.model.warm_start and self.model.hyperparameters != "shared":
+            raise ValueError(
+                "model.warm_start gives shared hyperparameters: set model.hyperparameters: shared"
             )
         if stations is not None:
             if stations.dim not in self.input.dims:
@@ -202,11 +222,13 @@ class JobSpec(Strict):
                 rank=self.model.rank,
                 inducing=self.model.inducing,
                 epochs=self.model.epochs,
+                hyperparameters=self.model.hyperparameters,
             ),
             num_cpus=self.resources.num_cpus,
             num_gpus=self.resources.num_gpus,
             max_in_flight=self.resources.max_in_flight,
             cpu_fallback=self.resources.cpu_fallback,
+            warm_start=self.model.warm_start,
             overwrite=self.output.overwrite,
             spec_text=spec_text or self.to_yaml(),
             station_dim=stations.dim if stations else None,
@@ -237,9 +259,11 @@ def parse_spec(data: object, base_dir: Path | None = None) -> JobSpec:
         raise SpecError(f"invalid job spec:\n{problems}") from None
     if base_dir is None:
         return spec
+    warm_start = spec.model.warm_start and _resolve(spec.model.warm_start, base_dir)
     return spec.model_copy(
         update={
             "input": spec.input.model_copy(update={"path": _resolve(spec.input.path, base_dir)}),
+            "model": spec.model.model_copy(update={"warm_start": warm_start}),
             "output": spec.output.model_copy(update={"path": _resolve(spec.output.path, base_dir)}),
         }
     )

@@ -31,6 +31,7 @@ class ModelConfig:
     rank: int = 1
     inducing: int = 256
     epochs: int = 3
+    hyperparameters: str = "per_tile"  # or "shared": learned on a sample of tiles first
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class PipelineConfig:
     station_dim: str | None = None
     station_coords: tuple[str, ...] = ()
     cpu_fallback: bool = False  # run on CPU when GPUs are asked for but none is visible
+    # Phase 1's pooled hyperparameters per variable (set by the runner, or from a warm start)
+    shared_hyperparameters: dict | None = None
+    warm_start: str | None = None  # a previous output store whose shared hyperparameters to use
     # Fault injection, for tests only: (tile index, marker file): the worker running that
     # tile dies once (the marker records that it did), so retries can be tested.
     crash_once: tuple[int, str] | None = None

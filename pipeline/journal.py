@@ -7,6 +7,7 @@ It lives beside the output store, in `<store>.gpgrid/` (so zarr never sees it):
   its rerun while a live one is never joined.
 - `plan.json`: what the store was made for (input, grid shape, tiling, model); a rerun
   with the same plan resumes, any other is refused.
+- `hyperparameters.json`: shared hyperparameters from phase 1 (when the model shares them).
 - `tiles/<index>.json`: one completion record per finished tile, with its diagnostics,
   written atomically after all of the tile's chunks.
 """
@@ -44,6 +45,7 @@ def plan_of(config: PipelineConfig, shape: tuple[int, ...]) -> dict:
         "model": asdict(config.model),
         "station_dim": config.station_dim,
         "station_coords": list(config.station_coords),
+        "warm_start": config.warm_start,
     }
     return json.loads(json.dumps(plan))
 
@@ -100,10 +102,21 @@ def _write_atomically(path: Path, payload: object) -> None:
 
 
 def reset(store_path: str) -> None:
-    """Forget the plan and completion records (before a new store is made at the path)."""
+    """Forget plan, shared hyperparameters and completion records (before a new store)."""
     folder = journal_dir(store_path)
     (folder / "plan.json").unlink(missing_ok=True)
+    (folder / "hyperparameters.json").unlink(missing_ok=True)
     shutil.rmtree(folder / "tiles", ignore_errors=True)
+
+
+def write_shared(store_path: str, hyperparameters: dict) -> None:
+    """Keep phase 1's result, so that a resumed run uses exactly the same values."""
+    _write_atomically(journal_dir(store_path) / "hyperparameters.json", hyperparameters)
+
+
+def read_shared(store_path: str) -> dict | None:
+    path = journal_dir(store_path) / "hyperparameters.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def write_plan(store_path: str, plan: dict) -> None:

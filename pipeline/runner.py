@@ -7,6 +7,7 @@ their worker dies and on the transient errors below.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -16,21 +17,25 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import ray
+import zarr
 from tqdm import tqdm
 
 from pipeline import __version__
 from pipeline.cluster import ensure_ray
 from pipeline.config import PipelineConfig
 from pipeline.errors import GPUUnavailableError
+from pipeline.hyperparameters import pool, sample_tile_indices
 from pipeline.inputs import check_input, open_input
 from pipeline.journal import (
     RunLock,
     check_plan,
     finished_tiles,
     plan_of,
+    read_shared,
     record_tile,
     reset,
     write_plan,
+    write_shared,
 )
 from pipeline.store import create_output_store, finalize_store, write_tile
 from pipeline.tiling import Tile, TileResult, plan_tiles
@@ -67,6 +72,13 @@ def predict_tile_on_worker(config: PipelineConfig, tile: Tile) -> TileResult:
     return predict_tile(config, tile)
 
 
+def fit_hyperparameters_on_worker(config: PipelineConfig, tile: Tile) -> dict:
+    """Phase 1's Ray task: one sampled tile's hyperparameters per variable."""
+    from pipeline.tasks import fit_tile_hyperparameters
+
+    return fit_tile_hyperparameters(config, tile)
+
+
 def run_pipeline(
     config: PipelineConfig, progress: bool = True, address: str | None = None
 ) -> RunSummary:
@@ -101,11 +113,15 @@ def run_pipeline(
             )
         ensure_ray()
         config = _placement(config, address)
+        attrs: dict = {}
+        if config.model.hyperparameters == "shared":
+            shared = _shared_hyperparameters(config, tiles, progress)
+            config = replace(config, shared_hyperparameters=shared)
+            attrs["gpgrid_hyperparameters"] = shared
         cells = _run_tiles(config, todo, progress, start)
         records = finished_tiles(config.output_path)
-        finalize_store(
-            config.output_path, {"gpgrid_tiles": [_provenance(records[i]) for i in sorted(records)]}
-        )
+        attrs["gpgrid_tiles"] = [_provenance(records[i]) for i in sorted(records)]
+        finalize_store(config.output_path, attrs)
     return RunSummary(config.output_path, len(tiles), cells, time.perf_counter() - start, len(done))
 
 
@@ -129,6 +145,43 @@ def _create_store(config: PipelineConfig, ds, chunks: tuple[int, ...]) -> None: 
         config.overwrite,
         config.station_coords,
     )
+
+
+def _shared_hyperparameters(config: PipelineConfig, tiles: list[Tile], progress: bool) -> dict:
+    """Phase 1: the journal's copy when resuming, a warm start's, or pooled fits on a sample
+    of tiles (run as Ray tasks); journalled so a resumed run uses the same values."""
+    shared = read_shared(config.output_path)
+    if shared is None and config.warm_start:
+        shared = _warm_start(config.warm_start, config.variables)
+    if shared is None:
+        sample = sample_tile_indices(len(tiles))
+        if progress:
+            print(f"phase 1: hyperparameters on {len(sample)} sampled tiles", file=sys.stderr)
+        remote = ray.remote(fit_hyperparameters_on_worker).options(
+            num_cpus=config.num_cpus, num_gpus=config.num_gpus, max_retries=MAX_RETRIES
+        )
+        config_ref = ray.put(config)
+        shared = pool(ray.get([remote.remote(config_ref, tiles[i]) for i in sample]))
+    write_shared(config.output_path, shared)
+    return shared
+
+
+def _warm_start(store_path: str, variables: tuple[str, ...]) -> dict:
+    """Shared hyperparameters recorded by an earlier run's store."""
+    attrs = zarr.open_group(store_path, mode="r").attrs
+    if "gpgrid_hyperparameters" not in attrs:
+        raise ValueError(
+            f"warm start {store_path!r} holds no shared hyperparameters: give a store made "
+            "with model.hyperparameters: shared, or drop model.warm_start"
+        )
+    shared = json.loads(attrs["gpgrid_hyperparameters"])
+    missing = [v for v in variables if v not in shared]
+    if missing:
+        raise ValueError(
+            f"warm start {store_path!r} has no hyperparameters for {missing} (it has "
+            f"{sorted(shared)}): give a store made for these variables"
+        )
+    return {v: shared[v] for v in variables}
 
 
 def _placement(config: PipelineConfig, address: str | None) -> PipelineConfig:

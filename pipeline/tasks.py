@@ -11,7 +11,16 @@ import time
 import numpy as np
 import torch
 
-from gpkernels import LMCSVGP, SVGP, ExactGP, KissGP, Lattice, MultitaskExactGP, separable
+from gpkernels import (
+    LMCSVGP,
+    SVGP,
+    ExactGP,
+    FitReport,
+    KissGP,
+    Lattice,
+    MultitaskExactGP,
+    separable,
+)
 from pipeline.config import PipelineConfig
 from pipeline.inputs import coordinate_values, open_input
 from pipeline.store import std_name
@@ -105,14 +114,22 @@ def _fit_and_predict(model, fit, x_core: torch.Tensor) -> tuple[np.ndarray, np.n
 
 
 def predict_exact(
-    x: np.ndarray, y: np.ndarray, x_core: np.ndarray, config: PipelineConfig, seed: int
+    x: np.ndarray,
+    y: np.ndarray,
+    x_core: np.ndarray,
+    config: PipelineConfig,
+    seed: int,
+    fixed: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """ExactGP: hyperparameters on a subsample, then condition on all of (x, y)."""
+    """ExactGP: hyperparameters on a subsample (or `fixed` shared ones), then condition on
+    all of (x, y)."""
     tx, ty, tc = _tensors(config, x, y, x_core)
     fit_idx = np.sort(np.random.default_rng(seed).permutation(len(y))[: config.model.fit_points])
     model = ExactGP(separable(config.model.kernels))
 
     def fit():  # noqa: ANN202
+        if fixed is not None:
+            return _condition_on_shared(model, fixed, tx, ty)
         report = model.fit(tx[fit_idx], ty[fit_idx], max_iter=config.model.max_iter, seed=seed)
         model.condition(tx, ty)
         return report
@@ -129,8 +146,10 @@ def predict_kiss(
     lattice: Lattice,
     config: PipelineConfig,
     seed: int,
+    fixed: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """KissGP on the window's lattice: every observed cell enters the exact on-grid solve."""
+    """KissGP on the window's lattice: every observed cell enters the exact on-grid solve.
+    With `fixed` shared hyperparameters it only conditions."""
     tx, ty, tc = _tensors(config, x, y, x_core)
     model = KissGP(
         separable(config.model.kernels),
@@ -141,6 +160,8 @@ def predict_kiss(
     )
 
     def fit():  # noqa: ANN202
+        if fixed is not None:
+            return _condition_on_shared(model, fixed, tx, ty)
         return model.fit(
             tx, ty, max_iter=config.model.refine_iter, init_points=config.model.fit_points
         )
@@ -152,6 +173,45 @@ def predict_kiss(
         solver=dict(model.diagnostics),
     )
     return mean, std, info
+
+
+def _condition_on_shared(model, fixed: dict, tx: torch.Tensor, ty: torch.Tensor) -> FitReport:  # noqa: ANN001
+    """Set the shared hyperparameters (data units) on `model` and condition it on (tx, ty)."""
+    scale = float(ty.std()) ** 2 if model.normalize_y and float(ty.std()) > 0 else 1.0
+    for factor, lengthscale in zip(model.kernel.base.factors, fixed["lengthscales"], strict=True):
+        factor.lengthscale = lengthscale
+    model.kernel.outputscale = fixed["outputscale"] / scale
+    floor = model.likelihood.noise_param.floor
+    model.likelihood.noise = max(fixed["noise"] / scale, 1.01 * floor)
+    model.condition(tx, ty)
+    reason = f"shared hyperparameters from {fixed['tiles']} sampled tiles"
+    return FitReport(0, True, reason, float("nan"), 0.0, 0.0)
+
+
+def fit_tile_hyperparameters(config: PipelineConfig, tile: Tile) -> dict[str, dict | None]:
+    """Phase 1 on one sampled tile: per variable, an ExactGP's hyperparameters (L-BFGS on the
+    `fit_points` observations nearest the core), in the data's units; None when too few."""
+    ds = open_input(config.input_path)
+    window = dict(zip(config.dims, tile.window, strict=True))
+    x = window_inputs(config, tile, ds)
+    found: dict[str, dict | None] = {}
+    for var in config.variables:
+        values = ds[var].isel(window).transpose(*config.dims).values.reshape(-1)
+        observed = np.flatnonzero(np.isfinite(values))
+        if observed.size < max(MIN_OBSERVATIONS, 10):
+            found[var] = None
+            continue
+        used = nearest_to_core(observed, tile, config.halo, config.model.fit_points, tile.index)
+        tx, ty = _tensors(config, x[used], values[used])
+        model = ExactGP(separable(config.model.kernels))
+        model.fit(tx, ty, max_iter=config.model.max_iter, seed=tile.index)
+        scale = model.y_scale**2
+        found[var] = {
+            "lengthscales": [float(f.lengthscale.detach().max()) for f in model.kernel.base.factors],
+            "outputscale": float(model.kernel.outputscale.detach()) * scale,
+            "noise": float(model.likelihood.noise.detach()) * scale,
+        }
+    return found
 
 
 def predict_svgp(
@@ -292,6 +352,7 @@ def predict_tile(config: PipelineConfig, tile: Tile) -> TileResult:
             info["status"] = f"skipped: {observed.size} observations in the window"
             mean = std = np.full(len(x_core), np.nan)
         else:
+            fixed = (config.shared_hyperparameters or {}).get(var)
             use_svgp = config.model.type == "svgp" or (
                 config.model.type == "kiss" and observed.size > KISS_MAX_OBSERVATIONS
             )
@@ -303,14 +364,14 @@ def predict_tile(config: PipelineConfig, tile: Tile) -> TileResult:
             elif config.model.type == "kiss":
                 lattice = window_lattice(window_axes(config, tile, ds), config.dims)
                 mean, std, fit_info = predict_kiss(
-                    x[observed], values[observed], x_core, lattice, config, tile.index
+                    x[observed], values[observed], x_core, lattice, config, tile.index, fixed
                 )
             else:
                 used = nearest_to_core(
                     observed, tile, config.halo, config.model.max_points, tile.index
                 )
                 mean, std, fit_info = predict_exact(
-                    x[used], values[used], x_core, config, tile.index
+                    x[used], values[used], x_core, config, tile.index, fixed
                 )
             converged = fit_info["solver"].get("cg_converged", True)
             info.update(fit_info, status="ok" if converged else "solve did not converge")

@@ -67,6 +67,14 @@ def test_good_spec_maps_dims_in_order(tmp_path) -> None:
             with_change("model", "multitask", True),
             r"model\.multitask needs model\.type exact or svgp and at least 2 input\.variables",
         ),
+        (
+            with_change("model", "warm_start", "old.zarr"),
+            r"model\.warm_start gives shared hyperparameters: set model\.hyperparameters: shared",
+        ),
+        (
+            {**GOOD, "model": {**GOOD["model"], "type": "svgp", "hyperparameters": "shared"}},
+            r"hyperparameters: shared \(and warm_start\) work with kiss and exact models",
+        ),
     ],
 )
 def test_bad_specs_name_the_field_value_and_fix(spec, expected) -> None:

@@ -109,6 +109,22 @@ def test_rerun_after_a_killed_driver_computes_only_the_missing_tiles(
     assert_identical_stores(out, reference)
 
 
+def test_a_resumed_shared_run_reuses_phase_one_and_matches(source, tmp_path) -> None:
+    """Shared hyperparameters are journalled: the rerun after a kill uses the same ones."""
+    model = ModelConfig(kernels=("matern32",) * 3, type="exact", max_points=700)
+    shared = replace(model, hyperparameters="shared")
+    expected = str(tmp_path / "expected.zarr")
+    run_pipeline(config_for(source, expected, model=shared), progress=False)
+    out = str(tmp_path / "out.zarr")
+    driver = start_driver(config_for(source, out, model=shared), tmp_path)
+    wait_for_tiles(out, 2, driver)
+    driver.kill()
+    driver.wait()
+    summary = run_pipeline(config_for(source, out, model=shared), progress=False)
+    assert summary.resumed_tiles >= 2
+    assert_identical_stores(out, expected)
+
+
 def test_a_worker_dying_mid_tile_is_retried(source, reference, tmp_path) -> None:
     marker = tmp_path / "crashed"
     config = config_for(source, str(tmp_path / "out.zarr"), crash_once=(5, str(marker)))

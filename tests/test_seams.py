@@ -1,0 +1,91 @@
+"""No seams: tiles that share hyperparameters (phase 1) assemble into the whole-domain answer.
+
+A synthetic draw (lengthscale 6 cells in lat and lon) is cut into 16 tiles with halos of
+two lengthscales; the reference is one tile over the whole domain at the same (warm-
+started) hyperparameters. Runs go through a real local Ray into real zarr stores.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from pipeline.config import ModelConfig, PipelineConfig
+from pipeline.runner import run_pipeline
+from pipeline.synthetic import DIMS, SyntheticGrid, write_synthetic
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+SHAPE = (4, 64, 64)
+TILE = (4, 16, 16)
+BOUNDARIES = [15, 31, 47]  # index i: the jump between cells i and i + 1 crosses a tile edge
+
+
+def config_for(input_path: str, output_path: str, **changes) -> PipelineConfig:  # noqa: ANN003
+    model = ModelConfig(kernels=("matern32",) * 3, hyperparameters="shared")
+    base = dict(
+        input_path=input_path,
+        variables=("tas",),
+        dims=DIMS,
+        output_path=output_path,
+        tile=TILE,
+        halo=(1, 12, 12),
+        model=model,
+        max_in_flight=2,
+    )
+    return PipelineConfig(**{**base, **changes})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[str, str]:
+    folder = tmp_path_factory.mktemp("seams")
+    source = str(folder / "in.zarr")
+    write_synthetic(source, SyntheticGrid(shape=SHAPE, seed=0), chunks=TILE)
+    tiled = str(folder / "tiled.zarr")
+    run_pipeline(config_for(source, tiled), progress=False)
+    whole = str(folder / "whole.zarr")
+    run_pipeline(
+        config_for(source, whole, tile=SHAPE, halo=(0, 0, 0), warm_start=tiled), progress=False
+    )
+    return tiled, whole
+
+
+def boundary_and_inside_jumps(field: np.ndarray) -> tuple[float, float]:
+    """Mean |difference| of neighbouring cells along lat and lon: across tile edges, inside."""
+    lat, lon = np.abs(np.diff(field, axis=1)), np.abs(np.diff(field, axis=2))
+    inside = [i for i in range(SHAPE[1] - 1) if i not in BOUNDARIES]
+    across = np.concatenate([lat[:, BOUNDARIES].ravel(), lon[:, :, BOUNDARIES].ravel()])
+    within = np.concatenate([lat[:, inside].ravel(), lon[:, :, inside].ravel()])
+    return float(across.mean()), float(within.mean())
+
+
+def test_tiles_match_the_whole_domain_within_a_tenth_of_the_std(runs) -> None:
+    tiled, whole = (xr.open_zarr(p) for p in runs)
+    difference = np.abs(tiled["tas"].values - whole["tas"].values) / whole["tas_std"].values
+    assert float(difference.mean()) < 0.1  # 0.0024 measured
+    assert float(np.abs(tiled["tas_std"] / whole["tas_std"] - 1).mean()) < 0.05
+
+
+def test_jumps_across_tile_edges_are_no_larger_than_inside(runs) -> None:
+    """Edges may by chance sit where the field itself jumps more; the reference, which has
+    no edges, says by how much, and the tiled field may not exceed that."""
+    tiled, whole = (xr.open_zarr(p)["tas"].values for p in runs)
+    across, within = boundary_and_inside_jumps(tiled)
+    ref_across, ref_within = boundary_and_inside_jumps(whole)
+    assert across / within <= 1.01 * ref_across / ref_within
+    seam = boundary_and_inside_jumps(tiled - whole)[0]
+    assert seam < 0.01 * within  # what tiling adds at an edge: under 1% of a typical step
+
+
+def test_shared_hyperparameters_are_recorded_and_warm_start_the_next_run(runs) -> None:
+    tiled, whole = runs
+    shared = json.loads(xr.open_zarr(tiled).attrs["gpgrid_hyperparameters"])
+    assert shared == json.loads(xr.open_zarr(whole).attrs["gpgrid_hyperparameters"])
+    hyper = shared["tas"]
+    assert len(hyper["lengthscales"]) == 3 and hyper["tiles"] == 8
+    assert 0.3 < hyper["lengthscales"][1] < 1.2  # the draw's 0.6 degrees
+    tiles = json.loads(xr.open_zarr(tiled).attrs["gpgrid_tiles"])
+    assert all(t["variables"]["tas"]["fit"]["iterations"] == 0 for t in tiles)
