@@ -13,7 +13,7 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import ray
@@ -54,6 +54,9 @@ class RunSummary:
     cells: int
     seconds: float
     resumed_tiles: int = 0
+    # driver-side wall seconds: setup (input, store, Ray), phase1, tiles (the task loop),
+    # write (writing chunks and journal records, inside the loop), finalize
+    timings: dict = field(default_factory=dict)
 
     @property
     def cells_per_second(self) -> float:
@@ -113,16 +116,24 @@ def run_pipeline(
             )
         ensure_ray()
         config = _placement(config, address)
+        timings = {"setup": time.perf_counter() - start}
         attrs: dict = {}
         if config.model.hyperparameters == "shared":
+            mark = time.perf_counter()
             shared = _shared_hyperparameters(config, tiles, progress)
             config = replace(config, shared_hyperparameters=shared)
             attrs["gpgrid_hyperparameters"] = shared
-        cells = _run_tiles(config, todo, progress, start)
+            timings["phase1"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        cells, timings["write"] = _run_tiles(config, todo, progress, start)
+        timings["tiles"] = time.perf_counter() - mark
+        mark = time.perf_counter()
         records = finished_tiles(config.output_path)
         attrs["gpgrid_tiles"] = [_provenance(records[i]) for i in sorted(records)]
         finalize_store(config.output_path, attrs)
-    return RunSummary(config.output_path, len(tiles), cells, time.perf_counter() - start, len(done))
+        timings["finalize"] = time.perf_counter() - mark
+    seconds = time.perf_counter() - start
+    return RunSummary(config.output_path, len(tiles), cells, seconds, len(done), timings)
 
 
 def _create_store(config: PipelineConfig, ds, chunks: tuple[int, ...]) -> None:  # noqa: ANN001
@@ -205,8 +216,11 @@ def _placement(config: PipelineConfig, address: str | None) -> PipelineConfig:
     )
 
 
-def _run_tiles(config: PipelineConfig, tiles: list[Tile], progress: bool, start: float) -> int:
-    """Compute `tiles` with at most `max_in_flight` tasks at once; write and journal each."""
+def _run_tiles(
+    config: PipelineConfig, tiles: list[Tile], progress: bool, start: float
+) -> tuple[int, float]:
+    """Compute `tiles` with at most `max_in_flight` tasks at once; write and journal each.
+    Returns the cells written and the seconds the driver spent writing."""
     remote = ray.remote(predict_tile_on_worker).options(
         num_cpus=config.num_cpus,
         num_gpus=config.num_gpus,
@@ -215,14 +229,16 @@ def _run_tiles(config: PipelineConfig, tiles: list[Tile], progress: bool, start:
     )
     config_ref = ray.put(config)
     pending: dict = {}
-    cells = 0
+    cells, writing = 0, 0.0
     bar = tqdm(total=len(tiles), unit="tile", disable=not progress, desc="tiles", mininterval=1.0)
 
     def collect(ref: ray.ObjectRef) -> None:
-        nonlocal cells
+        nonlocal cells, writing
         result: TileResult = ray.get(ref)
+        mark = time.perf_counter()
         write_tile(config.output_path, result.tile, result.predictions)
         record_tile(config.output_path, result.tile.index, result.diagnostics)
+        writing += time.perf_counter() - mark
         cells += math.prod(result.tile.core_shape)
         bar.update(1)
         bar.set_postfix(cells_per_s=f"{cells / (time.perf_counter() - start):,.0f}")
@@ -238,13 +254,17 @@ def _run_tiles(config: PipelineConfig, tiles: list[Tile], progress: bool, start:
         collect(done[0])
         pending.pop(done[0])
     bar.close()
-    return cells
+    return cells, writing
 
 
 def _provenance(diagnostics: object) -> object:
-    """A tile's diagnostics without its timings, so that reruns give identical metadata."""
+    """A tile's diagnostics without its timings and worker, so reruns give identical metadata."""
     if isinstance(diagnostics, dict):
-        return {k: _provenance(v) for k, v in diagnostics.items() if "seconds" not in k}
+        return {
+            k: _provenance(v)
+            for k, v in diagnostics.items()
+            if "seconds" not in k and k != "worker_pid"
+        }
     if isinstance(diagnostics, list):
         return [_provenance(v) for v in diagnostics]
     return diagnostics

@@ -6,6 +6,7 @@ directly. Everything random is seeded by the tile index, so a retry gives the sa
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -207,7 +208,9 @@ def fit_tile_hyperparameters(config: PipelineConfig, tile: Tile) -> dict[str, di
         model.fit(tx, ty, max_iter=config.model.max_iter, seed=tile.index)
         scale = model.y_scale**2
         found[var] = {
-            "lengthscales": [float(f.lengthscale.detach().max()) for f in model.kernel.base.factors],
+            "lengthscales": [
+                float(f.lengthscale.detach().max()) for f in model.kernel.base.factors
+            ],
             "outputscale": float(model.kernel.outputscale.detach()) * scale,
             "noise": float(model.likelihood.noise.detach()) * scale,
         }
@@ -339,6 +342,7 @@ def predict_tile(config: PipelineConfig, tile: Tile) -> TileResult:
         predictions, info = _predict_variables_jointly(config, tile, ds, x, x_core, window)
         diagnostics["variables"] = dict.fromkeys(config.variables, info)
         diagnostics["seconds"] = time.perf_counter() - start
+        diagnostics["worker_pid"] = os.getpid()
         return TileResult(tile, predictions, diagnostics)
     for var in config.variables:
         read_start = time.perf_counter()
@@ -379,4 +383,5 @@ def predict_tile(config: PipelineConfig, tile: Tile) -> TileResult:
         predictions[std_name(var)] = std.reshape(tile.core_shape)
         diagnostics["variables"][var] = info
     diagnostics["seconds"] = time.perf_counter() - start
+    diagnostics["worker_pid"] = os.getpid()
     return TileResult(tile, predictions, diagnostics)

@@ -1,0 +1,191 @@
+"""End-to-end scale: synthetic grids of 1M and 4M cells (30% gaps) through the pipeline.
+
+Each size runs in its own process on a fresh embedded Ray with 2 CPUs: KissGP per tile
+with shared hyperparameters (phase 1 on 8 sampled tiles, then inference at fixed
+hyperparameters), tiles of 16 x 64 x 64 cells with halos of 2 x 12 x 12. Printed per
+size: wall seconds (end to end, Ray start excluded), cells per second (all of them, and
+phase 2 alone), peak RSS of the driver and of the largest worker, where the time goes
+(read, condition, predict and wall per tile summed over workers; the driver's writes;
+phase 1; setup and finalize), and Ray's overhead: the share of the two workers' time
+during phase 2 in which no tile was being computed. The input is written beforehand in
+a separate process, so the run's RSS does not include drawing it.
+Then the RSS ratio 4M / 1M.
+
+    .venv/bin/python bench/scale.py              # 1M and 4M
+    .venv/bin/python bench/scale.py --sizes 1M   # one size
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+SIZES = {"1M": (16, 256, 256), "4M": (64, 256, 256)}
+TILE = (16, 64, 64)
+HALO = (2, 12, 12)
+WORKERS = 2
+RESULT_TAG = "RESULT "
+
+
+class WorkerRSS(threading.Thread):
+    """Samples the resident memory of Ray's worker processes; keeps the largest seen."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak_mb = 0.0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        while not self.stop.is_set():
+            for proc in psutil.process_iter(["cmdline", "memory_info"]):
+                cmdline = " ".join(proc.info["cmdline"] or [])
+                if "ray::" in cmdline or "default_worker.py" in cmdline:
+                    rss = proc.info["memory_info"].rss / 2**20
+                    self.peak_mb = max(self.peak_mb, rss)
+            self.stop.wait(0.25)
+
+
+def make_input(size: str, folder: str) -> dict:
+    """Write one size's synthetic input (in its own process, so the run's RSS excludes it)."""
+    from pipeline.synthetic import SyntheticGrid, write_synthetic
+
+    made = time.perf_counter()
+    source = str(Path(folder) / "input.zarr")
+    write_synthetic(source, SyntheticGrid(shape=SIZES[size], seed=1), chunks=TILE)
+    return {"source": source, "input_seconds": time.perf_counter() - made}
+
+
+def child(size: str, folder: str) -> dict:
+    """One size, in this process: run the job on its input, collect the numbers."""
+    import ray
+    import xarray as xr
+
+    from pipeline.cluster import ensure_ray
+    from pipeline.config import ModelConfig, PipelineConfig
+    from pipeline.runner import run_pipeline
+    from pipeline.synthetic import DIMS
+
+    shape = SIZES[size]
+    source = str(Path(folder) / "input.zarr")
+    ensure_ray(num_cpus=WORKERS)
+    sampler = WorkerRSS()
+    sampler.start()
+    config = PipelineConfig(
+        input_path=source,
+        variables=("tas",),
+        dims=DIMS,
+        output_path=str(Path(folder) / "output.zarr"),
+        tile=TILE,
+        halo=HALO,
+        model=ModelConfig(kernels=("matern32",) * 3, hyperparameters="shared"),
+        max_in_flight=2 * WORKERS,
+    )
+    summary = run_pipeline(config, progress=False)
+    sampler.stop.set()
+    sampler.join()
+    tiles = json.loads(xr.open_zarr(config.output_path).attrs["gpgrid_tiles"])
+    records = [
+        json.loads(p.read_text())
+        for p in sorted(Path(f"{config.output_path}.gpgrid/tiles").glob("*.json"))
+    ]
+    per_var = [r["variables"]["tas"] for r in records]
+    worker_busy = sum(r["seconds"] for r in records)
+    phase2 = summary.timings["tiles"]
+    ray.shutdown()
+    return {
+        "size": size,
+        "shape": shape,
+        "cells": summary.cells,
+        "tiles": len(tiles),
+        "wall": summary.seconds,
+        "phase2": phase2,
+        "timings": summary.timings,
+        "read": sum(v["read_seconds"] for v in per_var),
+        "fit": sum(v["fit_seconds"] for v in per_var),
+        "predict": sum(v["predict_seconds"] for v in per_var),
+        "tile_total": worker_busy,
+        "ray_overhead": max(0.0, 1.0 - worker_busy / (WORKERS * phase2)),
+        "driver_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "worker_rss_mb": sampler.peak_mb,
+    }
+
+
+def report(rows: list[dict]) -> None:
+    print(
+        f"\n{'size':5}{'cells':>11}{'tiles':>6}{'wall s':>8}{'cells/s':>10}{'phase2 c/s':>11}"
+        f"{'driver MB':>10}{'worker MB':>10}{'Ray ovh':>8}"
+    )
+    for r in rows:
+        print(
+            f"{r['size']:5}{r['cells']:>11,}{r['tiles']:>6}{r['wall']:>8.1f}"
+            f"{r['cells'] / r['wall']:>10,.0f}{r['cells'] / r['phase2']:>11,.0f}"
+            f"{r['driver_rss_mb']:>10.0f}{r['worker_rss_mb']:>10.0f}{r['ray_overhead']:>8.1%}"
+        )
+    print("\nWhere the time goes (seconds; per-tile parts summed over the 2 workers)")
+    for r in rows:
+        t = r["timings"]
+        print(
+            f"  {r['size']}: setup {t['setup']:.1f}, phase 1 {t.get('phase1', 0):.1f}, "
+            f"phase 2 {r['phase2']:.1f} [tiles: read {r['read']:.1f}, condition {r['fit']:.1f}, "
+            f"predict {r['predict']:.1f}, all {r['tile_total']:.1f}; driver writes "
+            f"{t['write']:.1f}], finalize {t['finalize']:.1f}; (input written in "
+            f"{r['input_seconds']:.1f} s, not counted)"
+        )
+    by_size = {r["size"]: r for r in rows}
+    if {"1M", "4M"} <= set(by_size):
+        small, large = by_size["1M"], by_size["4M"]
+        print(
+            f"\nPeak RSS 4M / 1M: driver {large['driver_rss_mb'] / small['driver_rss_mb']:.2f}x, "
+            f"largest worker {large['worker_rss_mb'] / small['worker_rss_mb']:.2f}x"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1M,4M", help="comma-separated: 1M, 4M")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        step, size, folder = args.child
+        result = make_input(size, folder) if step == "input" else child(size, folder)
+        print(RESULT_TAG + json.dumps(result), flush=True)
+        return
+    rows = []
+    for size in args.sizes.split(","):
+        print(f"running {size} ({' x '.join(map(str, SIZES[size]))}) ...", flush=True)
+        folder = tempfile.mkdtemp(prefix=f"gpgrid_scale_{size}_")
+        made = run_child("input", size, folder)
+        row = made and run_child("run", size, folder)
+        if row:
+            rows.append({**row, "input_seconds": made["input_seconds"]})
+    report(rows)
+
+
+def run_child(step: str, size: str, folder: str) -> dict | None:
+    """Run one step in a fresh process; its result, or None after printing why it failed."""
+    env = {**os.environ, "RAY_TMPDIR": os.environ.get("RAY_TMPDIR", "/tmp/ray_gpgrid")}
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", step, size, folder],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_TAG)]
+    if not lines:
+        print(f"  {size} {step} failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}")
+        return None
+    return json.loads(lines[-1].removeprefix(RESULT_TAG))
+
+
+if __name__ == "__main__":
+    main()
