@@ -115,6 +115,11 @@ class ModelSpec(Strict):
 class TilingSpec(Strict):
     tile: dict[str, int] = Field(description="cells per tile core along each dim (output chunks)")
     halo: dict[str, int] = Field(description="extra context cells on each side along each dim")
+    blend: dict[str, int] = Field(
+        default_factory=dict,
+        description="cells per side over which neighbouring tiles' predictions are blended "
+        "(at most the halo; dims left out: 0)",
+    )
 
 
 class ResourcesSpec(Strict):
@@ -190,6 +195,15 @@ class JobSpec(Strict):
                     f"{field_name} has keys {sorted(mapping)} but {are} {expected}: "
                     f"give exactly one entry per {what}"
                 )
+        unknown = sorted(set(self.tiling.blend) - set(dims))
+        if unknown:
+            raise ValueError(f"tiling.blend has keys {unknown} that are not tiled dims {dims}")
+        for dim, margin in self.tiling.blend.items():
+            if not 0 <= margin <= self.tiling.halo[dim]:
+                raise ValueError(
+                    f"tiling.blend for dim {dim!r} is {margin}: it must lie between 0 and the "
+                    f"halo ({self.tiling.halo[dim]}), since tiles can only predict what they read"
+                )
         for dim in dims:
             if self.tiling.tile[dim] < 1 or self.tiling.halo[dim] < 0:
                 raise ValueError(
@@ -209,6 +223,7 @@ class JobSpec(Strict):
             # a station dim is never cut: one tile spans it (the runner clips to its size)
             tile=tuple(self.tiling.tile.get(d, WHOLE_DIM) for d in dims),
             halo=tuple(self.tiling.halo.get(d, 0) for d in dims),
+            blend=tuple(self.tiling.blend.get(d, 0) for d in dims),
             model=ModelConfig(
                 kernels=tuple(self.model.kernel[c] for c in self.input.columns),
                 type=self.model.resolved_type(stations is not None),

@@ -42,6 +42,7 @@ def plan_of(config: PipelineConfig, shape: tuple[int, ...]) -> dict:
         "shape": list(shape),
         "tile": list(config.tile),
         "halo": list(config.halo),
+        "blend": list(config.blend),
         "model": asdict(config.model),
         "station_dim": config.station_dim,
         "station_coords": list(config.station_coords),

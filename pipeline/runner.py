@@ -21,6 +21,7 @@ import zarr
 from tqdm import tqdm
 
 from pipeline import __version__
+from pipeline.blend import Blender
 from pipeline.cluster import ensure_ray
 from pipeline.config import PipelineConfig
 from pipeline.errors import GPUUnavailableError
@@ -96,7 +97,7 @@ def run_pipeline(
     check_input(ds, config.variables, config.dims, config.station_dim, config.station_coords)
     shape = tuple(ds.sizes[d] for d in config.dims)
     chunks = tuple(min(t, n) for t, n in zip(config.tile, shape, strict=True))
-    tiles = plan_tiles(shape, chunks, config.halo)
+    tiles = plan_tiles(shape, chunks, config.halo, config.blend)
     plan = plan_of(config, shape)
     with RunLock(config.output_path):
         if Path(config.output_path).exists() and not config.overwrite:
@@ -107,7 +108,13 @@ def run_pipeline(
             _create_store(config, ds, chunks)
             write_plan(config.output_path, plan)
             done = set()
-        todo = [tile for tile in tiles if tile.index not in done]
+        blender = None
+        if any(config.blend):
+            pending = {tile.index for tile in tiles} - done
+            blender = Blender(tiles, shape, config.blend, config.variables, pending)
+            todo = [tile for tile in tiles if tile.index in blender.tiles_needed()]
+        else:
+            todo = [tile for tile in tiles if tile.index not in done]
         if done and progress:
             print(
                 f"resuming {config.output_path}: {len(done)} of {len(tiles)} tiles already "
@@ -125,7 +132,7 @@ def run_pipeline(
             attrs["gpgrid_hyperparameters"] = shared
             timings["phase1"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        cells, timings["write"] = _run_tiles(config, todo, progress, start)
+        cells, timings["write"] = _run_tiles(config, todo, progress, start, blender)
         timings["tiles"] = time.perf_counter() - mark
         mark = time.perf_counter()
         records = finished_tiles(config.output_path)
@@ -217,10 +224,15 @@ def _placement(config: PipelineConfig, address: str | None) -> PipelineConfig:
 
 
 def _run_tiles(
-    config: PipelineConfig, tiles: list[Tile], progress: bool, start: float
+    config: PipelineConfig,
+    tiles: list[Tile],
+    progress: bool,
+    start: float,
+    blender: Blender | None = None,
 ) -> tuple[int, float]:
-    """Compute `tiles` with at most `max_in_flight` tasks at once; write and journal each.
-    Returns the cells written and the seconds the driver spent writing."""
+    """Compute `tiles` with at most `max_in_flight` tasks at once; write and journal each
+    chunk (through the `blender` when tiles overlap). Returns the cells written and the
+    seconds the driver spent writing."""
     remote = ray.remote(predict_tile_on_worker).options(
         num_cpus=config.num_cpus,
         num_gpus=config.num_gpus,
@@ -236,10 +248,15 @@ def _run_tiles(
         nonlocal cells, writing
         result: TileResult = ray.get(ref)
         mark = time.perf_counter()
-        write_tile(config.output_path, result.tile, result.predictions)
-        record_tile(config.output_path, result.tile.index, result.diagnostics)
+        if blender is None:
+            chunks = [(result.tile, result.predictions, result.diagnostics)]
+        else:
+            chunks = blender.add(result.tile, result.predictions, result.diagnostics)
+        for chunk, predictions, diagnostics in chunks:
+            write_tile(config.output_path, chunk, predictions)
+            record_tile(config.output_path, chunk.index, diagnostics)
+            cells += math.prod(chunk.core_shape)
         writing += time.perf_counter() - mark
-        cells += math.prod(result.tile.core_shape)
         bar.update(1)
         bar.set_postfix(cells_per_s=f"{cells / (time.perf_counter() - start):,.0f}")
 

@@ -321,8 +321,8 @@ def _predict_variables_jointly(
     mean, std, info = predict_multitask(x[used], values[used], x_core, config, tile.index)
     predictions = {}
     for t, var in enumerate(config.variables):
-        predictions[var] = mean[:, t].reshape(tile.core_shape)
-        predictions[std_name(var)] = std[:, t].reshape(tile.core_shape)
+        predictions[var] = mean[:, t].reshape(tile.output_shape)
+        predictions[std_name(var)] = std[:, t].reshape(tile.output_shape)
     info.update(status="ok", n_observed=[int(np.isfinite(c).sum()) for c in columns])
     return predictions, info
 
@@ -333,9 +333,9 @@ def predict_tile(config: PipelineConfig, tile: Tile) -> TileResult:
     ds = open_input(config.input_path)
     window = dict(zip(config.dims, tile.window, strict=True))
     x = window_inputs(config, tile, ds)
-    core_mask = np.zeros(tile.window_shape, dtype=bool)
-    core_mask[tile.core_in_window] = True
-    x_core = x[core_mask.reshape(-1)]
+    predicted = np.zeros(tile.window_shape, dtype=bool)
+    predicted[tile.output_in_window] = True
+    x_core = x[predicted.reshape(-1)]
     predictions: dict[str, np.ndarray] = {}
     diagnostics: dict = {"tile": tile.index, "variables": {}}
     if config.model.multitask:
@@ -379,8 +379,8 @@ def predict_tile(config: PipelineConfig, tile: Tile) -> TileResult:
                 )
             converged = fit_info["solver"].get("cg_converged", True)
             info.update(fit_info, status="ok" if converged else "solve did not converge")
-        predictions[var] = mean.reshape(tile.core_shape)
-        predictions[std_name(var)] = std.reshape(tile.core_shape)
+        predictions[var] = mean.reshape(tile.output_shape)
+        predictions[std_name(var)] = std.reshape(tile.output_shape)
         diagnostics["variables"][var] = info
     diagnostics["seconds"] = time.perf_counter() - start
     diagnostics["worker_pid"] = os.getpid()

@@ -20,6 +20,24 @@ class Tile:
     index: int
     core: tuple[slice, ...]
     window: tuple[slice, ...]
+    output: tuple[slice, ...] | None = None  # what it predicts, when more than its core
+
+    @property
+    def output_region(self) -> tuple[slice, ...]:
+        """The cells this tile predicts: its core, grown by the blend margin if there is one."""
+        return self.output or self.core
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return tuple(s.stop - s.start for s in self.output_region)
+
+    @property
+    def output_in_window(self) -> tuple[slice, ...]:
+        """Where the predicted region sits inside the window array."""
+        return tuple(
+            slice(o.start - w.start, o.stop - w.start)
+            for o, w in zip(self.output_region, self.window, strict=True)
+        )
 
     @property
     def core_shape(self) -> tuple[int, ...]:
@@ -38,16 +56,28 @@ class Tile:
         )
 
 
-def plan_tiles(shape: Sequence[int], tile: Sequence[int], halo: Sequence[int]) -> list[Tile]:
+def plan_tiles(
+    shape: Sequence[int],
+    tile: Sequence[int],
+    halo: Sequence[int],
+    blend: Sequence[int] | None = None,
+) -> list[Tile]:
     """Cut a grid of `shape` into tiles of `tile` cells (smaller at the far edges).
 
     Every cell lies in exactly one core; windows extend cores by `halo` cells per
-    side. Tiles are numbered in C order, which also seeds each tile's randomness.
+    side; with `blend`, tiles predict their core grown by that many cells per side
+    (at most the halo), for the reducer to blend. Tiles are numbered in C order,
+    which also seeds each tile's randomness.
     """
-    if not (len(shape) == len(tile) == len(halo)):
-        raise ValueError(f"shape {shape}, tile {tile} and halo {halo} need one entry per dim")
+    blend = tuple(blend) if blend else (0,) * len(shape)
+    if not (len(shape) == len(tile) == len(halo) == len(blend)):
+        raise ValueError(
+            f"shape {shape}, tile {tile}, halo {halo} and blend {blend} need one entry per dim"
+        )
     if any(t < 1 for t in tile) or any(h < 0 for h in halo):
         raise ValueError(f"tile sizes must be >= 1 and halos >= 0; got tile {tile}, halo {halo}")
+    if any(b < 0 or b > h for b, h in zip(blend, halo, strict=True)):
+        raise ValueError(f"blend margins {blend} must lie between 0 and the halo {halo}")
     starts = [range(0, n, t) for n, t in zip(shape, tile, strict=True)]
     tiles = []
     for index, corner in enumerate(itertools.product(*starts)):
@@ -56,7 +86,13 @@ def plan_tiles(shape: Sequence[int], tile: Sequence[int], halo: Sequence[int]) -
             slice(max(c.start - h, 0), min(c.stop + h, n))
             for c, h, n in zip(core, halo, shape, strict=True)
         )
-        tiles.append(Tile(index, core, window))
+        output = None
+        if any(blend):
+            output = tuple(
+                slice(max(c.start - b, 0), min(c.stop + b, n))
+                for c, b, n in zip(core, blend, shape, strict=True)
+            )
+        tiles.append(Tile(index, core, window, output))
     return tiles
 
 

@@ -125,6 +125,25 @@ def test_a_resumed_shared_run_reuses_phase_one_and_matches(source, tmp_path) -> 
     assert_identical_stores(out, expected)
 
 
+def test_a_resumed_blended_run_recomputes_neighbours_and_matches(source, tmp_path) -> None:
+    """With blending a chunk needs its neighbours' predictions too: the rerun recomputes
+    the finished tiles next to unfinished chunks, writes only the unfinished chunks, and
+    ends bitwise identical to an uninterrupted blended run."""
+    expected = str(tmp_path / "expected.zarr")
+    run_pipeline(config_for(source, expected, blend=(0, 3, 3)), progress=False)
+    out = str(tmp_path / "out.zarr")
+    driver = start_driver(config_for(source, out, blend=(0, 3, 3)), tmp_path)
+    wait_for_tiles(out, 1, driver)
+    driver.kill()
+    driver.wait()
+    done_before = len(finished_tiles(out))
+    assert 1 <= done_before < TILES
+    summary = run_pipeline(config_for(source, out, blend=(0, 3, 3)), progress=False)
+    assert summary.resumed_tiles == done_before
+    assert summary.cells == (TILES - done_before) * 3 * 16 * 16
+    assert_identical_stores(out, expected)
+
+
 def test_a_worker_dying_mid_tile_is_retried(source, reference, tmp_path) -> None:
     marker = tmp_path / "crashed"
     config = config_for(source, str(tmp_path / "out.zarr"), crash_once=(5, str(marker)))

@@ -8,6 +8,7 @@ started) hyperparameters. Runs go through a real local Ray into real zarr stores
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,3 +90,33 @@ def test_shared_hyperparameters_are_recorded_and_warm_start_the_next_run(runs) -
     assert 0.3 < hyper["lengthscales"][1] < 1.2  # the draw's 0.6 degrees
     tiles = json.loads(xr.open_zarr(tiled).attrs["gpgrid_tiles"])
     assert all(t["variables"]["tas"]["fit"]["iterations"] == 0 for t in tiles)
+
+
+@pytest.fixture(scope="module")
+def per_tile_runs(runs, tmp_path_factory) -> dict[str, np.ndarray]:
+    """Tiles that each learn their own hyperparameters, without and with blending, and the
+    whole domain fitted as one tile."""
+    folder = tmp_path_factory.mktemp("per_tile")
+    source = str(Path(runs[0]).parent / "in.zarr")
+    model = ModelConfig(kernels=("matern32",) * 3)
+    out = {}
+    for name, changes in (
+        ("whole", {"tile": SHAPE, "halo": (0, 0, 0)}),
+        ("plain", {}),
+        ("blended", {"blend": (0, 4, 4)}),
+    ):
+        path = str(folder / f"{name}.zarr")
+        run_pipeline(config_for(source, path, model=model, **changes), progress=False)
+        out[name] = xr.open_zarr(path)["tas"].values
+    return out
+
+
+def test_blending_removes_the_seams_of_per_tile_hyperparameters(per_tile_runs) -> None:
+    """Without blending, what tiling changes (tiled minus whole-domain) jumps more across
+    tile edges than inside tiles (0.0186 vs 0.0157 measured); blended, no more (0.0143 vs
+    0.0152)."""
+    whole = per_tile_runs["whole"]
+    plain = boundary_and_inside_jumps(per_tile_runs["plain"] - whole)
+    blended = boundary_and_inside_jumps(per_tile_runs["blended"] - whole)
+    assert plain[0] > plain[1]
+    assert blended[0] <= blended[1]

@@ -1,0 +1,57 @@
+"""The reducer's weights and bookkeeping, against brute force (no Ray needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.blend import Blender, _chunks_under, weights
+from pipeline.tiling import plan_tiles
+
+SHAPE = (5, 50, 37)  # ragged: the last tiles are smaller
+TILE, HALO, BLEND = (5, 16, 16), (1, 6, 6), (0, 4, 4)
+
+
+def test_weights_are_a_partition_of_unity_and_one_inside_cores() -> None:
+    tiles = plan_tiles(SHAPE, TILE, HALO, BLEND)
+    total = np.zeros(SHAPE)
+    for tile in tiles:
+        w = weights(tile, SHAPE, BLEND)
+        assert w.shape == tile.output_shape and (w >= 0).all() and (w <= 1).all()
+        total[tile.output_region] += w
+    np.testing.assert_allclose(total, 1.0, atol=1e-12)
+
+
+def test_chunks_under_a_tile_match_a_brute_force_search() -> None:
+    tiles = plan_tiles(SHAPE, TILE, HALO, BLEND)
+    for tile in tiles:
+        brute = [
+            c.index
+            for c in tiles
+            if all(
+                max(a.start, b.start) < min(a.stop, b.stop)
+                for a, b in zip(tile.output_region, c.core, strict=True)
+            )
+        ]
+        assert sorted(_chunks_under(tile, tiles)) == brute
+
+
+def test_blending_constant_predictions_returns_them_in_any_order() -> None:
+    """Tiles that all predict mean 2, std 0.5 give exactly that, whatever the arrival order."""
+    tiles = plan_tiles(SHAPE, TILE, HALO, BLEND)
+    blender = Blender(tiles, SHAPE, BLEND, ["v"], {t.index for t in tiles})
+    written = {}
+    for tile in np.random.default_rng(0).permutation(tiles):
+        shape = tile.output_shape
+        out = blender.add(tile, {"v": np.full(shape, 2.0), "v_std": np.full(shape, 0.5)}, {})
+        for chunk, predictions, _ in out:
+            written[chunk.index] = predictions
+    assert sorted(written) == [t.index for t in tiles]
+    for predictions in written.values():
+        np.testing.assert_allclose(predictions["v"], 2.0, rtol=1e-12)
+        np.testing.assert_allclose(predictions["v_std"], 0.5, rtol=1e-9)
+
+
+def test_blend_wider_than_the_halo_is_refused() -> None:
+    with pytest.raises(ValueError, match="blend margins .* must lie between 0 and the halo"):
+        plan_tiles(SHAPE, TILE, HALO, (0, 8, 8))
