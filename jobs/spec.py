@@ -40,6 +40,11 @@ class InputSpec(Strict):
     stations: StationSpec | None = Field(
         None, description="scattered data: the station dim and its position coordinates"
     )
+    wrap: list[str] = Field(
+        default_factory=list,
+        description="dims that wrap around, e.g. [lon] for a global grid: tiles at one end "
+        "read across to the other",
+    )
 
     @property
     def columns(self) -> list[str]:
@@ -195,6 +200,11 @@ class JobSpec(Strict):
                     f"{field_name} has keys {sorted(mapping)} but {are} {expected}: "
                     f"give exactly one entry per {what}"
                 )
+        not_tiled = sorted(set(self.input.wrap) - set(dims))
+        if not_tiled:
+            raise ValueError(
+                f"input.wrap has {not_tiled}, which are not tiled dims {dims}: fix the names"
+            )
         unknown = sorted(set(self.tiling.blend) - set(dims))
         if unknown:
             raise ValueError(f"tiling.blend has keys {unknown} that are not tiled dims {dims}")
@@ -224,6 +234,7 @@ class JobSpec(Strict):
             tile=tuple(self.tiling.tile.get(d, WHOLE_DIM) for d in dims),
             halo=tuple(self.tiling.halo.get(d, 0) for d in dims),
             blend=tuple(self.tiling.blend.get(d, 0) for d in dims),
+            wrap=tuple(self.input.wrap),
             model=ModelConfig(
                 kernels=tuple(self.model.kernel[c] for c in self.input.columns),
                 type=self.model.resolved_type(stations is not None),

@@ -97,7 +97,8 @@ def run_pipeline(
     check_input(ds, config.variables, config.dims, config.station_dim, config.station_coords)
     shape = tuple(ds.sizes[d] for d in config.dims)
     chunks = tuple(min(t, n) for t, n in zip(config.tile, shape, strict=True))
-    tiles = plan_tiles(shape, chunks, config.halo, config.blend)
+    wrap = [dim in config.wrap for dim in config.dims]
+    tiles = plan_tiles(shape, chunks, config.halo, config.blend, wrap)
     plan = plan_of(config, shape)
     with RunLock(config.output_path):
         if Path(config.output_path).exists() and not config.overwrite:

@@ -35,10 +35,32 @@ KISS_MAX_OBSERVATIONS = 5_000_000
 SVGP_BATCH = 1024
 
 
+def window_selection(config: PipelineConfig, tile: Tile, ds) -> dict:  # noqa: ANN001
+    """What to read per dim: the window's slice, or its indices taken around a wrapped dim."""
+    out = {}
+    for dim, window in zip(config.dims, tile.window, strict=True):
+        n = ds.sizes[dim]
+        wraps = window.start < 0 or window.stop > n
+        out[dim] = np.arange(window.start, window.stop) % n if wraps else window
+    return out
+
+
+def axis_coordinates(ds, dim: str, window: slice) -> np.ndarray:  # noqa: ANN001
+    """A dim's coordinates over a window (days for datetimes); past the end of a wrapped dim
+    they continue by its period (n steps), so a window across the date line stays regular."""
+    values = coordinate_values(ds[dim])
+    n = len(values)
+    if window.start >= 0 and window.stop <= n:
+        return values[window]
+    index = np.arange(window.start, window.stop)
+    period = n * float(np.median(np.diff(values)))
+    return values[index % n] + period * np.floor_divide(index, n)
+
+
 def window_axes(config: PipelineConfig, tile: Tile, ds) -> list[np.ndarray]:  # noqa: ANN001
     """Physical coordinates of the window along each dim (days for datetimes)."""
     return [
-        coordinate_values(ds[dim])[window]
+        axis_coordinates(ds, dim, window)
         for dim, window in zip(config.dims, tile.window, strict=True)
     ]
 
@@ -51,7 +73,7 @@ def window_inputs(config: PipelineConfig, tile: Tile, ds) -> np.ndarray:  # noqa
             positions = [coordinate_values(ds[c])[window] for c in config.station_coords]
             per_dim.append(np.stack(positions, axis=1))
         else:
-            per_dim.append(coordinate_values(ds[dim])[window][:, None])
+            per_dim.append(axis_coordinates(ds, dim, window)[:, None])
     index = np.meshgrid(*[np.arange(len(v)) for v in per_dim], indexing="ij")
     return np.concatenate([v[i.reshape(-1)] for v, i in zip(per_dim, index, strict=True)], 1)
 
@@ -193,7 +215,7 @@ def fit_tile_hyperparameters(config: PipelineConfig, tile: Tile) -> dict[str, di
     """Phase 1 on one sampled tile: per variable, an ExactGP's hyperparameters (L-BFGS on the
     `fit_points` observations nearest the core), in the data's units; None when too few."""
     ds = open_input(config.input_path)
-    window = dict(zip(config.dims, tile.window, strict=True))
+    window = window_selection(config, tile, ds)
     x = window_inputs(config, tile, ds)
     found: dict[str, dict | None] = {}
     for var in config.variables:
@@ -331,7 +353,7 @@ def predict_tile(config: PipelineConfig, tile: Tile) -> TileResult:
     """Read the tile's window, fit and predict each variable, return core mean and std."""
     start = time.perf_counter()
     ds = open_input(config.input_path)
-    window = dict(zip(config.dims, tile.window, strict=True))
+    window = window_selection(config, tile, ds)
     x = window_inputs(config, tile, ds)
     predicted = np.zeros(tile.window_shape, dtype=bool)
     predicted[tile.output_in_window] = True

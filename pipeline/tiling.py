@@ -61,16 +61,19 @@ def plan_tiles(
     tile: Sequence[int],
     halo: Sequence[int],
     blend: Sequence[int] | None = None,
+    wrap: Sequence[bool] | None = None,
 ) -> list[Tile]:
     """Cut a grid of `shape` into tiles of `tile` cells (smaller at the far edges).
 
     Every cell lies in exactly one core; windows extend cores by `halo` cells per
     side; with `blend`, tiles predict their core grown by that many cells per side
-    (at most the halo), for the reducer to blend. Tiles are numbered in C order,
-    which also seeds each tile's randomness.
+    (at most the halo), for the reducer to blend. Along `wrap` dims (a global
+    longitude) windows are not clipped but run past the ends, to be read around the
+    circle. Tiles are numbered in C order, which also seeds each tile's randomness.
     """
     blend = tuple(blend) if blend else (0,) * len(shape)
-    if not (len(shape) == len(tile) == len(halo) == len(blend)):
+    wrap = tuple(wrap) if wrap else (False,) * len(shape)
+    if not (len(shape) == len(tile) == len(halo) == len(blend) == len(wrap)):
         raise ValueError(
             f"shape {shape}, tile {tile}, halo {halo} and blend {blend} need one entry per dim"
         )
@@ -78,13 +81,21 @@ def plan_tiles(
         raise ValueError(f"tile sizes must be >= 1 and halos >= 0; got tile {tile}, halo {halo}")
     if any(b < 0 or b > h for b, h in zip(blend, halo, strict=True)):
         raise ValueError(f"blend margins {blend} must lie between 0 and the halo {halo}")
+    for n, t, h, b, wraps in zip(shape, tile, halo, blend, wrap, strict=True):
+        if wraps and (min(t, n) + 2 * h > n or b):
+            raise ValueError(
+                f"a wrapped dim of {n} cells needs tile + 2 x halo <= {n} (got {t} + 2 x {h}) "
+                f"and no blend (got {b}): shrink the halo or tile, or set its blend to 0"
+            )
     starts = [range(0, n, t) for n, t in zip(shape, tile, strict=True)]
     tiles = []
     for index, corner in enumerate(itertools.product(*starts)):
         core = tuple(slice(s, min(s + t, n)) for s, t, n in zip(corner, tile, shape, strict=True))
         window = tuple(
-            slice(max(c.start - h, 0), min(c.stop + h, n))
-            for c, h, n in zip(core, halo, shape, strict=True)
+            slice(c.start - h, c.stop + h)
+            if wraps
+            else slice(max(c.start - h, 0), min(c.stop + h, n))
+            for c, h, n, wraps in zip(core, halo, shape, wrap, strict=True)
         )
         output = None
         if any(blend):
