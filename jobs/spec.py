@@ -120,6 +120,13 @@ class ModelSpec(Strict):
 class TilingSpec(Strict):
     tile: dict[str, int] = Field(description="cells per tile core along each dim (output chunks)")
     halo: dict[str, int] = Field(description="extra context cells on each side along each dim")
+    halo_lengthscales: float | None = Field(
+        None,
+        ge=0.5,
+        le=10,
+        description="with shared hyperparameters: size each halo to this many learned "
+        "lengthscales (2-3 hide tile edges); `halo` is then used by phase 1 only",
+    )
     blend: dict[str, int] = Field(
         default_factory=dict,
         description="cells per side over which neighbouring tiles' predictions are blended "
@@ -171,6 +178,11 @@ class JobSpec(Strict):
                 f"model.hyperparameters: shared (and warm_start) work with kiss and exact models "
                 f"fitted per variable; got type {model_type!r}, multitask "
                 f"{self.model.multitask}: use hyperparameters: per_tile"
+            )
+        if self.tiling.halo_lengthscales and self.model.hyperparameters != "shared":
+            raise ValueError(
+                "tiling.halo_lengthscales sizes halos from shared hyperparameters: set "
+                "model.hyperparameters: shared, or give tiling.halo alone"
             )
         if self.model.warm_start and self.model.hyperparameters != "shared":
             raise ValueError(
@@ -235,6 +247,7 @@ class JobSpec(Strict):
             halo=tuple(self.tiling.halo.get(d, 0) for d in dims),
             blend=tuple(self.tiling.blend.get(d, 0) for d in dims),
             wrap=tuple(self.input.wrap),
+            halo_lengthscales=self.tiling.halo_lengthscales,
             model=ModelConfig(
                 kernels=tuple(self.model.kernel[c] for c in self.input.columns),
                 type=self.model.resolved_type(stations is not None),

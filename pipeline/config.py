@@ -58,6 +58,8 @@ class PipelineConfig:
     station_dim: str | None = None
     station_coords: tuple[str, ...] = ()
     blend: tuple[int, ...] = ()  # cells per side over which neighbouring tiles are blended
+    # shared hyperparameters: halos of this many lengthscales (phase 1 uses `halo`)
+    halo_lengthscales: float | None = None
     wrap: tuple[str, ...] = ()  # dims that wrap around (a global longitude)
     cpu_fallback: bool = False  # run on CPU when GPUs are asked for but none is visible
     # Phase 1's pooled hyperparameters per variable (set by the runner, or from a warm start)

@@ -43,6 +43,7 @@ def plan_of(config: PipelineConfig, shape: tuple[int, ...]) -> dict:
         "tile": list(config.tile),
         "halo": list(config.halo),
         "blend": list(config.blend),
+        "halo_lengthscales": config.halo_lengthscales,
         "wrap": list(config.wrap),
         "model": asdict(config.model),
         "station_dim": config.station_dim,

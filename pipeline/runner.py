@@ -16,6 +16,7 @@ import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import ray
 import zarr
 from tqdm import tqdm
@@ -26,7 +27,7 @@ from pipeline.cluster import ensure_ray
 from pipeline.config import PipelineConfig
 from pipeline.errors import GPUUnavailableError
 from pipeline.hyperparameters import pool, sample_tile_indices
-from pipeline.inputs import check_input, open_input
+from pipeline.inputs import check_input, coordinate_values, open_input
 from pipeline.journal import (
     RunLock,
     check_plan,
@@ -109,6 +110,20 @@ def run_pipeline(
             _create_store(config, ds, chunks)
             write_plan(config.output_path, plan)
             done = set()
+        ensure_ray()
+        config = _placement(config, address)
+        timings = {"setup": time.perf_counter() - start}
+        attrs: dict = {}
+        if config.model.hyperparameters == "shared":
+            mark = time.perf_counter()
+            shared = _shared_hyperparameters(config, tiles, progress)
+            config = replace(config, shared_hyperparameters=shared)
+            attrs["gpgrid_hyperparameters"] = shared
+            if config.halo_lengthscales:
+                config = replace(config, halo=_halo_from_lengthscales(config, ds, chunks))
+                tiles = plan_tiles(shape, chunks, config.halo, config.blend, wrap)
+                attrs["gpgrid_halo"] = dict(zip(config.dims, config.halo, strict=True))
+            timings["phase1"] = time.perf_counter() - mark
         blender = None
         if any(config.blend):
             pending = {tile.index for tile in tiles} - done
@@ -122,16 +137,6 @@ def run_pipeline(
                 f"written; computing the other {len(todo)}",
                 file=sys.stderr,
             )
-        ensure_ray()
-        config = _placement(config, address)
-        timings = {"setup": time.perf_counter() - start}
-        attrs: dict = {}
-        if config.model.hyperparameters == "shared":
-            mark = time.perf_counter()
-            shared = _shared_hyperparameters(config, tiles, progress)
-            config = replace(config, shared_hyperparameters=shared)
-            attrs["gpgrid_hyperparameters"] = shared
-            timings["phase1"] = time.perf_counter() - mark
         mark = time.perf_counter()
         cells, timings["write"] = _run_tiles(config, todo, progress, start, blender)
         timings["tiles"] = time.perf_counter() - mark
@@ -183,6 +188,31 @@ def _shared_hyperparameters(config: PipelineConfig, tiles: list[Tile], progress:
         shared = pool(ray.get([remote.remote(config_ref, tiles[i]) for i in sample]))
     write_shared(config.output_path, shared)
     return shared
+
+
+def _halo_from_lengthscales(
+    config: PipelineConfig,
+    ds,
+    chunks: tuple[int, ...],  # noqa: ANN001
+) -> tuple[int, ...]:
+    """Halos of `halo_lengthscales` times each dim's longest shared lengthscale, in cells
+    (at least the blend margin; a wrapped dim's at most what fits around the circle)."""
+    halo = []
+    for i, dim in enumerate(config.dims):
+        if dim == config.station_dim:
+            halo.append(0)
+            continue
+        column = config.input_columns.index(dim)
+        longest = max(v["lengthscales"][column] for v in config.shared_hyperparameters.values())
+        step = float(np.median(np.abs(np.diff(coordinate_values(ds[dim])))))
+        cells = max(
+            math.ceil(config.halo_lengthscales * longest / step),
+            config.blend[i] if config.blend else 0,
+        )
+        n = ds.sizes[dim]
+        limit = (n - chunks[i]) // 2 if dim in config.wrap else n
+        halo.append(min(cells, limit))
+    return tuple(halo)
 
 
 def _warm_start(store_path: str, variables: tuple[str, ...]) -> dict:

@@ -120,3 +120,19 @@ def test_blending_removes_the_seams_of_per_tile_hyperparameters(per_tile_runs) -
     blended = boundary_and_inside_jumps(per_tile_runs["blended"] - whole)
     assert plain[0] > plain[1]
     assert blended[0] <= blended[1]
+
+
+def test_halos_sized_from_the_learned_lengthscales(runs, tmp_path) -> None:
+    """Phase 1 reads 4-cell halos; phase 2's are two learned lengthscales (about 12 cells
+    for the draw's 0.6 degrees at 0.1), and the result matches the whole domain."""
+    tiled, whole = runs
+    source = str(Path(tiled).parent / "in.zarr")
+    out = str(tmp_path / "sized.zarr")
+    run_pipeline(config_for(source, out, halo=(1, 4, 4), halo_lengthscales=2.0), progress=False)
+    result = xr.open_zarr(out)
+    halo = json.loads(result.attrs["gpgrid_halo"])
+    shared = json.loads(result.attrs["gpgrid_hyperparameters"])["tas"]["lengthscales"]
+    assert halo["lat"] == int(np.ceil(2.0 * shared[1] / 0.1)) and 8 <= halo["lat"] <= 24
+    reference = xr.open_zarr(whole)
+    difference = np.abs(result["tas"].values - reference["tas"].values)
+    assert float((difference / reference["tas_std"].values).mean()) < 0.1
