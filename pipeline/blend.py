@@ -31,57 +31,68 @@ from pipeline.store import std_name
 from pipeline.tiling import Tile
 
 
-def ramp(region: slice, core: slice, size: int, margin: int) -> np.ndarray:
+def ramp(region: slice, core: slice, size: int, margin: int, wraps: bool = False) -> np.ndarray:
     """1-D weights of a tile over its predicted `region` along one dim: 1 inside the core,
-    a linear ramp across each core edge that has a neighbour, 0 beyond."""
+    a linear ramp across each core edge that has a neighbour (always, on a wrapped dim),
+    0 beyond."""
     positions = np.arange(region.start, region.stop) + 0.5
     weight = np.ones(positions.size)
     if margin == 0:
         return weight
-    if core.start > 0:
+    if wraps or core.start > 0:
         weight *= np.clip((positions - (core.start - margin)) / (2 * margin), 0.0, 1.0)
-    if core.stop < size:
+    if wraps or core.stop < size:
         weight *= np.clip(((core.stop + margin) - positions) / (2 * margin), 0.0, 1.0)
     return weight
 
 
-def weights(tile: Tile, shape: Sequence[int], margins: Sequence[int]) -> np.ndarray:
+def weights(
+    tile: Tile, shape: Sequence[int], margins: Sequence[int], wrap: Sequence[bool] | None = None
+) -> np.ndarray:
     """A tile's weights over its predicted region (product of the per-dim ramps)."""
+    wrap = wrap or (False,) * len(shape)
     out = np.ones(())
-    for region, core, size, margin in zip(
-        tile.output_region, tile.core, shape, margins, strict=True
+    for region, core, size, margin, wraps in zip(
+        tile.output_region, tile.core, shape, margins, wrap, strict=True
     ):
-        out = np.multiply.outer(out, ramp(region, core, size, margin))
+        out = np.multiply.outer(out, ramp(region, core, size, margin, wraps))
     return out
 
 
 def _chunks_under(tile: Tile, tiles: Sequence[Tile]) -> list[int]:
     """Indices of the tiles whose cores the tile's predicted region touches (the plan is a
-    regular C-order tiling, so they are found from the core size, not by search)."""
+    regular C-order tiling, so they are found from the core size, not by search; regions
+    past the end of a wrapped dim continue at its start)."""
     size = tiles[0].core_shape
-    counts = [math.ceil(n / s) for n, s in zip(_grid_shape(tiles), size, strict=True)]
-    ranges = [
-        range(region.start // s, (region.stop - 1) // s + 1)
-        for region, s in zip(tile.output_region, size, strict=True)
+    grid = _grid_shape(tiles)
+    counts = [math.ceil(n / s) for n, s in zip(grid, size, strict=True)]
+    positions = [
+        sorted({(i % n) // s for i in range(region.start, region.stop)})
+        for region, s, n in zip(tile.output_region, size, grid, strict=True)
     ]
-    return [int(np.ravel_multi_index(pos, counts)) for pos in itertools.product(*ranges)]
+    return [int(np.ravel_multi_index(pos, counts)) for pos in itertools.product(*positions)]
 
 
 def _grid_shape(tiles: Sequence[Tile]) -> tuple[int, ...]:
     return tuple(s.stop for s in tiles[-1].core)
 
 
-def _overlap(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...] | None:
-    box = tuple(
-        slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a, b, strict=True)
-    )
-    return box if all(s.start < s.stop for s in box) else None
-
-
-def _relative(box: tuple[slice, ...], origin: tuple[slice, ...]) -> tuple[slice, ...]:
-    return tuple(
-        slice(s.start - o.start, s.stop - o.start) for s, o in zip(box, origin, strict=True)
-    )
+def _overlap(
+    region: tuple[slice, ...], core: tuple[slice, ...], shape: Sequence[int]
+) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
+    """Where a predicted region meets a core: the box in the region's (possibly wrapped)
+    coordinates, and the same cells relative to the core."""
+    in_region, in_core = [], []
+    for r, c, n in zip(region, core, shape, strict=True):
+        for shift in (0, -n, n):  # a region past either end of a wrapped dim
+            lo, hi = max(r.start, c.start + shift), min(r.stop, c.stop + shift)
+            if lo < hi:
+                in_region.append(slice(lo - r.start, hi - r.start))
+                in_core.append(slice(lo - c.start - shift, hi - c.start - shift))
+                break
+        else:
+            return None
+    return tuple(in_region), tuple(in_core)
 
 
 class Blender:
@@ -94,9 +105,11 @@ class Blender:
         margins: Sequence[int],
         variables: Sequence[str],
         pending_chunks: set[int],
+        wrap: Sequence[bool] | None = None,
     ) -> None:
         self.tiles = {t.index: t for t in tiles}
         self.shape, self.margins, self.variables = tuple(shape), tuple(margins), tuple(variables)
+        self.wrap = tuple(wrap) if wrap else (False,) * len(self.shape)
         self.waiting: dict[int, set[int]] = {c: set() for c in pending_chunks}
         for tile in tiles:
             for chunk in _chunks_under(tile, tiles):
@@ -115,20 +128,18 @@ class Blender:
         """Take one tile's predictions; return the chunks this completed, ready to write."""
         if tile.index in self.waiting:
             self.diagnostics[tile.index] = diagnostics
-        w = weights(tile, self.shape, self.margins)
+        w = weights(tile, self.shape, self.margins, self.wrap)
         ready = []
         for chunk, needs in self.waiting.items():
             if tile.index not in needs:
                 continue
-            core = self.tiles[chunk].core
-            box = _overlap(tile.output_region, core)
-            local = _relative(box, tile.output_region)
+            local, in_chunk = _overlap(tile.output_region, self.tiles[chunk].core, self.shape)
             part = {}
             for var in self.variables:
                 mean, std = predictions[var][local], predictions[std_name(var)][local]
                 weight = w[local]
                 part[var] = (weight * mean, weight * (std.astype(np.float64) ** 2 + mean**2))
-            self.parts[chunk][tile.index] = (_relative(box, core), part)
+            self.parts[chunk][tile.index] = (in_chunk, part)
             needs.discard(tile.index)
             if not needs:
                 ready.append(chunk)

@@ -127,7 +127,7 @@ def run_pipeline(
         blender = None
         if any(config.blend):
             pending = {tile.index for tile in tiles} - done
-            blender = Blender(tiles, shape, config.blend, config.variables, pending)
+            blender = Blender(tiles, shape, config.blend, config.variables, pending, wrap)
             todo = [tile for tile in tiles if tile.index in blender.tiles_needed()]
         else:
             todo = [tile for tile in tiles if tile.index not in done]

@@ -82,10 +82,18 @@ def plan_tiles(
     if any(b < 0 or b > h for b, h in zip(blend, halo, strict=True)):
         raise ValueError(f"blend margins {blend} must lie between 0 and the halo {halo}")
     for n, t, h, b, wraps in zip(shape, tile, halo, blend, wrap, strict=True):
-        if wraps and (min(t, n) + 2 * h > n or b):
+        if wraps and min(t, n) + 2 * h > n:
             raise ValueError(
-                f"a wrapped dim of {n} cells needs tile + 2 x halo <= {n} (got {t} + 2 x {h}) "
-                f"and no blend (got {b}): shrink the halo or tile, or set its blend to 0"
+                f"a wrapped dim of {n} cells needs tile + 2 x halo <= {n} (got {t} + 2 x {h}): "
+                "shrink the halo or the tile"
+            )
+        ragged = n % t if wraps else 0  # a wrapped dim's last core has neighbours on both sides
+        if b and (min(t, n) < 2 * b or 0 < ragged < 2 * b):
+            raise ValueError(
+                f"blending {b} cells per side needs cores of at least {2 * b} cells; a dim of "
+                f"{n} cut into tiles of {t} has cores of {min(t, n)}"
+                + (f" and {ragged} (wrapped)" if ragged else "")
+                + ": use a smaller blend or a tile size that divides the dim"
             )
     starts = [range(0, n, t) for n, t in zip(shape, tile, strict=True)]
     tiles = []
@@ -100,8 +108,10 @@ def plan_tiles(
         output = None
         if any(blend):
             output = tuple(
-                slice(max(c.start - b, 0), min(c.stop + b, n))
-                for c, b, n in zip(core, blend, shape, strict=True)
+                slice(c.start - b, c.stop + b)
+                if wraps
+                else slice(max(c.start - b, 0), min(c.stop + b, n))
+                for c, b, n, wraps in zip(core, blend, shape, wrap, strict=True)
             )
         tiles.append(Tile(index, core, window, output))
     return tiles

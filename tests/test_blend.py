@@ -55,3 +55,29 @@ def test_blending_constant_predictions_returns_them_in_any_order() -> None:
 def test_blend_wider_than_the_halo_is_refused() -> None:
     with pytest.raises(ValueError, match="blend margins .* must lie between 0 and the halo"):
         plan_tiles(SHAPE, TILE, HALO, (0, 8, 8))
+
+
+def test_weights_wrap_around_a_periodic_dim() -> None:
+    """On a wrapped longitude the first and last tiles blend across the date line too."""
+    shape, wrap = (2, 20, 40), (False, False, True)
+    tiles = plan_tiles(shape, (2, 10, 10), (0, 3, 5), (0, 2, 4), wrap)
+    total = np.zeros(shape)
+    for tile in tiles:
+        w = weights(tile, shape, (0, 2, 4), wrap)
+        cells = [
+            np.arange(r.start, r.stop) % n for r, n in zip(tile.output_region, shape, strict=True)
+        ]
+        index = np.ix_(*cells)
+        np.add.at(total, index, w)
+    np.testing.assert_allclose(total, 1.0, atol=1e-12)
+    blender = Blender(tiles, shape, (0, 2, 4), ["v"], {t.index for t in tiles}, wrap)
+    assert tiles[0].index in blender.waiting[tiles[3].index]  # last lon chunk needs the first
+    with pytest.raises(ValueError, match="needs cores of at least 8 cells"):
+        plan_tiles(shape, (2, 10, 12), (0, 3, 5), (0, 2, 4), wrap)  # last lon core: 4 cells
+    written = []
+    for tile in tiles:
+        ones = np.ones(tile.output_shape)
+        written += blender.add(tile, {"v": 3 * ones, "v_std": ones}, {})
+    assert len(written) == len(tiles)
+    for _, predictions, _ in written:
+        np.testing.assert_allclose(predictions["v"], 3.0, rtol=1e-12)

@@ -34,7 +34,7 @@ def global_field(lon_offset: float = 0.0) -> xr.Dataset:
     )
 
 
-def run(ds: xr.Dataset, folder, name: str, wrap: bool) -> xr.Dataset:  # noqa: ANN001
+def run(ds: xr.Dataset, folder, name: str, wrap: bool, blend=()) -> xr.Dataset:  # noqa: ANN001
     source = str(folder / f"{name}_in.zarr")
     ds.to_zarr(source, zarr_format=3, consolidated=True)
     config = PipelineConfig(
@@ -47,6 +47,7 @@ def run(ds: xr.Dataset, folder, name: str, wrap: bool) -> xr.Dataset:  # noqa: A
         model=ModelConfig(kernels=("matern32",) * 3, max_points=900),
         max_in_flight=2,
         wrap=("lon",) if wrap else (),
+        blend=blend,
     )
     run_pipeline(config, progress=False)
     return xr.open_zarr(config.output_path)
@@ -77,3 +78,6 @@ def test_the_date_line_is_filled_as_if_it_were_anywhere_else(tmp_path) -> None:
 
     assert rmse(wrapped) < 1.2 * rmse(middle)
     assert rmse(wrapped) < 0.8 * rmse(clipped)
+    blended = run(data, tmp_path, "blended", wrap=True, blend=(0, 3, 6))
+    assert rmse(blended) < 1.2 * rmse(middle)
+    assert np.isfinite(blended["sst"].values).all() and (blended["sst_std"].values > 0).all()
