@@ -127,6 +127,11 @@ class TilingSpec(Strict):
         description="with shared hyperparameters: size each halo to this many learned "
         "lengthscales (2-3 hide tile edges); `halo` is then used by phase 1 only",
     )
+    chunks: dict[str, int] = Field(
+        default_factory=dict,
+        description="inner chunk sizes: the output becomes a zarr v3 sharded store, one "
+        "shard per tile (dims left out: the tile size)",
+    )
     blend: dict[str, int] = Field(
         default_factory=dict,
         description="cells per side over which neighbouring tiles' predictions are blended "
@@ -217,9 +222,11 @@ class JobSpec(Strict):
             raise ValueError(
                 f"input.wrap has {not_tiled}, which are not tiled dims {dims}: fix the names"
             )
-        unknown = sorted(set(self.tiling.blend) - set(dims))
+        unknown = sorted((set(self.tiling.blend) | set(self.tiling.chunks)) - set(dims))
         if unknown:
-            raise ValueError(f"tiling.blend has keys {unknown} that are not tiled dims {dims}")
+            raise ValueError(
+                f"tiling.blend or tiling.chunks has keys {unknown} that are not tiled dims {dims}"
+            )
         for dim, margin in self.tiling.blend.items():
             if not 0 <= margin <= self.tiling.halo[dim]:
                 raise ValueError(
@@ -247,6 +254,11 @@ class JobSpec(Strict):
             halo=tuple(self.tiling.halo.get(d, 0) for d in dims),
             blend=tuple(self.tiling.blend.get(d, 0) for d in dims),
             wrap=tuple(self.input.wrap),
+            chunks=tuple(
+                self.tiling.chunks.get(d, self.tiling.tile.get(d, WHOLE_DIM)) for d in dims
+            )
+            if self.tiling.chunks
+            else (),
             halo_lengthscales=self.tiling.halo_lengthscales,
             model=ModelConfig(
                 kernels=tuple(self.model.kernel[c] for c in self.input.columns),

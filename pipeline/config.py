@@ -61,6 +61,7 @@ class PipelineConfig:
     # shared hyperparameters: halos of this many lengthscales (phase 1 uses `halo`)
     halo_lengthscales: float | None = None
     wrap: tuple[str, ...] = ()  # dims that wrap around (a global longitude)
+    chunks: tuple[int, ...] = ()  # inner chunks: the output is sharded, one shard per tile
     cpu_fallback: bool = False  # run on CPU when GPUs are asked for but none is visible
     # Phase 1's pooled hyperparameters per variable (set by the runner, or from a warm start)
     shared_hyperparameters: dict | None = None

@@ -45,6 +45,7 @@ def plan_of(config: PipelineConfig, shape: tuple[int, ...]) -> dict:
         "blend": list(config.blend),
         "halo_lengthscales": config.halo_lengthscales,
         "wrap": list(config.wrap),
+        "chunks": list(config.chunks),
         "model": asdict(config.model),
         "station_dim": config.station_dim,
         "station_coords": list(config.station_coords),

@@ -101,13 +101,14 @@ def run_pipeline(
     wrap = [dim in config.wrap for dim in config.dims]
     tiles = plan_tiles(shape, chunks, config.halo, config.blend, wrap)
     plan = plan_of(config, shape)
+    inner = _inner_chunks(config, chunks)
     with RunLock(config.output_path):
         if Path(config.output_path).exists() and not config.overwrite:
             check_plan(config.output_path, plan)
             done = set(finished_tiles(config.output_path))
         else:
             reset(config.output_path)
-            _create_store(config, ds, chunks)
+            _create_store(config, ds, chunks, inner)
             write_plan(config.output_path, plan)
             done = set()
         ensure_ray()
@@ -149,7 +150,26 @@ def run_pipeline(
     return RunSummary(config.output_path, len(tiles), cells, seconds, len(done), timings)
 
 
-def _create_store(config: PipelineConfig, ds, chunks: tuple[int, ...]) -> None:  # noqa: ANN001
+def _inner_chunks(config: PipelineConfig, chunks: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The chunks inside each tile's shard (None: unsharded), checked to divide the tiles."""
+    if not config.chunks:
+        return None
+    inner = tuple(min(c, t) for c, t in zip(config.chunks, chunks, strict=True))
+    if any(t % c for t, c in zip(chunks, inner, strict=True)):
+        raise ValueError(
+            f"tiling.chunks {dict(zip(config.dims, inner, strict=True))} must divide the "
+            f"tile sizes {dict(zip(config.dims, chunks, strict=True))}: each tile is one "
+            "shard of whole chunks"
+        )
+    return inner
+
+
+def _create_store(
+    config: PipelineConfig,
+    ds,
+    chunks: tuple[int, ...],
+    inner: tuple[int, ...] | None,  # noqa: ANN001
+) -> None:
     kernels = dict(zip(config.input_columns, config.model.kernels, strict=True))
     attrs = {
         "title": "gpgrid Gaussian-process predictions",
@@ -168,6 +188,7 @@ def _create_store(config: PipelineConfig, ds, chunks: tuple[int, ...]) -> None: 
         attrs,
         config.overwrite,
         config.station_coords,
+        inner,
     )
 
 

@@ -50,11 +50,14 @@ def create_output_store(
     attrs: Mapping[str, str],
     overwrite: bool = False,
     extra_coords: tuple[str, ...] = (),
+    inner_chunks: tuple[int, ...] | None = None,
 ) -> None:
     """Write the output's metadata and coordinates, with every prediction chunk still empty.
 
     An existing store is refused unless `overwrite`, so finished results are never
-    replaced by accident. `extra_coords` (e.g. station positions) are copied too.
+    replaced by accident. `extra_coords` (e.g. station positions) are copied too. With
+    `inner_chunks` the arrays are sharded: one shard per tile (`chunks`), stored in
+    smaller chunks that readers can fetch one by one.
     """
     if Path(path).exists():
         if not overwrite:
@@ -72,7 +75,10 @@ def create_output_store(
         data_vars[var] = xr.Variable(dims, empty, mean_attrs)
         data_vars[std_name(var)] = xr.Variable(dims, empty, std_attrs)
     template = xr.Dataset(data_vars, coords=coords, attrs=dict(attrs))
-    encoding = {name: {"chunks": chunks} for name in data_vars}
+    if inner_chunks:
+        encoding = {name: {"chunks": inner_chunks, "shards": chunks} for name in data_vars}
+    else:
+        encoding = {name: {"chunks": chunks} for name in data_vars}
     template.to_zarr(
         path, mode="w", compute=False, zarr_format=3, consolidated=False, encoding=encoding
     )

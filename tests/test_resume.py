@@ -185,3 +185,14 @@ def test_gpus_asked_of_a_machine_without_any_fail_fast_or_fall_back(source, tmp_
     with pytest.warns(RuntimeWarning, match="running on CPU"):
         summary = run_pipeline(replace(config, cpu_fallback=True), progress=False)
     assert summary.tiles == TILES
+
+
+def test_a_sharded_store_holds_the_same_values(source, reference, tmp_path) -> None:
+    """tiling.chunks: one zarr v3 shard per tile, read in smaller chunks; same numbers."""
+    out = str(tmp_path / "sharded.zarr")
+    run_pipeline(config_for(source, out, chunks=(3, 8, 8)), progress=False)
+    array = zarr.open_group(out, mode="r")["tas"]
+    assert array.shards == (3, 16, 16) and array.chunks == (3, 8, 8)
+    np.testing.assert_array_equal(array[...], zarr.open_group(reference, mode="r")["tas"][...])
+    with pytest.raises(ValueError, match="must divide the tile sizes"):
+        run_pipeline(config_for(source, str(tmp_path / "bad.zarr"), chunks=(3, 5, 8)))
