@@ -227,6 +227,26 @@ def gpytorch_moments(model, likelihood, x_test: torch.Tensor, fast: bool) -> tup
         return latent.mean.cpu(), latent.variance.cpu()
 
 
+def train_gpytorch_exact(model, likelihood, x, y, iterations: int) -> list[float]:  # noqa: ANN001
+    """GPyTorch's exact-GP training recipe: Adam at LEARNING_RATE on the exact marginal
+    likelihood for `iterations` steps; returns the losses (GPU work finished)."""
+    import gpytorch
+
+    model.train()
+    likelihood.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    mll = gpytorch.mlls.ExactMarginalLogLikelihood(likelihood, model)
+    losses = []
+    for _ in range(iterations):
+        optimizer.zero_grad()
+        loss = -mll(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    synchronize()
+    return losses
+
+
 def run_ours(data: Data, dtype: torch.dtype, status: dict) -> dict:
     """Fit and predict with gpkernels.KissGP; returns raw predictions and timings."""
     from gpkernels import KissGP, separable  # lazy: keeps the GPyTorch side usable alone
@@ -283,18 +303,7 @@ def run_gpytorch(data: Data, dtype: torch.dtype, status: dict) -> dict:
     start = time.perf_counter()
     likelihood = gpytorch.likelihoods.GaussianLikelihood().to(DEVICE, dtype)
     model = KissExactGP(likelihood).to(DEVICE, dtype)
-    model.train()
-    likelihood.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-    mll = gpytorch.mlls.ExactMarginalLogLikelihood(likelihood, model)
-    losses = []
-    for _ in range(ITERATIONS):
-        optimizer.zero_grad()
-        loss = -mll(model(x), y)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    synchronize()
+    losses = train_gpytorch_exact(model, likelihood, x, y, ITERATIONS)
     train_s = time.perf_counter() - start
 
     (mean, var), predict_s = timed_predict(
@@ -457,18 +466,7 @@ def run_gpytorch_multitask(data: Data, dtype: torch.dtype, status: dict) -> dict
     likelihood = gpytorch.likelihoods.MultitaskGaussianLikelihood(num_tasks=tasks)
     likelihood = likelihood.to(DEVICE, dtype)
     model = MultitaskGP(likelihood).to(DEVICE, dtype)
-    model.train()
-    likelihood.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-    mll = gpytorch.mlls.ExactMarginalLogLikelihood(likelihood, model)
-    losses = []
-    for _ in range(MT_GPYTORCH_ITERATIONS):
-        optimizer.zero_grad()
-        loss = -mll(model(x), y)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    synchronize()
+    losses = train_gpytorch_exact(model, likelihood, x, y, MT_GPYTORCH_ITERATIONS)
     train_s = time.perf_counter() - start
 
     (mean, var), predict_s = timed_predict(

@@ -42,6 +42,14 @@ def check_training_data(x: torch.Tensor, y: torch.Tensor) -> None:
         raise TypeError(f"x must be float32 or float64; got {x.dtype}")
 
 
+def check_prediction_input(cache: dict | None, x: torch.Tensor, ndim: int | None) -> None:
+    """Refuse predicting before conditioning, or at inputs of the wrong width (any when None)."""
+    if cache is None:
+        raise RuntimeError("call fit(x, y) or condition(x, y) before predict")
+    if x.ndim != 2 or (ndim is not None and x.shape[1] != ndim):
+        raise ValueError(f"x must have shape (m, {ndim or 'd'}); got {tuple(x.shape)}")
+
+
 class GPModel(nn.Module):
     """A kernel, a Gaussian likelihood and the target standardisation.
 
@@ -65,19 +73,40 @@ class GPModel(nn.Module):
         check_training_data(x, y)
         self.to(device=x.device, dtype=x.dtype)
         y = y.to(dtype=x.dtype, device=x.device)
-        if self.normalize_y:
-            self.y_mean = float(y.mean())
-            self.y_scale = float(y.std()) if float(y.std()) > 0 else 1.0
-        else:
-            self.y_mean, self.y_scale = 0.0, 1.0
+        self.y_mean, self.y_scale = self._target_scaling(y)
         return (y - self.y_mean) / self.y_scale
 
+    def _target_scaling(self, y: torch.Tensor) -> tuple[float, float]:
+        """Mean and scale that `normalize_y` standardises y with (0 and 1 without it)."""
+        if not self.normalize_y:
+            return 0.0, 1.0
+        return float(y.mean()), float(y.std()) if float(y.std()) > 0 else 1.0
+
+    def separable_hyperparameters(self) -> dict:
+        """A separable kernel's lengthscale per input column, outputscale and noise (both
+        variances in y's units): what `set_separable_hyperparameters` takes back."""
+        variance = self.y_scale**2
+        return {
+            "lengthscales": [float(f.lengthscale.detach().max()) for f in self.kernel.base.factors],
+            "outputscale": float(self.kernel.outputscale.detach()) * variance,
+            "noise": float(self.likelihood.noise.detach()) * variance,
+        }
+
+    def set_separable_hyperparameters(self, values: dict, y: torch.Tensor) -> None:
+        """Set hyperparameters given in y's units (as `separable_hyperparameters` reports them)
+        for data y, converting to the standardised units this model will learn y in; the
+        noise is kept just above its floor."""
+        variance = self._target_scaling(y)[1] ** 2
+        for factor, lengthscale in zip(
+            self.kernel.base.factors, values["lengthscales"], strict=True
+        ):
+            factor.lengthscale = lengthscale
+        self.kernel.outputscale = values["outputscale"] / variance
+        floor = self.likelihood.noise_param.floor
+        self.likelihood.noise = max(values["noise"] / variance, 1.01 * floor)
+
     def _check_prediction_input(self, cache: dict | None, x: torch.Tensor, ndim: int) -> None:
-        """Refuse predicting before conditioning, or at inputs of the wrong width."""
-        if cache is None:
-            raise RuntimeError("call fit(x, y) or condition(x, y) before predict")
-        if x.ndim != 2 or x.shape[1] != ndim:
-            raise ValueError(f"x must have shape (m, {ndim}); got {tuple(x.shape)}")
+        check_prediction_input(cache, x, ndim)
 
     def _finish_prediction(
         self,

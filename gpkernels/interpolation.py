@@ -79,6 +79,16 @@ class Interpolation:
             torch.stack(per_dim_weight),
         )
 
+    def rows(self, selection: torch.Tensor) -> Interpolation:
+        """The interpolation of a subset of the points (a boolean mask or indices)."""
+        return Interpolation(
+            self.index[selection],
+            self.weight[selection],
+            self.grid_size,
+            self.axis_index[:, selection],
+            self.axis_weight[:, selection],
+        )
+
     def matmul(self, v: torch.Tensor) -> torch.Tensor:
         """W v for v (m, b) -> (n, b)."""
         return (v[self.index] * self.weight[..., None]).sum(1)

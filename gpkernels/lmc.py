@@ -16,7 +16,7 @@ import time
 import torch
 from torch import nn
 
-from gpkernels.base import FitReport
+from gpkernels.base import FitReport, check_prediction_input
 from gpkernels.kernels import Kernel
 from gpkernels.linalg import robust_cholesky
 from gpkernels.multitask import standardise_columns
@@ -270,8 +270,7 @@ class LMCSVGP(nn.Module):
     @torch.no_grad()
     def predict(self, x: torch.Tensor, block_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
         """Latent means and variances (m, T) of every output at x, in each output's units."""
-        if self._cache is None:
-            raise RuntimeError("call fit(x, y) or condition(x, y) before predict")
+        check_prediction_input(self._cache, x, self.z.shape[1] if self._cache else None)
         means, variances = [], []
         for xb in torch.split(x.to(self.z), block_size):
             feats, rest = self._features(self._cache["whiteners"], xb)

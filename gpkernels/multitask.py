@@ -13,7 +13,7 @@ import time
 import torch
 from torch import nn
 
-from gpkernels.base import FitReport
+from gpkernels.base import FitReport, check_prediction_input
 from gpkernels.exact import _GaussianLogDensity, maximise_dense_lml
 from gpkernels.kernels import Kernel
 from gpkernels.linalg import robust_cholesky
@@ -171,11 +171,8 @@ class MultitaskExactGP(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Means and variances (m, T) of every task at x, in each task's units."""
         cache = self._cache
-        if cache is None:
-            raise RuntimeError("call fit(x, y) or condition(x, y) before predict")
+        check_prediction_input(cache, x, cache["points"].shape[1] if cache else None)
         points, tasks = cache["points"], cache["tasks"]
-        if x.ndim != 2 or x.shape[1] != points.shape[1]:
-            raise ValueError(f"x must have shape (m, {points.shape[1]}); got {tuple(x.shape)}")
         b = self.tasks.matrix.to(x.dtype)
         means, variances = [], []
         for xb in torch.split(x.to(points), block_size):

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from gpkernels.base import FitReport
+from gpkernels.base import FitReport, check_prediction_input
 from gpkernels.initial import subsample_for_init
 from gpkernels.interpolation import Interpolation
 from gpkernels.kernels import Kernel, axis_column, product_factors
@@ -86,13 +86,7 @@ class MultitaskKissGP(nn.Module):
         grams, wty, yty, counts = [], [], [], []
         for task in range(self.num_tasks):
             seen = torch.isfinite(z[:, task])
-            rows = Interpolation(
-                interp.index[seen],
-                interp.weight[seen],
-                interp.grid_size,
-                interp.axis_index[:, seen],
-                interp.axis_weight[:, seen],
-            )
+            rows = interp.rows(seen)
             values = z[seen, task].double()
             grams.append(rows.gram(torch.float64))
             wty.append(rows.transpose_matmul(values[:, None].to(rows.weight))[:, 0].double())
@@ -216,11 +210,8 @@ class MultitaskKissGP(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Means and variances (m, T) of every task at x, in each task's units."""
         cache = self._cache
-        if cache is None:
-            raise RuntimeError("call fit(x, y) or condition(x, y) before predict")
+        check_prediction_input(cache, x, len(cache["lattice"].shape) if cache else None)
         lattice: Lattice = cache["lattice"]
-        if x.ndim != 2 or x.shape[1] != len(lattice.shape):
-            raise ValueError(f"x must have shape (m, {len(lattice.shape)}); got {tuple(x.shape)}")
         m = lattice.size
         means, variances = [], []
         for xb in torch.split(x, block_size):

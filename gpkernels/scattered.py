@@ -229,13 +229,7 @@ def love_root(op: InterpolatedKernel, rank: int, seed: int) -> LanczosVariances:
 
     root = root_of(basis.shape[1])
     sample = torch.randperm(interp.index.shape[0], generator=generator)[:256].to(root.device)
-    points = Interpolation(
-        interp.index[sample],
-        interp.weight[sample],
-        interp.grid_size,
-        interp.axis_index[:, sample],
-        interp.axis_weight[:, sample],
-    )
+    points = interp.rows(sample)
     explained = (points.matmul(root) ** 2).sum(1)
     earlier = (points.matmul(root_of(max(3 * basis.shape[1] // 4, 1))) ** 2).sum(1)
     posterior = (ski_diagonal(op.columns, op.outputscale, points) - explained).clamp_min(1e-300)

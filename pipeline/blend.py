@@ -111,10 +111,11 @@ class Blender:
         self.shape, self.margins, self.variables = tuple(shape), tuple(margins), tuple(variables)
         self.wrap = tuple(wrap) if wrap else (False,) * len(self.shape)
         self.waiting: dict[int, set[int]] = {c: set() for c in pending_chunks}
+        self.touches: dict[int, list[int]] = {}  # tile -> the pending chunks it contributes to
         for tile in tiles:
-            for chunk in _chunks_under(tile, tiles):
-                if chunk in self.waiting:
-                    self.waiting[chunk].add(tile.index)
+            self.touches[tile.index] = [c for c in _chunks_under(tile, tiles) if c in self.waiting]
+            for chunk in self.touches[tile.index]:
+                self.waiting[chunk].add(tile.index)
         self.parts: dict[int, dict[int, tuple]] = {c: {} for c in pending_chunks}
         self.diagnostics: dict[int, dict] = {}
 
@@ -130,9 +131,8 @@ class Blender:
             self.diagnostics[tile.index] = diagnostics
         w = weights(tile, self.shape, self.margins, self.wrap)
         ready = []
-        for chunk, needs in self.waiting.items():
-            if tile.index not in needs:
-                continue
+        for chunk in self.touches[tile.index]:
+            needs = self.waiting[chunk]
             local, in_chunk = _overlap(tile.output_region, self.tiles[chunk].core, self.shape)
             part = {}
             for var in self.variables:

@@ -200,12 +200,7 @@ def predict_kiss(
 
 def _condition_on_shared(model, fixed: dict, tx: torch.Tensor, ty: torch.Tensor) -> FitReport:  # noqa: ANN001
     """Set the shared hyperparameters (data units) on `model` and condition it on (tx, ty)."""
-    scale = float(ty.std()) ** 2 if model.normalize_y and float(ty.std()) > 0 else 1.0
-    for factor, lengthscale in zip(model.kernel.base.factors, fixed["lengthscales"], strict=True):
-        factor.lengthscale = lengthscale
-    model.kernel.outputscale = fixed["outputscale"] / scale
-    floor = model.likelihood.noise_param.floor
-    model.likelihood.noise = max(fixed["noise"] / scale, 1.01 * floor)
+    model.set_separable_hyperparameters(fixed, ty)
     model.condition(tx, ty)
     reason = f"shared hyperparameters from {fixed['tiles']} sampled tiles"
     return FitReport(0, True, reason, float("nan"), 0.0, 0.0)
@@ -228,14 +223,7 @@ def fit_tile_hyperparameters(config: PipelineConfig, tile: Tile) -> dict[str, di
         tx, ty = _tensors(config, x[used], values[used])
         model = ExactGP(separable(config.model.kernels))
         model.fit(tx, ty, max_iter=config.model.max_iter, seed=tile.index)
-        scale = model.y_scale**2
-        found[var] = {
-            "lengthscales": [
-                float(f.lengthscale.detach().max()) for f in model.kernel.base.factors
-            ],
-            "outputscale": float(model.kernel.outputscale.detach()) * scale,
-            "noise": float(model.likelihood.noise.detach()) * scale,
-        }
+        found[var] = model.separable_hyperparameters()
     return found
 
 
