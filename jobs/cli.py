@@ -61,7 +61,10 @@ def run(
     ] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar over tiles")] = True,
 ) -> None:
-    """Run a job spec: predict every target cell and write mean and std to the output zarr."""
+    """Run a job spec: predict every target cell and write mean and std to the output zarr.
+
+    Run it again after an interruption to resume: only unfinished tiles are computed.
+    """
     try:
         job, text = load_spec(spec)
         _start_ray(address)
