@@ -10,6 +10,7 @@ from gpkernels.kernels import (
     Scale,
     Stationary,
     make_kernel,
+    seasonal,
     separable,
 )
 from gpkernels.kiss import KissGP
@@ -44,5 +45,6 @@ __all__ = [
     "make_kernel",
     "robust_cholesky",
     "sample_separable_grid",
+    "seasonal",
     "separable",
 ]

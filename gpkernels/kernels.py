@@ -346,9 +346,16 @@ def make_kernel(name: str, dims: Sequence[int] | None = None) -> Stationary:
         ) from None
 
 
-def separable(names: Sequence[str], outputscale: float = 1.0) -> Scale:
-    """outputscale * prod_i k_i(x_i): one named 1-D kernel per input column."""
-    return Scale(Product([make_kernel(n, dims=[i]) for i, n in enumerate(names)]), outputscale)
+def seasonal(name: str, period: float, dim: int) -> Sum:
+    """k(t) = k_name(t) + w * periodic(t; period) on one column: a trend that decays plus a
+    cycle that repeats (e.g. 365.25 days), so forecasts carry the cycle forward."""
+    return Sum([make_kernel(name, dims=[dim]), Scale(Periodic(period, dim=dim), 0.5)])
+
+
+def separable(factors: Sequence[str | Kernel], outputscale: float = 1.0) -> Scale:
+    """outputscale * prod_i k_i(x_i): one 1-D kernel per input column, by name or built."""
+    built = [make_kernel(f, dims=[i]) if isinstance(f, str) else f for i, f in enumerate(factors)]
+    return Scale(Product(built), outputscale)
 
 
 def stationary_factors(kernel: Kernel) -> list[Stationary]:

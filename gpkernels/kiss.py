@@ -129,6 +129,14 @@ class KissGP(GPModel):
             lattice = self.lattice
         else:
             lattice = detect_lattice(x) if self.grid_shape is None else None
+            if self.lattice is not None and lattice is None:
+                warnings.warn(
+                    f"the inputs are not on the given lattice {self.lattice} (nor on any "
+                    "regular one): interpolating onto a grid instead, which is slower and "
+                    "less exact; snap the coordinates to the lattice",
+                    NumericalWarning,
+                    stacklevel=3,
+                )
         gen = torch.Generator().manual_seed(self.seed)
         if lattice is not None:
             observed = lattice.cell_index(x)

@@ -60,6 +60,10 @@ def run(
         str | None, typer.Option(help="Ray cluster address; an embedded local Ray when omitted")
     ] = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar over tiles")] = True,
+    issue_time: Annotated[
+        str | None,
+        typer.Option(help="forecasts: issue at this time (ISO 8601), using only data up to it"),
+    ] = None,
 ) -> None:
     """Run a job spec: predict every target cell and write mean and std to the output zarr.
 
@@ -70,7 +74,7 @@ def run(
         _start_ray(address)
         from jobs.run import run_job
 
-        summary = run_job(job, text, address=address, progress=progress)
+        summary = run_job(job, text, address=address, progress=progress, issue_time=issue_time)
     except Exception as err:  # noqa: BLE001 - every error becomes a message and an exit code
         _fail(err)
     resumed = (
@@ -122,3 +126,101 @@ def demo(
             ]
         )
     )
+
+
+def _parse_block(block: list[str]) -> dict[str, int]:
+    """`--block lat=3 --block lon=40` as {dim: cells}."""
+    out = {}
+    for item in block:
+        dim, _, cells = item.partition("=")
+        if not cells.isdigit() or int(cells) < 1:
+            raise ValueError(f"--block {item!r} must look like dim=cells, e.g. lat=4")
+        out[dim] = int(cells)
+    return out
+
+
+@app.command()
+def validate(
+    spec: Annotated[Path, typer.Argument(help="job spec (YAML)")],
+    fraction: Annotated[
+        float, typer.Option(help="share of observed cells hidden at random (as many in blocks)")
+    ] = 0.05,
+    block: Annotated[
+        list[str] | None,
+        typer.Option(help="block edge along a dim, as dim=cells (repeat; default a sixth)"),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="seed for where cells and blocks are hidden")] = 0,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address; an embedded local Ray when omitted")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar over tiles")] = True,
+) -> None:
+    """Score a job on its own data: hide cells, predict them, print the scores.
+
+    Gap-filling jobs hide random observed cells and contiguous blocks; forecasts are
+    backtested on the data's last steps. Prints MAE, RMSE, CRPS, 95% interval score
+    and 95% coverage per variable and kind of hold-out.
+    """
+    try:
+        job, _ = load_spec(spec)
+        blocks = _parse_block(block or [])
+        _start_ray(address)
+        from jobs.validate import format_scores, validate_job
+
+        result = validate_job(job, address, progress, fraction, blocks or None, seed)
+    except Exception as err:  # noqa: BLE001
+        _fail(err)
+    typer.echo(format_scores(result.scores))
+    typer.echo(f"({result.seconds:.1f} s; inputs and predictions in {result.folder})")
+
+
+@app.command("inspect")
+def inspect_store(
+    path: Annotated[Path, typer.Argument(help="an output store, or a folder of forecasts")],
+) -> None:
+    """Show what a store holds and how it was made.
+
+    Grid, variables and units; the spec, model and shared hyperparameters; whether the
+    run finished. Given a forecast folder, lists its issue times.
+    """
+    try:
+        from jobs.describe import describe
+
+        typer.echo(describe(path))
+    except Exception as err:  # noqa: BLE001
+        _fail(err)
+
+
+@app.command()
+def plot(
+    store: Annotated[Path, typer.Argument(help="an output store")],
+    variable: Annotated[str | None, typer.Option(help="variable (default: the first)")] = None,
+    at: Annotated[
+        str | None, typer.Option(help="step of the first dim: an index or a value (2006-07-16)")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="PNG to write (default: beside the store)")
+    ] = None,
+) -> None:
+    """Quick-look PNG: the input (gaps blank), predicted mean and std at one step."""
+    try:
+        from jobs.plots import plot_store
+
+        typer.echo(f"wrote {plot_store(store, variable, at, out)}")
+    except Exception as err:  # noqa: BLE001
+        _fail(err)
+
+
+@app.command()
+def schema(
+    out: Annotated[Path | None, typer.Option(help="file to write (default: print)")] = None,
+) -> None:
+    """Print the job spec's JSON schema, for editors to check specs as you type."""
+    from jobs.spec import spec_json_schema
+
+    text = spec_json_schema()
+    if out is None:
+        typer.echo(text)
+    else:
+        out.write_text(text)
+        typer.echo(f"wrote {out}")

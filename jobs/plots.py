@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import xarray as xr
+import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -52,3 +53,51 @@ def quicklook(
     path = Path(path)
     fig.savefig(path, dpi=90)
     return path
+
+
+def plot_store(
+    store: str | Path,
+    variable: str | None = None,
+    at: str | None = None,
+    out: str | Path | None = None,
+) -> Path:
+    """Quick-look of an output store at step `at` of its first dim (an index or a
+    coordinate value such as 2006-07-16; default the first), beside the job's input."""
+    output = xr.open_zarr(store)
+    names = [v for v in output.data_vars if not str(v).endswith("_std")]
+    variable = variable or names[0]
+    if variable not in names:
+        raise KeyError(f"variable {variable!r} is not in {str(store)!r}; it has {names}")
+    spec = yaml.safe_load(output.attrs.get("gpgrid_spec", "{}")) or {}
+    source_path = (spec.get("input") or {}).get("path")
+    if not source_path:
+        raise ValueError(f"{str(store)!r} records no job spec: was it written by gpgrid?")
+    from pipeline.inputs import open_input
+
+    source = open_input(source_path)
+    first = output[variable].dims[0]
+    index = _step_index(output[first], at)
+    value = output[first].values[index]
+    shown = source.sel({first: [value]}) if value in source[first].values else None
+    if shown is None:  # a forecast step: show the input's last step instead
+        shown = source.isel({first: [-1]})
+    out = Path(out or Path(str(store).rstrip("/")).with_suffix(f".{variable}.{index}.png"))
+    return quicklook(shown, output.isel({first: [index]}), variable, out, time_index=0)
+
+
+def _step_index(coord: xr.DataArray, at: str | None) -> int:
+    """Position along a coordinate from an index ('3') or a value ('2006-07-16', '12.5')."""
+    if at is None:
+        return 0
+    if at.lstrip("-").isdigit():
+        index = int(at)
+        if not -coord.size <= index < coord.size:
+            raise ValueError(f"step {index} is outside {coord.name!r} (0 to {coord.size - 1})")
+        return index % coord.size
+    try:
+        return int(coord.to_index().get_indexer([coord.dtype.type(at)], method="nearest")[0])
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{at!r} is neither an index nor a value of {coord.name!r} "
+            f"(from {coord.values[0]} to {coord.values[-1]})"
+        ) from None

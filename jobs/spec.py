@@ -6,15 +6,38 @@ Relative paths in a spec are resolved against the spec file's folder.
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from pipeline.config import ModelConfig, PipelineConfig
+from pipeline.config import Forecast, ModelConfig, PipelineConfig, parse_axis_kernel
 
-KernelName = Literal["rbf", "matern12", "matern32", "matern52"]
+
+def _axis_kernel(text: str) -> str:
+    parse_axis_kernel(text)
+    return text
+
+
+AxisKernel = Annotated[
+    str,
+    AfterValidator(_axis_kernel),
+    Field(
+        description="rbf, matern12, matern32 or matern52, optionally plus a repeating cycle: "
+        "'matern32 + periodic(365.25)' (period in the column's units, days for times)"
+    ),
+]
 WHOLE_DIM = 2**31 - 1  # a tile size that spans any dim
 
 
@@ -63,9 +86,44 @@ class InputSpec(Strict):
 
 
 class TargetSpec(Strict):
-    kind: Literal["same_grid"] = Field(
-        "same_grid", description="where to predict: every cell of the input grid"
+    kind: Literal["same_grid", "forecast"] = Field(
+        "same_grid",
+        description="same_grid: every cell of the input grid (gap filling); forecast: the "
+        "`steps` cells after the data along `dim`, one store per issue time",
     )
+    dim: str = Field("time", description="forecast: the dim to extend (time)")
+    steps: int | None = Field(None, ge=1, le=100_000, description="forecast: steps ahead")
+    issue_time: str | None = Field(
+        None,
+        description="forecast: use only data at or before this time (ISO 8601); default the "
+        "last time in the data; `gpgrid run --issue-time` and schedules override it",
+    )
+    never_observed_along: str | None = Field(
+        None,
+        description="leave NaN the cells never observed along this dim, e.g. time: land "
+        "cells of a sea-surface field",
+    )
+
+
+class ScheduleSpec(Strict):
+    cron: str = Field(
+        description="when to issue forecasts, 5-field cron in UTC, e.g. '0 6 * * *' (06:00 daily)"
+    )
+    missed: Literal["catch_up", "skip"] = Field(
+        "skip",
+        description="ticks missed while the scheduler was down: skip runs only the latest; "
+        "catch_up runs each one after the last finished forecast, oldest first",
+    )
+    catch_up_limit: int = Field(24, ge=1, description="catch_up: most missed ticks run at once")
+    start: datetime | None = Field(None, description="no issue time before this is run")
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_parses(cls, value: str) -> str:
+        from jobs.cron import CronSchedule
+
+        CronSchedule.parse(value)
+        return value
 
 
 class ModelSpec(Strict):
@@ -74,9 +132,9 @@ class ModelSpec(Strict):
         description="auto: kiss on grids, svgp for stations; kiss: exact structured solve over "
         "every observed cell; exact: dense; svgp: stochastic variational",
     )
-    kernel: dict[str, KernelName] = Field(
+    kernel: dict[str, AxisKernel] = Field(
         description="one kernel per input column (each dim, or a station dim's coords), "
-        "e.g. {time: matern32}"
+        "e.g. {time: matern32 + periodic(365.25), lat: matern32, lon: matern32}"
     )
     fit_points: int = Field(
         400, ge=10, le=5000, description="observations used to learn hyperparameters"
@@ -162,6 +220,9 @@ class JobSpec(Strict):
     tiling: TilingSpec
     resources: ResourcesSpec = ResourcesSpec()
     output: OutputSpec
+    schedule: ScheduleSpec | None = Field(
+        None, description="forecast jobs: issue one forecast per cron tick (gpgrid schedule)"
+    )
 
     @model_validator(mode="after")
     def _per_dim_maps_match_dims(self) -> JobSpec:
@@ -193,6 +254,7 @@ class JobSpec(Strict):
             raise ValueError(
                 "model.warm_start gives shared hyperparameters: set model.hyperparameters: shared"
             )
+        self._check_target(model_type)
         if stations is not None:
             if stations.dim not in self.input.dims:
                 raise ValueError(
@@ -241,6 +303,38 @@ class JobSpec(Strict):
                 )
         return self
 
+    def _check_target(self, model_type: str) -> None:
+        """Forecast fields only with kind forecast, on a tiled dim that neither wraps nor
+        holds stations; a schedule only for forecasts; periodic kernels per tile."""
+        target, dims = self.target, self.input.tiled_dims
+        if target.kind == "forecast":
+            if target.steps is None:
+                raise ValueError("target.kind forecast needs target.steps: how many steps ahead")
+            if target.dim not in dims or target.dim in self.input.wrap:
+                raise ValueError(
+                    f"target.dim {target.dim!r} must be one of the tiled dims {dims} and not "
+                    "wrapped: name the time dim"
+                )
+        elif target.steps is not None or target.issue_time is not None:
+            raise ValueError(
+                "target.steps and target.issue_time are for forecasts: set target.kind: forecast"
+            )
+        along = target.never_observed_along
+        if along is not None and along not in dims:
+            raise ValueError(
+                f"target.never_observed_along {along!r} is not one of the tiled dims {dims}"
+            )
+        if self.schedule is not None and target.kind != "forecast":
+            raise ValueError(
+                "a schedule issues forecasts: set target.kind: forecast (and target.steps)"
+            )
+        periodic = [c for c, k in self.model.kernel.items() if parse_axis_kernel(k)[1]]
+        if periodic and (self.model.hyperparameters == "shared" or model_type == "svgp"):
+            raise ValueError(
+                f"model.kernel {periodic} has a periodic part, which needs kiss or exact models "
+                "with hyperparameters: per_tile: change the type, or drop the periodic part"
+            )
+
     def to_pipeline_config(self, spec_text: str = "") -> PipelineConfig:
         dims = tuple(self.input.dims)
         stations = self.input.stations
@@ -284,6 +378,10 @@ class JobSpec(Strict):
             spec_text=spec_text or self.to_yaml(),
             station_dim=stations.dim if stations else None,
             station_coords=tuple(stations.coords) if stations else (),
+            forecast=Forecast(self.target.dim, self.target.steps, self.target.issue_time)
+            if self.target.kind == "forecast"
+            else None,
+            never_observed_along=self.target.never_observed_along,
         )
 
     def to_yaml(self) -> str:
@@ -296,13 +394,16 @@ def _describe(error: dict) -> str:
         return f"{where}: unknown key (value {error['input']!r}); remove it or fix its spelling"
     if error["type"] == "missing":
         return f"{where}: required but missing; add it"
-    return f"{where}: got {error['input']!r}; {error['msg']}"
+    return f"{where}: got {error['input']!r}; {error['msg'].removeprefix('Value error, ')}"
 
 
 def parse_spec(data: object, base_dir: Path | None = None) -> JobSpec:
     """Validate a spec mapping; relative paths are taken from `base_dir`."""
     if not isinstance(data, dict):
-        raise SpecError(f"a job spec must be a mapping of sections; got {type(data).__name__}")
+        raise SpecError(
+            "a job spec must be a mapping with the sections input, model, tiling and output "
+            f"(target, resources, schedule optional); got {type(data).__name__}"
+        )
     try:
         spec = JobSpec.model_validate(data)
     except ValidationError as err:
@@ -335,3 +436,11 @@ def load_spec(path: str | Path) -> tuple[JobSpec, str]:
     except yaml.YAMLError as err:
         raise SpecError(f"{path} is not valid YAML: {err}") from None
     return parse_spec(data, base_dir=path.parent.resolve()), text
+
+
+def spec_json_schema() -> str:
+    """JobSpec's JSON schema (draft 2020-12), as editors read it."""
+    schema = JobSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "gpgrid job spec"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"

@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
+
+AXIS_KERNELS = ("rbf", "matern12", "matern32", "matern52")
+_AXIS_KERNEL = re.compile(
+    r"^\s*(?P<base>[a-z0-9]+)\s*(\+\s*periodic\(\s*(?P<period>[0-9]*\.?[0-9]+)\s*\)\s*)?$"
+)
+
+
+def parse_axis_kernel(text: str) -> tuple[str, float | None]:
+    """A column's kernel, `matern32` or `matern32 + periodic(365.25)`: (base name, period in
+    the column's units, days for datetimes, or None)."""
+    found = _AXIS_KERNEL.match(text)
+    period = float(found["period"]) if found and found["period"] else None
+    if not found or found["base"] not in AXIS_KERNELS or period == 0:
+        raise ValueError(
+            f"kernel {text!r} is not one of {', '.join(AXIS_KERNELS)}, optionally plus a "
+            "positive period, e.g. 'matern32 + periodic(365.25)'"
+        )
+    return found["base"], period
 
 
 @dataclass(frozen=True)
@@ -35,6 +54,22 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class Forecast:
+    """Predict the `steps` cells that follow the data along `dim` (time), as issued at
+    `issue_time` (ISO 8601; None: the last time in the data): only data at or before the
+    issue time are read. The driver fills in `issue` (the resolved issue time), `history`
+    (how many steps of data precede the target) and `step` (the spacing in coordinate
+    units, days for datetimes), so tiles can read back into the history."""
+
+    dim: str
+    steps: int
+    issue_time: str | None = None
+    issue: str | None = None
+    history: int = 0
+    step: float = 0.0
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """A gap-filling run over a (time, lat, lon)-like grid, predicting every grid cell.
 
@@ -63,6 +98,9 @@ class PipelineConfig:
     wrap: tuple[str, ...] = ()  # dims that wrap around (a global longitude)
     chunks: tuple[int, ...] = ()  # inner chunks: the output is sharded, one shard per tile
     cpu_fallback: bool = False  # run on CPU when GPUs are asked for but none is visible
+    forecast: Forecast | None = None  # predict the steps after the data instead of the grid
+    # cells never observed along this dim (land in a sea-surface field) are left NaN
+    never_observed_along: str | None = None
     # Phase 1's pooled hyperparameters per variable (set by the runner, or from a warm start)
     shared_hyperparameters: dict | None = None
     warm_start: str | None = None  # a previous output store whose shared hyperparameters to use

@@ -50,6 +50,8 @@ def plan_of(config: PipelineConfig, shape: tuple[int, ...]) -> dict:
         "station_dim": config.station_dim,
         "station_coords": list(config.station_coords),
         "warm_start": config.warm_start,
+        "forecast": asdict(config.forecast) if config.forecast else None,
+        "never_observed_along": config.never_observed_along,
     }
     return json.loads(json.dumps(plan))
 
@@ -110,6 +112,7 @@ def reset(store_path: str) -> None:
     folder = journal_dir(store_path)
     (folder / "plan.json").unlink(missing_ok=True)
     (folder / "hyperparameters.json").unlink(missing_ok=True)
+    (folder / "complete.json").unlink(missing_ok=True)
     shutil.rmtree(folder / "tiles", ignore_errors=True)
 
 
@@ -156,3 +159,13 @@ def finished_tiles(store_path: str) -> dict[int, dict]:
     if not folder.is_dir():
         return {}
     return {int(p.stem): json.loads(p.read_text()) for p in sorted(folder.glob("[0-9]*.json"))}
+
+
+def mark_complete(store_path: str) -> None:
+    """Record that every tile of the store is written and its metadata finalised."""
+    _write_atomically(journal_dir(store_path) / "complete.json", {"complete": True})
+
+
+def is_complete(store_path: str) -> bool:
+    """Whether a run finished this store (interrupted or running ones are not)."""
+    return (journal_dir(store_path) / "complete.json").is_file()

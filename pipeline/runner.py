@@ -26,12 +26,14 @@ from pipeline.blend import Blender
 from pipeline.cluster import ensure_ray
 from pipeline.config import PipelineConfig
 from pipeline.errors import GPUUnavailableError
+from pipeline.grid import history as history_steps
 from pipeline.hyperparameters import pool, sample_tile_indices
 from pipeline.inputs import check_input, coordinate_values, open_input
 from pipeline.journal import (
     RunLock,
     check_plan,
     finished_tiles,
+    mark_complete,
     plan_of,
     read_shared,
     record_tile,
@@ -40,6 +42,7 @@ from pipeline.journal import (
     write_shared,
 )
 from pipeline.store import create_output_store, finalize_store, write_tile
+from pipeline.target import FORECAST_COORDS, resolve_forecast, target_dataset
 from pipeline.tiling import Tile, TileResult, plan_tiles
 
 # Errors worth another try on another worker: storage or network hiccups.
@@ -96,10 +99,14 @@ def run_pipeline(
     start = time.perf_counter()
     ds = open_input(config.input_path)
     check_input(ds, config.variables, config.dims, config.station_dim, config.station_coords)
-    shape = tuple(ds.sizes[d] for d in config.dims)
+    if config.forecast is not None:
+        config = resolve_forecast(config, ds)
+    target = target_dataset(config, ds)
+    shape = tuple(target.sizes[d] for d in config.dims)
     chunks = tuple(min(t, n) for t, n in zip(config.tile, shape, strict=True))
     wrap = [dim in config.wrap for dim in config.dims]
-    tiles = plan_tiles(shape, chunks, config.halo, config.blend, wrap)
+    history = [history_steps(config, dim) for dim in config.dims]
+    tiles = plan_tiles(shape, chunks, config.halo, config.blend, wrap, history)
     plan = plan_of(config, shape)
     inner = _inner_chunks(config, chunks)
     with RunLock(config.output_path):
@@ -108,7 +115,7 @@ def run_pipeline(
             done = set(finished_tiles(config.output_path))
         else:
             reset(config.output_path)
-            _create_store(config, ds, chunks, inner)
+            _create_store(config, target, chunks, inner)
             write_plan(config.output_path, plan)
             done = set()
         ensure_ray()
@@ -122,7 +129,7 @@ def run_pipeline(
             attrs["gpgrid_hyperparameters"] = shared
             if config.halo_lengthscales:
                 config = replace(config, halo=_halo_from_lengthscales(config, ds, chunks))
-                tiles = plan_tiles(shape, chunks, config.halo, config.blend, wrap)
+                tiles = plan_tiles(shape, chunks, config.halo, config.blend, wrap, history)
                 attrs["gpgrid_halo"] = dict(zip(config.dims, config.halo, strict=True))
             timings["phase1"] = time.perf_counter() - mark
         blender = None
@@ -145,6 +152,7 @@ def run_pipeline(
         records = finished_tiles(config.output_path)
         attrs["gpgrid_tiles"] = [_provenance(records[i]) for i in sorted(records)]
         finalize_store(config.output_path, attrs)
+        mark_complete(config.output_path)
         timings["finalize"] = time.perf_counter() - mark
     seconds = time.perf_counter() - start
     return RunSummary(config.output_path, len(tiles), cells, seconds, len(done), timings)
@@ -187,7 +195,7 @@ def _create_store(
         chunks,
         attrs,
         config.overwrite,
-        config.station_coords,
+        (*config.station_coords, *(FORECAST_COORDS if config.forecast else ())),
         inner,
     )
 

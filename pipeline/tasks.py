@@ -20,10 +20,12 @@ from gpkernels import (
     KissGP,
     Lattice,
     MultitaskExactGP,
+    seasonal,
     separable,
 )
-from pipeline.config import PipelineConfig
-from pipeline.inputs import coordinate_values, open_input
+from pipeline.config import PipelineConfig, parse_axis_kernel
+from pipeline.grid import never_observed, read_window, window_axes, window_inputs, window_lattice
+from pipeline.inputs import open_input
 from pipeline.store import std_name
 from pipeline.tiling import Tile, TileResult
 
@@ -33,65 +35,6 @@ KISS_CG_TOL = 1e-4  # relative residual of the mean solve: far below the noise i
 # local-variance tables would outgrow a worker's memory.
 KISS_MAX_OBSERVATIONS = 5_000_000
 SVGP_BATCH = 1024
-
-
-def window_selection(config: PipelineConfig, tile: Tile, ds) -> dict:  # noqa: ANN001
-    """What to read per dim: the window's slice, or its indices taken around a wrapped dim."""
-    out = {}
-    for dim, window in zip(config.dims, tile.window, strict=True):
-        n = ds.sizes[dim]
-        wraps = window.start < 0 or window.stop > n
-        out[dim] = np.arange(window.start, window.stop) % n if wraps else window
-    return out
-
-
-def axis_coordinates(ds, dim: str, window: slice) -> np.ndarray:  # noqa: ANN001
-    """A dim's coordinates over a window (days for datetimes); past the end of a wrapped dim
-    they continue by its period (n steps), so a window across the date line stays regular."""
-    values = coordinate_values(ds[dim])
-    n = len(values)
-    if window.start >= 0 and window.stop <= n:
-        return values[window]
-    index = np.arange(window.start, window.stop)
-    period = n * float(np.median(np.diff(values)))
-    return values[index % n] + period * np.floor_divide(index, n)
-
-
-def window_axes(config: PipelineConfig, tile: Tile, ds) -> list[np.ndarray]:  # noqa: ANN001
-    """Physical coordinates of the window along each dim (days for datetimes)."""
-    return [
-        axis_coordinates(ds, dim, window)
-        for dim, window in zip(config.dims, tile.window, strict=True)
-    ]
-
-
-def window_inputs(config: PipelineConfig, tile: Tile, ds) -> np.ndarray:  # noqa: ANN001
-    """GP inputs of every window cell in C order over the dims (columns: input_columns)."""
-    per_dim = []
-    for dim, window in zip(config.dims, tile.window, strict=True):
-        if dim == config.station_dim:
-            positions = [coordinate_values(ds[c])[window] for c in config.station_coords]
-            per_dim.append(np.stack(positions, axis=1))
-        else:
-            per_dim.append(axis_coordinates(ds, dim, window)[:, None])
-    index = np.meshgrid(*[np.arange(len(v)) for v in per_dim], indexing="ij")
-    return np.concatenate([v[i.reshape(-1)] for v, i in zip(per_dim, index, strict=True)], 1)
-
-
-def window_lattice(axes: list[np.ndarray], dims: tuple[str, ...]) -> Lattice:
-    """The window as a regular lattice; irregular coordinates are refused (use the exact model)."""
-    starts, spacings = [], []
-    for dim, values in zip(dims, axes, strict=True):
-        steps = np.diff(values)
-        step = float(steps[0]) if steps.size else 1.0
-        if steps.size and not np.allclose(steps, step, rtol=1e-6, atol=0):
-            raise ValueError(
-                f"coordinate {dim!r} is not regularly spaced (steps from {steps.min()} to "
-                f"{steps.max()}): the kiss model needs a regular grid; set model.type: exact"
-            )
-        starts.append(float(values[0]))
-        spacings.append(step)
-    return Lattice(tuple(starts), tuple(spacings), tuple(len(v) for v in axes))
 
 
 def nearest_to_core(
@@ -112,6 +55,15 @@ def nearest_to_core(
     shuffled = np.random.default_rng(seed).permutation(candidates.size)
     order = shuffled[np.argsort(sq[shuffled], kind="stable")]
     return np.sort(candidates[order[:limit]])
+
+
+def _kernel(config: PipelineConfig):  # noqa: ANN202
+    """The separable kernel the spec names, one factor per input column."""
+    factors = []
+    for column, text in enumerate(config.model.kernels):
+        base, period = parse_axis_kernel(text)
+        factors.append(base if period is None else seasonal(base, period, column))
+    return separable(factors)
 
 
 def _tensors(config: PipelineConfig, *arrays: np.ndarray) -> tuple[torch.Tensor, ...]:
@@ -148,7 +100,7 @@ def predict_exact(
     all of (x, y)."""
     tx, ty, tc = _tensors(config, x, y, x_core)
     fit_idx = np.sort(np.random.default_rng(seed).permutation(len(y))[: config.model.fit_points])
-    model = ExactGP(separable(config.model.kernels))
+    model = ExactGP(_kernel(config))
 
     def fit():  # noqa: ANN202
         if fixed is not None:
@@ -175,7 +127,7 @@ def predict_kiss(
     With `fixed` shared hyperparameters it only conditions."""
     tx, ty, tc = _tensors(config, x, y, x_core)
     model = KissGP(
-        separable(config.model.kernels),
+        _kernel(config),
         lattice=lattice,
         neighbours=config.model.neighbours,
         cg_tol=KISS_CG_TOL,
@@ -210,18 +162,17 @@ def fit_tile_hyperparameters(config: PipelineConfig, tile: Tile) -> dict[str, di
     """Phase 1 on one sampled tile: per variable, an ExactGP's hyperparameters (L-BFGS on the
     `fit_points` observations nearest the core), in the data's units; None when too few."""
     ds = open_input(config.input_path)
-    window = window_selection(config, tile, ds)
     x = window_inputs(config, tile, ds)
     found: dict[str, dict | None] = {}
     for var in config.variables:
-        values = ds[var].isel(window).transpose(*config.dims).values.reshape(-1)
+        values = read_window(config, tile, ds, var).reshape(-1)
         observed = np.flatnonzero(np.isfinite(values))
         if observed.size < max(MIN_OBSERVATIONS, 10):
             found[var] = None
             continue
         used = nearest_to_core(observed, tile, config.halo, config.model.fit_points, tile.index)
         tx, ty = _tensors(config, x[used], values[used])
-        model = ExactGP(separable(config.model.kernels))
+        model = ExactGP(_kernel(config))
         model.fit(tx, ty, max_iter=config.model.max_iter, seed=tile.index)
         found[var] = model.separable_hyperparameters()
     return found
@@ -233,7 +184,7 @@ def predict_svgp(
     """SVGP on every observation of the window (stations, or windows too big for kiss)."""
     tx, ty, tc = _tensors(config, x, y, x_core)
     model = SVGP(
-        separable(config.model.kernels),
+        _kernel(config),
         num_inducing=min(config.model.inducing, len(y)),
         batch_size=SVGP_BATCH,
         seed=seed,
@@ -283,7 +234,7 @@ def _kernel_from_first_variable(
     seed: int,
 ):  # noqa: ANN202
     """A unit-variance kernel whose lengthscales an ExactGP learned on the first variable."""
-    kernel = separable(config.model.kernels)
+    kernel = _kernel(config)
     first = np.flatnonzero(np.isfinite(ty[:, 0].cpu().numpy()))
     start_idx = np.sort(gen.permutation(first)[: config.model.fit_points])
     ExactGP(kernel).fit(tx[start_idx], ty[start_idx, 0], max_iter=config.model.max_iter, seed=seed)
@@ -315,12 +266,9 @@ def _predict_variables_jointly(
     ds,
     x: np.ndarray,
     x_core: np.ndarray,
-    window: dict,  # noqa: ANN001
 ) -> tuple[dict[str, np.ndarray], dict]:
     """The multitask branch of predict_tile: rows with any variable observed, nearest first."""
-    columns = [
-        ds[v].isel(window).transpose(*config.dims).values.reshape(-1) for v in config.variables
-    ]
+    columns = [read_window(config, tile, ds, v).reshape(-1) for v in config.variables]
     values = np.stack(columns, axis=1)
     rows = np.flatnonzero(np.isfinite(values).any(axis=1))
     if config.model.type == "svgp":
@@ -341,22 +289,42 @@ def predict_tile(config: PipelineConfig, tile: Tile) -> TileResult:
     """Read the tile's window, fit and predict each variable, return core mean and std."""
     start = time.perf_counter()
     ds = open_input(config.input_path)
-    window = window_selection(config, tile, ds)
     x = window_inputs(config, tile, ds)
     predicted = np.zeros(tile.window_shape, dtype=bool)
     predicted[tile.output_in_window] = True
     x_core = x[predicted.reshape(-1)]
-    predictions: dict[str, np.ndarray] = {}
-    diagnostics: dict = {"tile": tile.index, "variables": {}}
+    diagnostics: dict = {"tile": tile.index}
     if config.model.multitask:
-        predictions, info = _predict_variables_jointly(config, tile, ds, x, x_core, window)
+        predictions, info = _predict_variables_jointly(config, tile, ds, x, x_core)
         diagnostics["variables"] = dict.fromkeys(config.variables, info)
-        diagnostics["seconds"] = time.perf_counter() - start
-        diagnostics["worker_pid"] = os.getpid()
-        return TileResult(tile, predictions, diagnostics)
+    else:
+        predictions, diagnostics["variables"] = _predict_variables_apart(
+            config, tile, ds, x, x_core
+        )
+    if config.never_observed_along:
+        for var in config.variables:
+            mask = never_observed(config, tile, ds, var)
+            for name in (var, std_name(var)):
+                predictions[name] = np.where(mask, np.nan, predictions[name])
+    diagnostics["seconds"] = time.perf_counter() - start
+    diagnostics["worker_pid"] = os.getpid()
+    return TileResult(tile, predictions, diagnostics)
+
+
+def _predict_variables_apart(
+    config: PipelineConfig,
+    tile: Tile,
+    ds,
+    x: np.ndarray,
+    x_core: np.ndarray,  # noqa: ANN001
+) -> tuple[dict[str, np.ndarray], dict]:
+    """One model per variable (kiss, exact or svgp by config and size): predictions and
+    per-variable diagnostics."""
+    predictions: dict[str, np.ndarray] = {}
+    diagnostics: dict = {}
     for var in config.variables:
         read_start = time.perf_counter()
-        values = ds[var].isel(window).transpose(*config.dims).values.reshape(-1)
+        values = read_window(config, tile, ds, var).reshape(-1)
         observed = np.flatnonzero(np.isfinite(values))
         info: dict = {
             "n_observed": int(observed.size),
@@ -391,7 +359,5 @@ def predict_tile(config: PipelineConfig, tile: Tile) -> TileResult:
             info.update(fit_info, status="ok" if converged else "solve did not converge")
         predictions[var] = mean.reshape(tile.output_shape)
         predictions[std_name(var)] = std.reshape(tile.output_shape)
-        diagnostics["variables"][var] = info
-    diagnostics["seconds"] = time.perf_counter() - start
-    diagnostics["worker_pid"] = os.getpid()
-    return TileResult(tile, predictions, diagnostics)
+        diagnostics[var] = info
+    return predictions, diagnostics

@@ -62,6 +62,7 @@ def plan_tiles(
     halo: Sequence[int],
     blend: Sequence[int] | None = None,
     wrap: Sequence[bool] | None = None,
+    history: Sequence[int] | None = None,
 ) -> list[Tile]:
     """Cut a grid of `shape` into tiles of `tile` cells (smaller at the far edges).
 
@@ -69,10 +70,13 @@ def plan_tiles(
     side; with `blend`, tiles predict their core grown by that many cells per side
     (at most the halo), for the reducer to blend. Along `wrap` dims (a global
     longitude) windows are not clipped but run past the ends, to be read around the
-    circle. Tiles are numbered in C order, which also seeds each tile's randomness.
+    circle. Along a dim with `history` (a forecast's time), windows may reach that many
+    cells before index 0, into the data the forecast starts from. Tiles are numbered in
+    C order, which also seeds each tile's randomness.
     """
     blend = tuple(blend) if blend else (0,) * len(shape)
     wrap = tuple(wrap) if wrap else (False,) * len(shape)
+    history = tuple(history) if history else (0,) * len(shape)
     if not (len(shape) == len(tile) == len(halo) == len(blend) == len(wrap)):
         raise ValueError(
             f"shape {shape}, tile {tile}, halo {halo} and blend {blend} need one entry per dim"
@@ -102,8 +106,8 @@ def plan_tiles(
         window = tuple(
             slice(c.start - h, c.stop + h)
             if wraps
-            else slice(max(c.start - h, 0), min(c.stop + h, n))
-            for c, h, n, wraps in zip(core, halo, shape, wrap, strict=True)
+            else slice(max(c.start - h, -past), min(c.stop + h, n))
+            for c, h, n, wraps, past in zip(core, halo, shape, wrap, history, strict=True)
         )
         output = None
         if any(blend):

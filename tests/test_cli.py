@@ -51,7 +51,7 @@ def test_good_spec_maps_dims_in_order(tmp_path) -> None:
     [
         (
             with_change("model", "kernel", {"time": "matern33", "lat": "rbf", "lon": "rbf"}),
-            r"model\.kernel\.time: got 'matern33'; Input should be 'rbf', 'matern12'",
+            r"model\.kernel\.time: got 'matern33'; kernel 'matern33' is not one of rbf, matern12",
         ),
         (with_change("model", "colour", "red"), r"model\.colour: unknown key .*remove it"),
         ({k: v for k, v in GOOD.items() if k != "output"}, r"output: required but missing"),

@@ -1,0 +1,105 @@
+"""`gpgrid validate`: run a job on its own data with cells held out, and score what was hidden.
+
+Gap-filling jobs hide random observed cells and contiguous blocks; forecast jobs are
+backtested: issued `steps` before the end of the data and scored on those last steps.
+Everything goes to `<output.path>.validate/` (the job's own output is not touched).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from jobs.run import run_job
+from jobs.spec import JobSpec
+from pipeline.holdout import choose_hold_out, hide, score_forecast, score_hold_out
+from pipeline.inputs import open_input
+from pipeline.store import consolidated_v3_allowed
+
+
+@dataclass
+class Validation:
+    """Scores per variable and hold-out kind, and where the run's files are."""
+
+    scores: dict[str, dict[str, dict[str, float]]]
+    folder: Path
+    seconds: float
+
+
+def validate_job(
+    spec: JobSpec,
+    address: str | None = None,
+    progress: bool = True,
+    fraction: float = 0.05,
+    block: Mapping[str, int] | None = None,
+    seed: int = 0,
+) -> Validation:
+    """Hold out cells (or the last forecast steps), rerun the job, and score the hidden cells."""
+    folder = Path(f"{spec.output.path.rstrip('/')}.validate")
+    folder.mkdir(parents=True, exist_ok=True)
+    if spec.target.kind == "forecast":
+        return _backtest(spec, folder, address, progress)
+    dims = spec.input.dims
+    source = open_input(spec.input.path)[spec.input.variables]
+    hold_out = choose_hold_out(source, spec.input.variables, dims, fraction, block, seed)
+    hidden_path = folder / "input.zarr"
+    shutil.rmtree(hidden_path, ignore_errors=True)
+    with consolidated_v3_allowed():
+        hidden = hide(source, dims, hold_out)
+        hidden.to_zarr(hidden_path, mode="w", zarr_format=3, consolidated=True)
+    job = _redirected(spec, input_path=str(hidden_path), output_path=str(folder / "output.zarr"))
+    summary = run_job(job, address=address, progress=progress)
+    output = xr.open_zarr(summary.output_path)
+    return Validation(score_hold_out(source, output, dims, hold_out), folder, summary.seconds)
+
+
+def _backtest(spec: JobSpec, folder: Path, address: str | None, progress: bool) -> Validation:
+    """Issue the forecast `steps` before the end of the data; score it on those steps."""
+    dim, steps = spec.target.dim, spec.target.steps
+    source = open_input(spec.input.path)
+    if source.sizes[dim] <= steps + 1:
+        raise ValueError(
+            f"a backtest of {steps} steps needs more than {steps + 1} steps of data along "
+            f"{dim!r}; the input has {source.sizes[dim]}"
+        )
+    issue = source[dim].values[-steps - 1]
+    issue_time = (
+        pd.Timestamp(issue).isoformat()
+        if np.issubdtype(source[dim].dtype, np.datetime64)
+        else str(issue)
+    )
+    job = _redirected(spec, input_path=spec.input.path, output_path=str(folder / "forecasts"))
+    summary = run_job(job, address=address, progress=progress, issue_time=issue_time)
+    output = xr.open_zarr(summary.output_path)
+    scores = score_forecast(source, output, spec.input.dims, dim, spec.input.variables)
+    return Validation(scores, folder, summary.seconds)
+
+
+def _redirected(spec: JobSpec, input_path: str, output_path: str) -> JobSpec:
+    """The same job reading `input_path` and writing a fresh `output_path`."""
+    return spec.model_copy(
+        update={
+            "input": spec.input.model_copy(update={"path": input_path}),
+            "output": spec.output.model_copy(update={"path": output_path, "overwrite": True}),
+        }
+    )
+
+
+def format_scores(scores: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    """A table: one row per variable and hold-out kind."""
+    header = f"{'variable':<14}{'hold-out':<10}{'cells':>9}{'MAE':>10}{'RMSE':>10}{'CRPS':>10}"
+    header += f"{'IS95':>10}{'cover95':>9}"
+    rows = [header]
+    for var, kinds in scores.items():
+        for kind, s in kinds.items():
+            rows.append(
+                f"{var:<14}{kind:<10}{s['n']:>9,}{s['mae']:>10.4g}{s['rmse']:>10.4g}"
+                f"{s['crps']:>10.4g}{s['interval_score95']:>10.4g}{s['coverage95']:>9.3f}"
+            )
+    return "\n".join(rows)

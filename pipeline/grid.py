@@ -1,0 +1,136 @@
+"""Reading a tile's window: values and coordinates, around a wrapped dim and into a forecast.
+
+Tiles are planned over the target grid. Along a wrapped dim (a global longitude) a
+window may run past either end and is read around the circle. Along a forecast's dim
+the target is the `steps` cells after the data: a window's negative indices are the
+history (read from the input) and its cells from 0 on are the future (NaN, to predict).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from gpkernels import Lattice
+from pipeline.config import PipelineConfig
+from pipeline.inputs import coordinate_values
+from pipeline.tiling import Tile
+
+REGULAR_RTOL = 1e-4  # steps this close count as regular: float32 coordinates drift by ~1e-5
+
+
+def history(config: PipelineConfig, dim: str) -> int:
+    """Steps of data before the target along `dim` (a forecast's history; otherwise 0)."""
+    forecast = config.forecast
+    return forecast.history if forecast is not None and forecast.dim == dim else 0
+
+
+def _selection(config: PipelineConfig, region: tuple[slice, ...], ds: xr.Dataset) -> dict:
+    """Input indices per dim for a region of the target grid (the part inside the data)."""
+    out = {}
+    for dim, part in zip(config.dims, region, strict=True):
+        n = ds.sizes[dim]
+        if config.forecast is not None and dim == config.forecast.dim:
+            past = history(config, dim)
+            out[dim] = slice(part.start + past, min(part.stop, 0) + past)
+        elif part.start < 0 or part.stop > n:
+            out[dim] = np.arange(part.start, part.stop) % n
+        else:
+            out[dim] = part
+    return out
+
+
+def _future_cells(config: PipelineConfig, region: tuple[slice, ...]) -> tuple[int, int]:
+    """(axis, cells) of a region that lie after the data along the forecast dim."""
+    if config.forecast is None:
+        return 0, 0
+    axis = config.dims.index(config.forecast.dim)
+    part = region[axis]
+    return axis, max(part.stop, 0) - max(part.start, 0)
+
+
+def read_window(config: PipelineConfig, tile: Tile, ds: xr.Dataset, var: str) -> np.ndarray:
+    """The window's values of `var` in the run's dim order, NaN where the forecast predicts."""
+    values = ds[var].isel(_selection(config, tile.window, ds)).transpose(*config.dims).values
+    axis, future = _future_cells(config, tile.window)
+    if future:
+        shape = list(values.shape)
+        shape[axis] = future
+        values = np.concatenate([values, np.full(shape, np.nan, values.dtype)], axis=axis)
+    return values
+
+
+def never_observed(config: PipelineConfig, tile: Tile, ds: xr.Dataset, var: str) -> np.ndarray:
+    """Cells of the tile's output region with no observation anywhere along
+    `never_observed_along` (all of its data, e.g. every month): land in a sea field."""
+    along = config.never_observed_along
+    selection = _selection(config, tile.output_region, ds)
+    past = history(config, along)
+    selection[along] = slice(0, past) if past else slice(None)
+    seen = ds[var].isel(selection).transpose(*config.dims).notnull().any(along).values
+    return np.broadcast_to(np.expand_dims(~seen, config.dims.index(along)), tile.output_shape)
+
+
+def axis_coordinates(config: PipelineConfig, ds: xr.Dataset, dim: str, window: slice) -> np.ndarray:
+    """A dim's coordinates over a window (days for datetimes). Past the end of a wrapped dim
+    they continue by its period, and into a forecast by its step, so the window stays regular."""
+    values = coordinate_values(ds[dim])
+    past = history(config, dim)
+    if past:
+        index = np.arange(window.start, window.stop) + past
+        extrapolated = values[past - 1] + config.forecast.step * (index - past + 1)
+        return np.where(index < past, values[np.minimum(index, past - 1)], extrapolated)
+    n = len(values)
+    if window.start >= 0 and window.stop <= n:
+        return values[window]
+    index = np.arange(window.start, window.stop)
+    period = n * float(np.median(np.diff(values)))
+    return values[index % n] + period * np.floor_divide(index, n)
+
+
+def snapped(values: np.ndarray) -> np.ndarray:
+    """Coordinates that are regular to float32 precision made exactly regular (so that grid
+    models find every cell on their lattice); others unchanged."""
+    if values.size < 3:
+        return values
+    step = (values[-1] - values[0]) / (values.size - 1)
+    regular = values[0] + step * np.arange(values.size)
+    close = np.abs(values - regular) <= REGULAR_RTOL * abs(step) * values.size
+    return regular if step != 0 and close.all() else values
+
+
+def window_axes(config: PipelineConfig, tile: Tile, ds: xr.Dataset) -> list[np.ndarray]:
+    """Physical coordinates of the window along each dim (days for datetimes)."""
+    return [
+        snapped(axis_coordinates(config, ds, dim, window))
+        for dim, window in zip(config.dims, tile.window, strict=True)
+    ]
+
+
+def window_inputs(config: PipelineConfig, tile: Tile, ds: xr.Dataset) -> np.ndarray:
+    """GP inputs of every window cell in C order over the dims (columns: input_columns)."""
+    per_dim = []
+    for dim, window in zip(config.dims, tile.window, strict=True):
+        if dim == config.station_dim:
+            positions = [coordinate_values(ds[c])[window] for c in config.station_coords]
+            per_dim.append(np.stack(positions, axis=1))
+        else:
+            per_dim.append(snapped(axis_coordinates(config, ds, dim, window))[:, None])
+    index = np.meshgrid(*[np.arange(len(v)) for v in per_dim], indexing="ij")
+    return np.concatenate([v[i.reshape(-1)] for v, i in zip(per_dim, index, strict=True)], 1)
+
+
+def window_lattice(axes: list[np.ndarray], dims: tuple[str, ...]) -> Lattice:
+    """The window as a regular lattice; irregular coordinates are refused (use the exact model)."""
+    starts, spacings = [], []
+    for dim, values in zip(dims, axes, strict=True):
+        steps = np.diff(values)
+        step = float(steps[0]) if steps.size else 1.0
+        if steps.size and not np.allclose(steps, step, rtol=REGULAR_RTOL, atol=0):
+            raise ValueError(
+                f"coordinate {dim!r} is not regularly spaced (steps from {steps.min()} to "
+                f"{steps.max()}): the kiss model needs a regular grid; set model.type: exact"
+            )
+        starts.append(float(values[0]))
+        spacings.append(step)
+    return Lattice(tuple(starts), tuple(spacings), tuple(len(v) for v in axes))

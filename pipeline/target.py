@@ -1,0 +1,141 @@
+"""The grid a run predicts: the input's own grid, or the steps after it (a forecast).
+
+A forecast is issued at a time: it reads only the data at or before that time and
+predicts the `steps` cells that follow them. Each issue time gets its own store,
+`<output folder>/<issue time>.zarr`, with CF coordinates `forecast_reference_time`
+(the issue time, a scalar) and `forecast_period` (lead time along the forecast dim);
+`open_forecasts` stacks a folder's finished forecasts along the issue time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from pipeline.config import PipelineConfig
+from pipeline.inputs import coordinate_values
+from pipeline.journal import is_complete, journal_dir
+
+FORECAST_COORDS = ("forecast_reference_time", "forecast_period")
+MIN_HISTORY = 2
+
+
+def resolve_forecast(config: PipelineConfig, ds: xr.Dataset) -> PipelineConfig:
+    """Fix the forecast's issue time, history and step from the data, and its store's path."""
+    forecast = config.forecast
+    times = ds[forecast.dim]
+    values = coordinate_values(times)
+    if np.any(np.diff(values) <= 0):
+        raise ValueError(
+            f"the forecast dim {forecast.dim!r} must increase along the data: sort the input"
+        )
+    issue = _issue_value(forecast.issue_time, times)
+    history = int(np.searchsorted(times.values, issue, side="right"))
+    if history < MIN_HISTORY:
+        raise ValueError(
+            f"issue time {forecast.issue_time} leaves {history} step(s) of data before it (the "
+            f"data start at {_label(times.values[0])}): choose a later target.issue_time"
+        )
+    step = float(np.median(np.diff(values[:history])))
+    resolved = replace(forecast, issue=_label(issue), history=history, step=step)
+    store = Path(config.output_path) / f"{_stamp(issue)}.zarr"
+    return replace(config, forecast=resolved, output_path=str(store))
+
+
+def _issue_value(issue_time: str | None, times: xr.DataArray) -> np.generic:
+    """The issue time in the coordinate's own type (the last time in the data when None)."""
+    if issue_time is None:
+        return times.values[-1]
+    try:
+        if np.issubdtype(times.dtype, np.datetime64):
+            stamp = pd.Timestamp(issue_time)
+            if stamp.tzinfo is not None:
+                stamp = stamp.tz_convert("UTC").tz_localize(None)
+            return np.datetime64(stamp, "ns")
+        return np.float64(issue_time)
+    except ValueError:
+        raise ValueError(
+            f"target.issue_time {issue_time!r} is not a time like the data's "
+            f"{_label(times.values[-1])}: give an ISO 8601 time, e.g. 2000-01-01T00:00"
+        ) from None
+
+
+def _label(value: np.generic) -> str:
+    if isinstance(value, np.datetime64):
+        return pd.Timestamp(value).isoformat()
+    return f"{float(value):g}"
+
+
+def _stamp(value: np.generic) -> str:
+    """A file-name-safe form of an issue time: 20000101T0000Z, or the number."""
+    if isinstance(value, np.datetime64):
+        return pd.Timestamp(value).strftime("%Y%m%dT%H%MZ")
+    return f"{float(value):g}"
+
+
+def target_dataset(config: PipelineConfig, ds: xr.Dataset) -> xr.Dataset:
+    """A lazy stand-in for the output grid: its coordinates and the variables' attributes."""
+    if config.forecast is None:
+        return ds
+    forecast = config.forecast
+    dim = forecast.dim
+    past = ds[dim].values[: forecast.history]
+    steps = np.arange(1, forecast.steps + 1)
+    if np.issubdtype(past.dtype, np.datetime64):
+        spacing = np.median(np.diff(past).astype("timedelta64[ns]").astype(np.int64))
+        future = past[-1] + (steps * spacing).astype("timedelta64[ns]")
+        issue = np.datetime64(pd.Timestamp(forecast.issue), "ns")
+        lead = (future - issue).astype("timedelta64[ns]")
+    else:
+        future = past[-1] + steps * forecast.step
+        issue = np.float64(forecast.issue)
+        lead = future - issue
+    coords = {d: ds[d] for d in config.dims if d != dim and d in ds.coords}
+    coords.update({name: ds[name] for name in config.station_coords})
+    coords[dim] = xr.Variable(dim, future, ds[dim].attrs)
+    coords["forecast_reference_time"] = xr.Variable(
+        (), issue, {"standard_name": "forecast_reference_time", "long_name": "issue time"}
+    )
+    coords["forecast_period"] = xr.Variable(
+        dim, lead, {"standard_name": "forecast_period", "long_name": "lead time"}
+    )
+    shape = tuple(forecast.steps if d == dim else ds.sizes[d] for d in config.dims)
+    data_vars = {
+        var: xr.Variable(config.dims, da.zeros(shape, dtype=np.float32), ds[var].attrs)
+        for var in config.variables
+    }
+    return xr.Dataset(data_vars, coords=coords)
+
+
+def forecast_stores(folder: str | Path) -> dict[datetime, Path]:
+    """The finished forecast stores in an output folder, by issue time (UTC)."""
+    found: dict[datetime, Path] = {}
+    for store in sorted(Path(folder).glob("*.zarr")):
+        if not is_complete(str(store)):
+            continue
+        plan = json.loads((journal_dir(str(store)) / "plan.json").read_text())
+        issue = (plan.get("forecast") or {}).get("issue")
+        if issue is not None:
+            found[pd.Timestamp(issue).to_pydatetime().replace(tzinfo=UTC)] = store
+    return found
+
+
+def open_forecasts(folder: str | Path) -> xr.Dataset:
+    """Every finished forecast in `folder`, stacked along forecast_reference_time, each
+    indexed by lead time (forecast_period); the valid times become a 2-D `time`-like coord."""
+    stores = forecast_stores(folder)
+    if not stores:
+        raise FileNotFoundError(f"no finished forecast stores in {str(folder)!r}")
+    parts = []
+    for store in stores.values():
+        ds = xr.open_zarr(store)
+        dim = ds["forecast_period"].dims[0]
+        parts.append(ds.swap_dims({dim: "forecast_period"}).expand_dims("forecast_reference_time"))
+    return xr.concat(parts, dim="forecast_reference_time")
