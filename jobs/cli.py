@@ -224,3 +224,29 @@ def schema(
     else:
         out.write_text(text)
         typer.echo(f"wrote {out}")
+
+
+@app.command()
+def schedule(
+    spec: Annotated[Path, typer.Argument(help="forecast job spec (YAML) with a schedule section")],
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address; an embedded local Ray when omitted")
+    ] = None,
+    max_ticks: Annotated[
+        int | None, typer.Option(help="stop after this many issue times (default: run forever)")
+    ] = None,
+) -> None:
+    """Issue one forecast per cron tick of the spec's schedule, until stopped.
+
+    Each issue time gets its own store in output.path and is never run twice, also
+    across restarts; ticks missed while stopped follow schedule.missed (skip or catch_up).
+    """
+    try:
+        job, text = load_spec(spec)
+        _start_ray(address)
+        from jobs.run import schedule_forecasts
+
+        issued = schedule_forecasts(job, text, address, max_ticks)
+    except Exception as err:  # noqa: BLE001
+        _fail(err)
+    typer.echo(f"issued {len(issued)} forecasts into {job.output.path}")

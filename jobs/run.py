@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime
 
+from jobs.cron import CronSchedule
+from jobs.schedule import Clock, Scheduler, SystemClock, format_issue_time
 from jobs.spec import JobSpec
 from pipeline.cluster import ensure_ray
 from pipeline.runner import RunSummary, run_pipeline
+from pipeline.target import forecast_stores
 
 
 def run_job(
@@ -26,3 +30,30 @@ def run_job(
         config = replace(config, forecast=replace(config.forecast, issue_time=issue_time))
     ensure_ray(address)
     return run_pipeline(config, progress=progress, address=address)
+
+
+def schedule_forecasts(
+    spec: JobSpec,
+    spec_text: str = "",
+    address: str | None = None,
+    max_ticks: int | None = None,
+    clock: Clock | None = None,
+) -> list[datetime]:
+    """Issue one forecast per tick of the spec's cron schedule, each into its own store.
+
+    The output folder is the only state: issue times already finished there are never
+    run again, whoever ran them. Returns the issue times this call ran."""
+    if spec.schedule is None:
+        raise ValueError("the spec has no schedule section: add schedule.cron, or use gpgrid run")
+    scheduler = Scheduler(
+        schedule=CronSchedule.parse(spec.schedule.cron),
+        run_issue=lambda issue: run_job(
+            spec, spec_text, address, progress=False, issue_time=format_issue_time(issue)
+        ),
+        completed=lambda: set(forecast_stores(spec.output.path)),
+        clock=clock or SystemClock(),
+        missed=spec.schedule.missed,
+        start=spec.schedule.start,
+        catch_up_limit=spec.schedule.catch_up_limit,
+    )
+    return scheduler.run(max_ticks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,9 @@ def open_input(path: str) -> xr.Dataset:
         raise FileNotFoundError(f"input {path!r} does not exist: check input.path in the spec")
     if path.endswith(NETCDF_SUFFIXES):
         return xr.open_dataset(path, chunks=None)
-    return xr.open_zarr(path, chunks=None)
+    with warnings.catch_warnings():  # a store without consolidated metadata is fine here
+        warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated")
+        return xr.open_zarr(path, chunks=None)
 
 
 def coordinate_values(coord: xr.DataArray) -> np.ndarray:

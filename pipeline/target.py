@@ -138,4 +138,6 @@ def open_forecasts(folder: str | Path) -> xr.Dataset:
         ds = xr.open_zarr(store)
         dim = ds["forecast_period"].dims[0]
         parts.append(ds.swap_dims({dim: "forecast_period"}).expand_dims("forecast_reference_time"))
-    return xr.concat(parts, dim="forecast_reference_time")
+    return xr.concat(
+        parts, dim="forecast_reference_time", coords="different", compat="equals", join="outer"
+    )
