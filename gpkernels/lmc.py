@@ -268,8 +268,11 @@ class LMCSVGP(nn.Module):
         return self._cache["elbo"]
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, block_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latent means and variances (m, T) of every output at x, in each output's units."""
+    def predict(
+        self, x: torch.Tensor, include_noise: bool = False, block_size: int = 4096
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Means and variances (m, T) of every output at x (latent, or of new observations
+        with `include_noise`), in each output's units."""
         check_prediction_input(self._cache, x, self.z.shape[1] if self._cache else None)
         means, variances = [], []
         for xb in torch.split(x.to(self.z), block_size):
@@ -280,5 +283,8 @@ class LMCSVGP(nn.Module):
             ]
             means.append(torch.stack([m for m, _ in pairs], 1))
             variances.append(torch.stack([v for _, v in pairs], 1))
+        variance = torch.cat(variances).clamp_min(0.0)
+        if include_noise:
+            variance = variance + self.noise.value.detach().to(variance)
         mean = torch.cat(means) * self.y_scale + self.y_mean
-        return mean, torch.cat(variances).clamp_min(0.0) * self.y_scale**2
+        return mean, variance * self.y_scale**2

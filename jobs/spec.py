@@ -209,6 +209,11 @@ class ResourcesSpec(Strict):
 class OutputSpec(Strict):
     path: str = Field(description="zarr store to create")
     overwrite: bool = Field(False, description="replace an existing store at path")
+    std: Literal["field", "observation"] = Field(
+        "field",
+        description="field: the std of the noise-free field; observation: of a new "
+        "measurement, the learned noise included (what a held-out reading is compared with)",
+    )
 
 
 class JobSpec(Strict):
@@ -382,6 +387,7 @@ class JobSpec(Strict):
             if self.target.kind == "forecast"
             else None,
             never_observed_along=self.target.never_observed_along,
+            std_includes_noise=self.output.std == "observation",
         )
 
     def to_yaml(self) -> str:

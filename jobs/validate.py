@@ -86,7 +86,9 @@ def _redirected(spec: JobSpec, input_path: str, output_path: str) -> JobSpec:
     return spec.model_copy(
         update={
             "input": spec.input.model_copy(update={"path": input_path}),
-            "output": spec.output.model_copy(update={"path": output_path, "overwrite": True}),
+            "output": spec.output.model_copy(
+                update={"path": output_path, "overwrite": True, "std": "observation"}
+            ),
         }
     )
 

@@ -52,6 +52,7 @@ def plan_of(config: PipelineConfig, shape: tuple[int, ...]) -> dict:
         "warm_start": config.warm_start,
         "forecast": asdict(config.forecast) if config.forecast else None,
         "never_observed_along": config.never_observed_along,
+        "std_includes_noise": config.std_includes_noise,
     }
     return json.loads(json.dumps(plan))
 

@@ -197,6 +197,7 @@ def _create_store(
         config.overwrite,
         (*config.station_coords, *(FORECAST_COORDS if config.forecast else ())),
         inner,
+        config.std_includes_noise,
     )
 
 

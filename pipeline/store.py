@@ -24,7 +24,9 @@ def std_name(variable: str) -> str:
     return f"{variable}_std"
 
 
-def _prediction_attrs(source: Mapping, variable: str) -> tuple[dict, dict]:
+def _prediction_attrs(
+    source: Mapping, variable: str, includes_noise: bool = False
+) -> tuple[dict, dict]:
     """CF attributes for the mean and its standard error, linked as ancillary variables."""
     base = {k: source[k] for k in CF_COPIED_ATTRS if k in source}
     long_name = base.get("long_name", variable)
@@ -33,7 +35,8 @@ def _prediction_attrs(source: Mapping, variable: str) -> tuple[dict, dict]:
         "long_name": f"{long_name} (GP predictive mean)",
         "ancillary_variables": std_name(variable),
     }
-    std_attrs = {"long_name": f"{long_name} (GP predictive standard deviation)"}
+    of = "of a new observation, noise included" if includes_noise else "of the field"
+    std_attrs = {"long_name": f"{long_name} (GP predictive standard deviation {of})"}
     if "units" in base:
         std_attrs["units"] = base["units"]
     if "standard_name" in base:
@@ -51,6 +54,7 @@ def create_output_store(
     overwrite: bool = False,
     extra_coords: tuple[str, ...] = (),
     inner_chunks: tuple[int, ...] | None = None,
+    std_includes_noise: bool = False,
 ) -> None:
     """Write the output's metadata and coordinates, with every prediction chunk still empty.
 
@@ -70,7 +74,7 @@ def create_output_store(
     coords = {name: source[name] for name in (*dims, *extra_coords) if name in source.coords}
     data_vars = {}
     for var in variables:
-        mean_attrs, std_attrs = _prediction_attrs(source[var].attrs, var)
+        mean_attrs, std_attrs = _prediction_attrs(source[var].attrs, var, std_includes_noise)
         empty = da.full(shape, np.nan, chunks=chunks, dtype=np.float32)
         data_vars[var] = xr.Variable(dims, empty, mean_attrs)
         data_vars[std_name(var)] = xr.Variable(dims, empty, std_attrs)

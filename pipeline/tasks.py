@@ -72,12 +72,18 @@ def _tensors(config: PipelineConfig, *arrays: np.ndarray) -> tuple[torch.Tensor,
     return tuple(torch.as_tensor(a, dtype=dtype, device=device) for a in arrays)
 
 
-def _fit_and_predict(model, fit, x_core: torch.Tensor) -> tuple[np.ndarray, np.ndarray, dict]:  # noqa: ANN001
-    """Run `fit()`, predict at x_core, and collect the timings and diagnostics."""
+def _fit_and_predict(
+    model,  # noqa: ANN001
+    fit,  # noqa: ANN001
+    x_core: torch.Tensor,
+    config: PipelineConfig,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Run `fit()`, predict at x_core (std of the field, or of a new observation as the
+    config asks), and collect the timings and diagnostics."""
     start = time.perf_counter()
     report = fit()
     fitted = time.perf_counter()
-    mean, var = model.predict(x_core)
+    mean, var = model.predict(x_core, include_noise=config.std_includes_noise)
     diagnostics = {
         "fit": report.as_dict(),
         "hyperparameters": model.hyperparameters(),
@@ -109,7 +115,7 @@ def predict_exact(
         model.condition(tx, ty)
         return report
 
-    mean, std, info = _fit_and_predict(model, fit, tc)
+    mean, std, info = _fit_and_predict(model, fit, tc, config)
     info.update(n_fit=len(fit_idx), n_conditioned=len(y), solver={"jitter": model.jitter})
     return mean, std, info
 
@@ -141,7 +147,7 @@ def predict_kiss(
             tx, ty, max_iter=config.model.refine_iter, init_points=config.model.fit_points
         )
 
-    mean, std, info = _fit_and_predict(model, fit, tc)
+    mean, std, info = _fit_and_predict(model, fit, tc, config)
     info.update(
         n_fit=min(config.model.fit_points, len(y)),
         n_conditioned=len(y),
@@ -193,7 +199,7 @@ def predict_svgp(
     def fit():  # noqa: ANN202
         return model.fit(tx, ty, epochs=config.model.epochs, init_points=config.model.fit_points)
 
-    mean, std, info = _fit_and_predict(model, fit, tc)
+    mean, std, info = _fit_and_predict(model, fit, tc, config)
     info.update(n_fit=len(y), n_conditioned=len(y), solver=dict(model.diagnostics))
     return mean, std, info
 
@@ -220,7 +226,7 @@ def predict_multitask(
         model.condition(tx, ty)
         return report
 
-    mean, std, info = _fit_and_predict(model, fit, tc)
+    mean, std, info = _fit_and_predict(model, fit, tc, config)
     info.update(n_fit=len(fit_idx), n_conditioned=int(np.isfinite(values).sum()))
     info["solver"] = {"jitter": model.jitter}
     return mean, std, info
@@ -255,7 +261,7 @@ def _predict_lmc(kernel, tx, ty, tc, config: PipelineConfig, seed: int) -> tuple
     def fit():  # noqa: ANN202
         return model.fit(tx, ty, epochs=config.model.epochs)
 
-    mean, std, info = _fit_and_predict(model, fit, tc)
+    mean, std, info = _fit_and_predict(model, fit, tc, config)
     info.update(n_fit=ty.shape[0], n_conditioned=int(torch.isfinite(ty).sum()), solver={})
     return mean, std, info
 

@@ -1,0 +1,81 @@
+"""gpgrid validate, inspect and plot through the real command, on a synthetic GP draw."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import yaml
+
+from pipeline.holdout import choose_hold_out
+from pipeline.synthetic import SyntheticGrid, make_synthetic_dataset, write_synthetic
+
+SPEC = {
+    "input": {"path": "in.zarr", "variables": ["tas"], "dims": ["time", "lat", "lon"]},
+    "model": {"kernel": {"time": "matern32", "lat": "matern32", "lon": "matern32"}},
+    "tiling": {
+        "tile": {"time": 4, "lat": 24, "lon": 24},
+        "halo": {"time": 0, "lat": 0, "lon": 0},
+    },
+    "output": {"path": "out.zarr"},
+}
+
+
+def gpgrid(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).parent / "gpgrid"
+    return subprocess.run(
+        [str(script), *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_hold_out_hides_observed_cells_in_random_and_block_sets() -> None:
+    ds = make_synthetic_dataset(SyntheticGrid(shape=(6, 30, 30), seed=1))
+    dims = ("time", "lat", "lon")
+    hold = choose_hold_out(ds, ["tas"], dims, 0.05, {"lat": 5, "lon": 5}, seed=3)
+    observed = np.isfinite(ds["tas"].values)
+    random, blocks = hold.random["tas"], hold.blocks["tas"]
+    assert not (random & blocks).any() and not ((random | blocks) & ~observed).any()
+    target = int(0.05 * observed.sum())
+    assert random.sum() == target and target <= blocks.sum() < target + 5 * 5 * 6
+    # blocks are contiguous: every hidden block cell has a hidden or unobserved neighbour
+    lat_runs = blocks[:, 1:, :] & blocks[:, :-1, :]
+    assert lat_runs.sum() > 0.5 * blocks.sum()
+
+
+def test_validate_inspect_and_plot_commands(tmp_path) -> None:
+    write_synthetic(
+        str(tmp_path / "in.zarr"), SyntheticGrid(shape=(4, 24, 24), seed=2), (4, 24, 24)
+    )
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(SPEC))
+    result = gpgrid("validate", "job.yaml", "--no-progress", "--block", "lat=4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = {
+        m[0]: (float(m[1]), float(m[2]))
+        for m in re.findall(
+            r"^tas\s+(random|blocks)\s+[\d,]+\s+\S+\s+(\S+)\s+\S+\s+\S+\s+(\S+)$",
+            result.stdout,
+            re.MULTILINE,
+        )
+    }
+    assert set(rows) == {"random", "blocks"}, result.stdout
+    for rmse, coverage in rows.values():
+        assert rmse < 1.0 and 0.8 <= coverage <= 1.0  # a draw from the model's own prior
+    assert not (tmp_path / "out.zarr").exists()  # validation leaves the job's output alone
+
+    run = gpgrid("run", "job.yaml", "--no-progress", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    shown = gpgrid("inspect", "out.zarr", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "complete (1 chunks written)" in shown.stdout and "matern32" in shown.stdout
+    assert "tas_std" in shown.stdout and "standard_name" in shown.stdout
+
+    plotted = gpgrid("plot", "out.zarr", "--at", "2", "--out", "look.png", cwd=tmp_path)
+    assert plotted.returncode == 0, plotted.stderr
+    assert (tmp_path / "look.png").read_bytes()[:4] == b"\x89PNG"
+    missing = gpgrid("plot", "out.zarr", "--variable", "nope", cwd=tmp_path)
+    assert missing.returncode == 2 and "'nope' is not in" in missing.stderr
+    assert np.isfinite(xr.open_zarr(tmp_path / "out.zarr")["tas"].values).all()
