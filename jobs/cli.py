@@ -9,6 +9,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from jobs.spec import SpecError, load_spec
+from jobs.submit import logs_command, status_command, stop_command, submit_command
 from pipeline.errors import GPUUnavailableError, RunInProgressError
 
 app = typer.Typer(
@@ -250,3 +251,44 @@ def schedule(
     except Exception as err:  # noqa: BLE001
         _fail(err)
     typer.echo(f"issued {len(issued)} forecasts into {job.output.path}")
+
+
+@app.command()
+def example(
+    name: Annotated[str, typer.Argument(help="ostia, ozone, heaton or multitask")],
+    out: Annotated[Path | None, typer.Option(help="folder for input, spec and output")] = None,
+    check: Annotated[
+        bool, typer.Option("--validate", help="also score it on held-out cells (gpgrid validate)")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="show a progress bar over tiles")] = True,
+) -> None:
+    """Run an example job on real data: build its input, write its spec, run, score.
+
+    The spec lands in OUT/job.yaml, ready for gpgrid run, validate, plot and inspect.
+    """
+    out = out or Path("out") / name
+    try:
+        _start_ray()
+        from jobs.examples.catalog import run_example
+        from jobs.validate import format_scores, validate_job
+
+        summary, scores = run_example(name, out, progress=progress)
+        typer.echo(
+            f"wrote {summary.cells:,} cells to {summary.output_path} in {summary.seconds:.1f} s"
+        )
+        if scores:
+            typer.echo(format_scores(scores))
+        if check:
+            job, _ = load_spec(out / "job.yaml")
+            result = validate_job(job, progress=progress)
+            typer.echo(f"held-out validation ({result.seconds:.1f} s):")
+            typer.echo(format_scores(result.scores))
+    except Exception as err:  # noqa: BLE001
+        _fail(err)
+    typer.echo(f"spec: {out / 'job.yaml'}  (gpgrid validate|plot|inspect work on it)")
+
+
+app.command("submit")(submit_command)
+app.command("status")(status_command)
+app.command("logs")(logs_command)
+app.command("stop")(stop_command)
