@@ -360,10 +360,19 @@ def separable(factors: Sequence[str | Kernel], outputscale: float = 1.0) -> Scal
 
 def stationary_factors(kernel: Kernel) -> list[Stationary]:
     """Every distance-based (Stationary) kernel inside a kernel, in order."""
-    if isinstance(kernel, Stationary):
+    return _parts_of_type(kernel, Stationary)
+
+
+def periodic_factors(kernel: Kernel) -> list[Periodic]:
+    """Every Periodic kernel inside a kernel, in order."""
+    return _parts_of_type(kernel, Periodic)
+
+
+def _parts_of_type(kernel: Kernel, kind: type) -> list:
+    if isinstance(kernel, kind):
         return [kernel]
     children = getattr(kernel, "factors", None) or [getattr(kernel, "base", None)]
-    return [s for k in children if isinstance(k, Kernel) for s in stationary_factors(k)]
+    return [s for k in children if isinstance(k, Kernel) for s in _parts_of_type(k, kind)]
 
 
 def axis_factors(kernel: Kernel, ndim: int) -> tuple[Scale, list[Kernel]]:

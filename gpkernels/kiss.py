@@ -26,7 +26,13 @@ import torch
 from gpkernels.base import FitReport, GPModel
 from gpkernels.initial import init_from_subsample
 from gpkernels.interpolation import Interpolation
-from gpkernels.kernels import Kernel, axis_column, axis_factors, stationary_factors
+from gpkernels.kernels import (
+    Kernel,
+    axis_column,
+    axis_factors,
+    periodic_factors,
+    stationary_factors,
+)
 from gpkernels.likelihoods import GaussianLikelihood
 from gpkernels.linalg import NumericalWarning
 from gpkernels.local import local_variances
@@ -318,6 +324,7 @@ class KissGP(GPModel):
                 "observed": mask.reshape(problem.lattice.shape),
                 "lengthscale_cells": self._lengthscale_cells(problem.lattice),
                 "neighbours": self.neighbours,
+                "period_cells": self._period_cells(problem.lattice),
             }
             self.diagnostics["variance"] = f"local kriging, {self.neighbours} nearest observations"
         return cache
@@ -330,6 +337,16 @@ class KissGP(GPModel):
             found = stationary_factors(factor)
             scale = float(found[0].lengthscale.min()) if found else lattice.spacings[axis]
             cells.append(max(scale / lattice.spacings[axis], 0.5))
+        return cells
+
+    def _period_cells(self, lattice: Lattice) -> list[float | None]:
+        """Each axis's period in cells where its kernel has a periodic part (else None)."""
+        _, factors = axis_factors(self.kernel, len(lattice.shape))
+        cells: list[float | None] = []
+        for axis, factor in enumerate(factors):
+            found = periodic_factors(factor)
+            period = float(found[0].period_param.value) / lattice.spacings[axis] if found else 0
+            cells.append(period if period >= 2 else None)
         return cells
 
     def _condition_interp(self, data: dict) -> dict:

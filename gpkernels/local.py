@@ -28,16 +28,33 @@ def _block_shape(shape: Sequence[int], lengthscale_cells: Sequence[float]) -> tu
     return tuple(block)
 
 
+def _axis_offsets(
+    block: int, radius: int, n: int, period: float | None, device: torch.device | None = None
+) -> torch.Tensor:
+    """Window offsets along one axis: [-radius, block + radius), and along a periodic axis
+    the same run repeated one, two, ... periods away (where the cycle correlates again)."""
+    base = torch.arange(-radius, block + radius, device=device)
+    if not period:
+        return base
+    shifts = [round(k * period) for k in range(-math.ceil(n / period), math.ceil(n / period) + 1)]
+    runs = torch.cat([base + s for s in shifts if abs(s) < n + block])
+    return torch.unique(runs[(runs > -n) & (runs < n + block)])
+
+
 def _radius(
-    shape: Sequence[int], block: Sequence[int], lengthscale_cells: Sequence[float], cells: float
+    shape: Sequence[int],
+    block: Sequence[int],
+    lengthscale_cells: Sequence[float],
+    cells: float,
+    periods: Sequence[float | None],
 ) -> list[int]:
     """Window half-widths, proportional to the lengthscales, enclosing about `cells` cells."""
     lo, hi = 0.0, 1e6
     for _ in range(60):
         c = math.sqrt(lo * hi) if lo > 0 else hi / 1e3
         volume = math.prod(
-            min(b + 2 * math.ceil(c * ell), 2 * n)
-            for b, ell, n in zip(block, lengthscale_cells, shape, strict=True)
+            len(_axis_offsets(b, min(math.ceil(c * ell), n), n, p))
+            for b, ell, n, p in zip(block, lengthscale_cells, shape, periods, strict=True)
         )
         lo, hi = (c, hi) if volume < cells else (lo, c)
     return [min(math.ceil(hi * ell), n) for ell, n in zip(lengthscale_cells, shape, strict=True)]
@@ -51,6 +68,7 @@ def local_variances(
     lengthscale_cells: Sequence[float],
     neighbours: int = 256,
     targets: torch.Tensor | None = None,
+    period_cells: Sequence[float | None] | None = None,
 ) -> torch.Tensor:
     """Latent posterior variance of grid cells, flattened in C order (NaN where not asked).
 
@@ -58,6 +76,9 @@ def local_variances(
     boolean grid of observed cells, `lengthscale_cells` each axis's lengthscale in
     cells (it shapes the neighbourhoods), `neighbours` how many observations each
     block of cells conditions on, `targets` the flat indices of the cells wanted (all when None).
+    Along axes with a `period_cells` (a periodic kernel part) the neighbourhood also reaches
+    whole periods away, and neighbours are the observations that covary most with the block
+    (not the nearest), so a forecast's variance sees the same season of earlier cycles.
     """
     device = observed.device
     shape = tuple(observed.shape)
@@ -68,11 +89,17 @@ def local_variances(
     neighbours = min(neighbours, n_obs)
     block = _block_shape(shape, lengthscale_cells)
     fraction = n_obs / observed.numel()
+    periods = list(period_cells or [None] * len(shape))
     if neighbours == n_obs:  # every block sees the whole grid: exact variances
-        radius = list(shape)
+        radius, periods = list(shape), [None] * len(shape)
     else:
-        radius = _radius(shape, block, lengthscale_cells, 3.0 * neighbours / max(fraction, 1e-3))
-    window = [torch.arange(-r, b + r, device=device) for b, r in zip(block, radius, strict=True)]
+        budget = 3.0 * neighbours / max(fraction, 1e-3)
+        radius = _radius(shape, block, lengthscale_cells, budget, periods)
+    window = [
+        _axis_offsets(b, r, n, p, device)
+        for b, r, n, p in zip(block, radius, shape, periods, strict=True)
+    ]
+    by_covariance = any(periods)
     offsets = torch.cartesian_prod(*window).reshape(-1, len(shape))
     inner = torch.cartesian_prod(*[torch.arange(b, device=device) for b in block]).reshape(
         -1, len(shape)
@@ -96,9 +123,12 @@ def local_variances(
         inside = ((cand >= 0) & (cand < dims)).all(-1)
         clipped = torch.minimum(cand.clamp_min(0), dims - 1)
         valid = inside & observed[tuple(clipped.unbind(-1))]
-        below = (batch[:, None, :] - cand).clamp_min(0)
-        above = (cand - (batch[:, None, :] + block_t - 1)).clamp_min(0)
-        dist = (((below + above).double() / scales) ** 2).sum(-1)
+        if by_covariance:  # most covarying first: the same season of other cycles counts
+            dist = -inner_table.max(1).values.expand(batch.shape[0], -1)
+        else:
+            below = (batch[:, None, :] - cand).clamp_min(0)
+            above = (cand - (batch[:, None, :] + block_t - 1)).clamp_min(0)
+            dist = (((below + above).double() / scales) ** 2).sum(-1)
         dist = torch.where(valid, dist, torch.full_like(dist, float("inf")))
         dist, pick = torch.topk(dist, neighbours, dim=1, largest=False)  # (B, k) offset rows
         usable = torch.isfinite(dist)

@@ -10,13 +10,15 @@ from gpkernels import (
     ExactGP,
     GaussianLikelihood,
     KissGP,
+    Lattice,
     Matern,
     NumericalWarning,
     Product,
     Scale,
     separable,
 )
-from gpkernels.kernels import Periodic, Wrapped
+from gpkernels.kernels import Periodic, Sum, Wrapped
+from gpkernels.local import local_variances
 from gpkernels.structured import toeplitz
 from tests.conftest import DEVICES
 
@@ -135,6 +137,38 @@ def test_local_variances_in_3d_are_conservative_and_converge() -> None:
     assert errors[0] > 4 * errors[1]
     assert errors[1] < 0.05
     assert errors[2] < 1e-9
+
+
+def test_forecast_variances_see_earlier_cycles_of_a_periodic_kernel() -> None:
+    """A seasonal series observed for three cycles, predicted one cycle ahead: with the
+    period known, local kriging conditions on the same season of earlier cycles and lands
+    near the exact variance; neighbours picked by distance alone overstate it far more."""
+    steps, period = 48, 12
+    cells = torch.cartesian_prod(*[torch.arange(n, dtype=torch.float64) for n in (steps, 5, 5)])
+    gen = torch.Generator().manual_seed(1)
+    y = torch.sin(2 * torch.pi * cells[:, 0] / period) + 0.2 * torch.randn(
+        len(cells), generator=gen, dtype=torch.float64
+    )
+    past = cells[:, 0] < 36
+    future = cells[~past]
+
+    def make() -> Scale:
+        time = Sum([Matern(0.5, 2.0, dims=[0]), Scale(Periodic(float(period), 1.0, dim=0), 1.0)])
+        return Scale(Product([time, Matern(1.5, 3.0, dims=[1]), Matern(1.5, 3.0, dims=[2])]))
+
+    lattice = Lattice((0.0, 0.0, 0.0), (1.0, 1.0, 1.0), (steps, 5, 5))
+    _, var_e = (
+        ExactGP(make(), GaussianLikelihood(0.05)).condition(cells[past], y[past]).predict(future)
+    )
+    kiss = KissGP(make(), GaussianLikelihood(0.05), lattice=lattice, neighbours=64)
+    kiss.condition(cells[past], y[past])
+    _, var_k = kiss.predict(future)
+    assert bool((var_k >= var_e * (1 - 1e-9)).all())
+    seasonal = float(((var_k - var_e) / var_e).mean())
+    local = dict(kiss._cache["local"], period_cells=None)
+    index = lattice.cell_index(future)
+    by_distance = float(((local_variances(**local, targets=index)[index] - var_e) / var_e).mean())
+    assert seasonal < 0.1 and by_distance > 3 * seasonal
 
 
 def test_interpolated_means_within_one_percent_of_exact() -> None:
