@@ -80,7 +80,9 @@ class KissGP(GPModel):
     `grid_shape` cells (chosen from the data when None): solved densely up to
     `dense_grid_limit` cells, iteratively beyond (CG with a pivoted Cholesky
     preconditioner of rank `preconditioner_rank`, variances by LOVE of rank
-    `love_rank`). See the module docstring.
+    `love_rank`). `interpolate_onto` forces the interpolated path onto a given lattice:
+    gridded data on its nodes (e.g. their own lattice padded by two cells) can then be
+    predicted between the cells. See the module docstring.
     """
 
     def __init__(
@@ -100,6 +102,7 @@ class KissGP(GPModel):
         preconditioner_rank: int = 32,
         love_rank: int = 512,
         seed: int = 0,
+        interpolate_onto: Lattice | None = None,
     ) -> None:
         if likelihood is None:
             likelihood = GaussianLikelihood(floor=NOISE_FLOOR)
@@ -116,6 +119,7 @@ class KissGP(GPModel):
         self.preconditioner_rank = preconditioner_rank
         self.love_rank = love_rank
         self.seed = seed
+        self.interpolate_onto = interpolate_onto
         self.diagnostics: dict = {}
         self._cache: dict | None = None
 
@@ -131,7 +135,9 @@ class KissGP(GPModel):
         """Standardise y, pick the path, and precompute what does not depend on hyperparameters."""
         z = self._standardise(x, y)
         axis_factors(self.kernel, x.shape[1])  # refuse non-separable kernels early
-        if self.lattice is not None and self.lattice.cell_index(x) is not None:
+        if self.interpolate_onto is not None:
+            lattice = None
+        elif self.lattice is not None and self.lattice.cell_index(x) is not None:
             lattice = self.lattice
         else:
             lattice = detect_lattice(x) if self.grid_shape is None else None
@@ -167,8 +173,9 @@ class KissGP(GPModel):
                 self.diagnostics,
             )
             return {"path": "grid", "z": z, "problem": problem}
-        shape = self.grid_shape or self._default_grid_shape(x)
-        lattice = interpolation_lattice(x, shape)
+        lattice = self.interpolate_onto or interpolation_lattice(
+            x, self.grid_shape or self._default_grid_shape(x)
+        )
         interp = Interpolation.build(x, lattice.starts, lattice.spacings, lattice.shape)
         if lattice.size > self.dense_grid_limit:
             self.diagnostics = {

@@ -59,6 +59,14 @@ class Lattice:
             flat = flat * n + idx.long()
         return flat
 
+    def padded(self, cells: int) -> Lattice:
+        """The same lattice grown by `cells` nodes on every side (for interpolation stencils)."""
+        return Lattice(
+            tuple(s - cells * h for s, h in zip(self.starts, self.spacings, strict=True)),
+            self.spacings,
+            tuple(n + 2 * cells for n in self.shape),
+        )
+
     def lags(self, axis: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         return self.spacings[axis] * torch.arange(self.shape[axis], dtype=dtype, device=device)
 

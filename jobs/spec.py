@@ -85,11 +85,23 @@ class InputSpec(Strict):
         return [d for d in self.dims if not (self.stations and d == self.stations.dim)]
 
 
+class AxisGrid(Strict):
+    start: float = Field(description="first coordinate of the new axis")
+    step: float = Field(gt=0, description="spacing of the new axis, in the input's units")
+    size: int = Field(ge=1, le=10_000_000, description="cells along the new axis")
+
+
 class TargetSpec(Strict):
-    kind: Literal["same_grid", "forecast"] = Field(
+    kind: Literal["same_grid", "grid", "forecast"] = Field(
         "same_grid",
-        description="same_grid: every cell of the input grid (gap filling); forecast: the "
-        "`steps` cells after the data along `dim`, one store per issue time",
+        description="same_grid: every cell of the input grid (gap filling); grid: a new grid "
+        "(`grid` gives new coordinates for some dims); forecast: the `steps` cells after the "
+        "data along `dim`, one store per issue time",
+    )
+    grid: dict[str, AxisGrid] = Field(
+        default_factory=dict,
+        description="grid: new regular coordinates per dim, e.g. {lat: {start: 30, step: 0.1, "
+        "size: 100}}; dims left out keep the input's",
     )
     dim: str = Field("time", description="forecast: the dim to extend (time)")
     steps: int | None = Field(None, ge=1, le=100_000, description="forecast: steps ahead")
@@ -324,6 +336,10 @@ class JobSpec(Strict):
             raise ValueError(
                 "target.steps and target.issue_time are for forecasts: set target.kind: forecast"
             )
+        if target.kind == "grid":
+            self._check_new_grid(dims)
+        elif target.grid:
+            raise ValueError("target.grid gives a new grid: set target.kind: grid")
         along = target.never_observed_along
         if along is not None and along not in dims:
             raise ValueError(
@@ -338,6 +354,23 @@ class JobSpec(Strict):
             raise ValueError(
                 f"model.kernel {periodic} has a periodic part, which needs kiss or exact models "
                 "with hyperparameters: per_tile: change the type, or drop the periodic part"
+            )
+
+    def _check_new_grid(self, dims: list[str]) -> None:
+        """A new grid: some tiled, unwrapped dims get new coordinates; no blending, shards or
+        never-observed masks (tiles then write parts of chunks, not whole ones)."""
+        target = self.target
+        if not target.grid or not set(target.grid) <= set(dims):
+            raise ValueError(
+                f"target.grid has keys {sorted(target.grid)}: give new coordinates for one or "
+                f"more of the tiled dims {dims}"
+            )
+        wrapped = sorted(set(target.grid) & set(self.input.wrap))
+        if wrapped or self.tiling.blend or self.tiling.chunks or target.never_observed_along:
+            raise ValueError(
+                f"target.kind grid cannot be combined with input.wrap on the new dims "
+                f"({wrapped}), tiling.blend, tiling.chunks or target.never_observed_along: "
+                "drop those"
             )
 
     def to_pipeline_config(self, spec_text: str = "") -> PipelineConfig:
@@ -387,6 +420,7 @@ class JobSpec(Strict):
             if self.target.kind == "forecast"
             else None,
             never_observed_along=self.target.never_observed_along,
+            regrid=tuple((d, g.start, g.step, g.size) for d, g in self.target.grid.items()),
             std_includes_noise=self.output.std == "observation",
         )
 

@@ -99,6 +99,8 @@ class PipelineConfig:
     chunks: tuple[int, ...] = ()  # inner chunks: the output is sharded, one shard per tile
     cpu_fallback: bool = False  # run on CPU when GPUs are asked for but none is visible
     forecast: Forecast | None = None  # predict the steps after the data instead of the grid
+    # predict on a new grid: (dim, start, step, size) per dim given new coordinates
+    regrid: tuple[tuple[str, float, float, int], ...] = ()
     # std of a new observation (the field's plus the learned noise) instead of the field's
     std_includes_noise: bool = False
     # cells never observed along this dim (land in a sea-surface field) are left NaN

@@ -14,6 +14,7 @@ import xarray as xr
 from gpkernels import Lattice
 from pipeline.config import PipelineConfig
 from pipeline.inputs import coordinate_values
+from pipeline.target import new_axes
 from pipeline.tiling import Tile
 
 REGULAR_RTOL = 1e-4  # steps this close count as regular: float32 coordinates drift by ~1e-5
@@ -134,3 +135,33 @@ def window_lattice(axes: list[np.ndarray], dims: tuple[str, ...]) -> Lattice:
         starts.append(float(values[0]))
         spacings.append(step)
     return Lattice(tuple(starts), tuple(spacings), tuple(len(v) for v in axes))
+
+
+def target_region(config: PipelineConfig, tile: Tile, ds: xr.Dataset) -> tuple[slice, ...]:
+    """The cells of a new target grid that this tile owns: along each regridded dim those
+    whose coordinate falls in the tile core's cells (halfway to the neighbouring cells;
+    the first and last tiles take everything beyond)."""
+    new = new_axes(config)
+    region = []
+    for dim, core in zip(config.dims, tile.core, strict=True):
+        if dim not in new:
+            region.append(core)
+            continue
+        source = coordinate_values(ds[dim])
+        low = -np.inf if core.start == 0 else (source[core.start - 1] + source[core.start]) / 2
+        high = (
+            np.inf if core.stop == len(source) else (source[core.stop - 1] + source[core.stop]) / 2
+        )
+        first, stop = np.searchsorted(new[dim], [low, high], side="left")
+        region.append(slice(int(first), int(stop)))
+    return tuple(region)
+
+
+def target_inputs(config: PipelineConfig, region: tuple[slice, ...], ds: xr.Dataset) -> np.ndarray:
+    """GP inputs of a new grid's cells over `region`, in C order over the dims."""
+    new = new_axes(config)
+    per_dim = [
+        new[dim][part] if dim in new else snapped(axis_coordinates(config, ds, dim, part))
+        for dim, part in zip(config.dims, region, strict=True)
+    ]
+    return np.stack(np.meshgrid(*per_dim, indexing="ij"), -1).reshape(-1, len(per_dim))

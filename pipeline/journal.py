@@ -51,6 +51,7 @@ def plan_of(config: PipelineConfig, shape: tuple[int, ...]) -> dict:
         "station_coords": list(config.station_coords),
         "warm_start": config.warm_start,
         "forecast": asdict(config.forecast) if config.forecast else None,
+        "regrid": [list(axis) for axis in config.regrid],
         "never_observed_along": config.never_observed_along,
         "std_includes_noise": config.std_includes_noise,
     }

@@ -42,7 +42,7 @@ from pipeline.journal import (
     write_shared,
 )
 from pipeline.store import create_output_store, finalize_store, write_tile
-from pipeline.target import FORECAST_COORDS, resolve_forecast, target_dataset
+from pipeline.target import FORECAST_COORDS, check_new_grid, resolve_forecast, target_dataset
 from pipeline.tiling import Tile, TileResult, plan_tiles
 
 # Errors worth another try on another worker: storage or network hiccups.
@@ -101,21 +101,28 @@ def run_pipeline(
     check_input(ds, config.variables, config.dims, config.station_dim, config.station_coords)
     if config.forecast is not None:
         config = resolve_forecast(config, ds)
+    if config.regrid:
+        check_new_grid(config, ds)
     target = target_dataset(config, ds)
     shape = tuple(target.sizes[d] for d in config.dims)
-    chunks = tuple(min(t, n) for t, n in zip(config.tile, shape, strict=True))
+    # Tiles cut the input's grid; on a new target grid each writes the cells in its core.
+    tiled = tuple(ds.sizes[d] for d in config.dims) if config.regrid else shape
+    chunks = tuple(min(t, n) for t, n in zip(config.tile, tiled, strict=True))
     wrap = [dim in config.wrap for dim in config.dims]
     history = [history_steps(config, dim) for dim in config.dims]
-    tiles = plan_tiles(shape, chunks, config.halo, config.blend, wrap, history)
+    tiles = plan_tiles(tiled, chunks, config.halo, config.blend, wrap, history)
     plan = plan_of(config, shape)
     inner = _inner_chunks(config, chunks)
+    store_chunks = tuple(
+        max(1, min(round(c * n / m), n)) for c, n, m in zip(chunks, shape, tiled, strict=True)
+    )
     with RunLock(config.output_path):
         if Path(config.output_path).exists() and not config.overwrite:
             check_plan(config.output_path, plan)
             done = set(finished_tiles(config.output_path))
         else:
             reset(config.output_path)
-            _create_store(config, target, chunks, inner)
+            _create_store(config, target, store_chunks, inner)
             write_plan(config.output_path, plan)
             done = set()
         ensure_ray()
@@ -129,7 +136,7 @@ def run_pipeline(
             attrs["gpgrid_hyperparameters"] = shared
             if config.halo_lengthscales:
                 config = replace(config, halo=_halo_from_lengthscales(config, ds, chunks))
-                tiles = plan_tiles(shape, chunks, config.halo, config.blend, wrap, history)
+                tiles = plan_tiles(tiled, chunks, config.halo, config.blend, wrap, history)
                 attrs["gpgrid_halo"] = dict(zip(config.dims, config.halo, strict=True))
             timings["phase1"] = time.perf_counter() - mark
         blender = None

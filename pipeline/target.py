@@ -80,8 +80,33 @@ def _stamp(value: np.generic) -> str:
     return f"{float(value):g}"
 
 
+def new_axes(config: PipelineConfig) -> dict[str, np.ndarray]:
+    """The coordinates of a new target grid, by dim (only the dims given new ones)."""
+    return {dim: start + step * np.arange(size) for dim, start, step, size in config.regrid}
+
+
+def check_new_grid(config: PipelineConfig, ds: xr.Dataset) -> None:
+    """A new grid must lie within the data along increasing numeric coordinates (no
+    extrapolation), so every target cell has data around it."""
+    for dim, values in new_axes(config).items():
+        source = ds[dim].values
+        if not np.issubdtype(source.dtype, np.number) or np.any(np.diff(source) <= 0):
+            raise ValueError(
+                f"target.grid for {dim!r} needs the input's {dim!r} coordinate to be numeric "
+                "and increasing"
+            )
+        low, high = float(source[0]), float(source[-1])
+        if values[0] < low or values[-1] > high:
+            raise ValueError(
+                f"target.grid for {dim!r} spans {values[0]:g} to {values[-1]:g}, beyond the "
+                f"input's {low:g} to {high:g}: gpgrid does not extrapolate; shrink the grid"
+            )
+
+
 def target_dataset(config: PipelineConfig, ds: xr.Dataset) -> xr.Dataset:
     """A lazy stand-in for the output grid: its coordinates and the variables' attributes."""
+    if config.regrid:
+        return _regridded(config, ds)
     if config.forecast is None:
         return ds
     forecast = config.forecast
@@ -107,6 +132,21 @@ def target_dataset(config: PipelineConfig, ds: xr.Dataset) -> xr.Dataset:
         dim, lead, {"standard_name": "forecast_period", "long_name": "lead time"}
     )
     shape = tuple(forecast.steps if d == dim else ds.sizes[d] for d in config.dims)
+    data_vars = {
+        var: xr.Variable(config.dims, da.zeros(shape, dtype=np.float32), ds[var].attrs)
+        for var in config.variables
+    }
+    return xr.Dataset(data_vars, coords=coords)
+
+
+def _regridded(config: PipelineConfig, ds: xr.Dataset) -> xr.Dataset:
+    axes = new_axes(config)
+    coords = {
+        d: xr.Variable(d, axes[d], ds[d].attrs) if d in axes else ds[d]
+        for d in config.dims
+        if d in ds.coords
+    }
+    shape = tuple(len(axes[d]) if d in axes else ds.sizes[d] for d in config.dims)
     data_vars = {
         var: xr.Variable(config.dims, da.zeros(shape, dtype=np.float32), ds[var].attrs)
         for var in config.variables

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -24,7 +25,15 @@ from gpkernels import (
     separable,
 )
 from pipeline.config import PipelineConfig, parse_axis_kernel
-from pipeline.grid import never_observed, read_window, window_axes, window_inputs, window_lattice
+from pipeline.grid import (
+    never_observed,
+    read_window,
+    target_inputs,
+    target_region,
+    window_axes,
+    window_inputs,
+    window_lattice,
+)
 from pipeline.inputs import open_input
 from pipeline.store import std_name
 from pipeline.tiling import Tile, TileResult
@@ -35,6 +44,7 @@ KISS_CG_TOL = 1e-4  # relative residual of the mean solve: far below the noise i
 # local-variance tables would outgrow a worker's memory.
 KISS_MAX_OBSERVATIONS = 5_000_000
 SVGP_BATCH = 1024
+LOVE_ROOT_VALUES = 50_000_000  # 400 MB of float64: the largest variance root a tile keeps
 
 
 def nearest_to_core(
@@ -130,11 +140,15 @@ def predict_kiss(
     fixed: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """KissGP on the window's lattice: every observed cell enters the exact on-grid solve.
-    With `fixed` shared hyperparameters it only conditions."""
+    With `fixed` shared hyperparameters it only conditions. A new target grid lies off the
+    lattice: the data are then interpolated onto it (exactly, as they sit on its nodes),
+    which lets the model predict anywhere inside."""
     tx, ty, tc = _tensors(config, x, y, x_core)
     model = KissGP(
         _kernel(config),
         lattice=lattice,
+        interpolate_onto=lattice.padded(2) if config.regrid else None,
+        love_rank=_love_rank(len(y), lattice.padded(2).size),
         neighbours=config.model.neighbours,
         cg_tol=KISS_CG_TOL,
         seed=seed,
@@ -154,6 +168,12 @@ def predict_kiss(
         solver=dict(model.diagnostics),
     )
     return mean, std, info
+
+
+def _love_rank(observations: int, nodes: int) -> int:
+    """Lanczos rank for variances off the lattice: every observation where the root
+    (nodes x rank, float64) stays within LOVE_ROOT_VALUES."""
+    return max(64, min(observations, LOVE_ROOT_VALUES // nodes))
 
 
 def _condition_on_shared(model, fixed: dict, tx: torch.Tensor, ty: torch.Tensor) -> FitReport:  # noqa: ANN001
@@ -272,6 +292,7 @@ def _predict_variables_jointly(
     ds,
     x: np.ndarray,
     x_core: np.ndarray,
+    shape: tuple[int, ...],
 ) -> tuple[dict[str, np.ndarray], dict]:
     """The multitask branch of predict_tile: rows with any variable observed, nearest first."""
     columns = [read_window(config, tile, ds, v).reshape(-1) for v in config.variables]
@@ -285,8 +306,8 @@ def _predict_variables_jointly(
     mean, std, info = predict_multitask(x[used], values[used], x_core, config, tile.index)
     predictions = {}
     for t, var in enumerate(config.variables):
-        predictions[var] = mean[:, t].reshape(tile.output_shape)
-        predictions[std_name(var)] = std[:, t].reshape(tile.output_shape)
+        predictions[var] = mean[:, t].reshape(shape)
+        predictions[std_name(var)] = std[:, t].reshape(shape)
     info.update(status="ok", n_observed=[int(np.isfinite(c).sum()) for c in columns])
     return predictions, info
 
@@ -296,16 +317,26 @@ def predict_tile(config: PipelineConfig, tile: Tile) -> TileResult:
     start = time.perf_counter()
     ds = open_input(config.input_path)
     x = window_inputs(config, tile, ds)
-    predicted = np.zeros(tile.window_shape, dtype=bool)
-    predicted[tile.output_in_window] = True
-    x_core = x[predicted.reshape(-1)]
+    if config.regrid:  # predict the new grid's cells that fall in this tile's core
+        written = replace(tile, core=target_region(config, tile, ds), output=None)
+        x_core = target_inputs(config, written.core, ds)
+    else:
+        written = tile
+        predicted = np.zeros(tile.window_shape, dtype=bool)
+        predicted[tile.output_in_window] = True
+        x_core = x[predicted.reshape(-1)]
     diagnostics: dict = {"tile": tile.index}
-    if config.model.multitask:
-        predictions, info = _predict_variables_jointly(config, tile, ds, x, x_core)
+    shape = written.output_shape
+    if not len(x_core):  # a new grid may have no cell inside this tile's core
+        empty = np.full(shape, np.nan)
+        predictions = {n: empty for v in config.variables for n in (v, std_name(v))}
+        diagnostics["variables"] = dict.fromkeys(config.variables, {"status": "no target cells"})
+    elif config.model.multitask:
+        predictions, info = _predict_variables_jointly(config, tile, ds, x, x_core, shape)
         diagnostics["variables"] = dict.fromkeys(config.variables, info)
     else:
         predictions, diagnostics["variables"] = _predict_variables_apart(
-            config, tile, ds, x, x_core
+            config, tile, ds, x, x_core, shape
         )
     if config.never_observed_along:
         for var in config.variables:
@@ -314,15 +345,16 @@ def predict_tile(config: PipelineConfig, tile: Tile) -> TileResult:
                 predictions[name] = np.where(mask, np.nan, predictions[name])
     diagnostics["seconds"] = time.perf_counter() - start
     diagnostics["worker_pid"] = os.getpid()
-    return TileResult(tile, predictions, diagnostics)
+    return TileResult(written, predictions, diagnostics)
 
 
 def _predict_variables_apart(
     config: PipelineConfig,
     tile: Tile,
-    ds,
+    ds,  # noqa: ANN001
     x: np.ndarray,
-    x_core: np.ndarray,  # noqa: ANN001
+    x_core: np.ndarray,
+    shape: tuple[int, ...],
 ) -> tuple[dict[str, np.ndarray], dict]:
     """One model per variable (kiss, exact or svgp by config and size): predictions and
     per-variable diagnostics."""
@@ -363,7 +395,7 @@ def _predict_variables_apart(
                 )
             converged = fit_info["solver"].get("cg_converged", True)
             info.update(fit_info, status="ok" if converged else "solve did not converge")
-        predictions[var] = mean.reshape(tile.output_shape)
-        predictions[std_name(var)] = std.reshape(tile.output_shape)
+        predictions[var] = mean.reshape(shape)
+        predictions[std_name(var)] = std.reshape(shape)
         diagnostics[var] = info
     return predictions, diagnostics
