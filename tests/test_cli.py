@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import xarray as xr
@@ -13,23 +9,9 @@ import yaml
 
 from jobs.spec import SpecError, load_spec, parse_spec
 from pipeline.synthetic import SyntheticGrid, write_synthetic
+from tests.helpers import SMALL_SPEC, gpgrid
 
-GOOD = {
-    "input": {"path": "in.zarr", "variables": ["tas"], "dims": ["time", "lat", "lon"]},
-    "model": {"kernel": {"time": "matern32", "lat": "matern32", "lon": "matern52"}},
-    "tiling": {
-        "tile": {"time": 3, "lat": 10, "lon": 10},
-        "halo": {"time": 1, "lat": 3, "lon": 3},
-    },
-    "output": {"path": "out.zarr"},
-}
-
-
-def gpgrid(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    script = Path(sys.executable).parent / "gpgrid"
-    return subprocess.run(
-        [str(script), *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
+GOOD = SMALL_SPEC
 
 
 def with_change(section: str, key: str, value) -> dict:

@@ -25,16 +25,9 @@ from jobs.cli import app
 from jobs.spec import load_spec
 from jobs.submit import default_submission_id, resolve_address
 from pipeline.synthetic import SyntheticGrid, write_synthetic
+from tests.helpers import SMALL_SPEC
 
-SPEC = {
-    "input": {"path": "in.zarr", "variables": ["tas"], "dims": ["time", "lat", "lon"]},
-    "model": {"kernel": {"time": "matern32", "lat": "matern32", "lon": "matern52"}},
-    "tiling": {
-        "tile": {"time": 3, "lat": 10, "lon": 10},
-        "halo": {"time": 1, "lat": 3, "lon": 3},
-    },
-    "output": {"path": "out.zarr"},
-}
+SPEC = SMALL_SPEC
 VENV_BIN = Path(sys.executable).parent
 HEAD_PORTS = (
     "port",

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -13,6 +10,7 @@ import yaml
 
 from pipeline.holdout import choose_hold_out
 from pipeline.synthetic import SyntheticGrid, make_synthetic_dataset, write_synthetic
+from tests.helpers import gpgrid
 
 SPEC = {
     "input": {"path": "in.zarr", "variables": ["tas"], "dims": ["time", "lat", "lon"]},
@@ -23,13 +21,6 @@ SPEC = {
     },
     "output": {"path": "out.zarr"},
 }
-
-
-def gpgrid(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    script = Path(sys.executable).parent / "gpgrid"
-    return subprocess.run(
-        [str(script), *args], cwd=cwd, capture_output=True, text=True, timeout=600
-    )
 
 
 def test_hold_out_hides_observed_cells_in_random_and_block_sets() -> None:
