@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import xarray as xr
-import yaml
 import zarr
 
 from pipeline.journal import finished_tiles, is_complete, journal_dir, read_shared
@@ -54,10 +53,10 @@ def _describe_store(store: Path) -> str:
     if shared:
         for var, values in shared.items():
             lines.append(f"  shared     {var}: {json.dumps(values)[:200]}")
+    if "gpgrid_input" in attrs:
+        lines.append(f"  input      {attrs['gpgrid_input']}")
     spec = attrs.get("gpgrid_spec")
     if spec:
-        source = yaml.safe_load(spec).get("input", {}).get("path")
-        lines.append(f"  input      {source}")
         lines.append("  spec       " + "\n             ".join(spec.strip().splitlines()))
     return "\n".join(lines)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import xarray as xr
-import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -68,10 +67,9 @@ def plot_store(
     variable = variable or names[0]
     if variable not in names:
         raise KeyError(f"variable {variable!r} is not in {str(store)!r}; it has {names}")
-    spec = yaml.safe_load(output.attrs.get("gpgrid_spec", "{}")) or {}
-    source_path = (spec.get("input") or {}).get("path")
+    source_path = output.attrs.get("gpgrid_input")
     if not source_path:
-        raise ValueError(f"{str(store)!r} records no job spec: was it written by gpgrid?")
+        raise ValueError(f"{str(store)!r} records no input: was it written by gpgrid?")
     from pipeline.inputs import open_input
 
     source = open_input(source_path)

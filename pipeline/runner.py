@@ -192,6 +192,7 @@ def _create_store(
         "source": f"gpgrid {__version__}",
         "gpgrid_version": __version__,
         "gpgrid_spec": config.spec_text,
+        "gpgrid_input": config.input_path,
         "gpgrid_model": f"{config.model.type} GP per tile, kernels {kernels}",
     }
     create_output_store(
