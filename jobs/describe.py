@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import xarray as xr
@@ -29,9 +30,13 @@ def _describe_folder(folder: Path) -> str:
             f"{str(folder)!r} is neither a zarr store nor a folder of finished forecasts"
         )
     lines = [f"{folder}: {len(stores)} finished forecasts"]
-    lines += [f"  issued {issue:%Y-%m-%d %H:%M}Z  {store.name}" for issue, store in stores.items()]
+    lines += [f"  issued {_issue_text(issue)}  {store.name}" for issue, store in stores.items()]
     lines.append(f"read them all with: pipeline.target.open_forecasts({str(folder)!r})")
     return "\n".join(lines)
+
+
+def _issue_text(issue: datetime | float) -> str:
+    return f"{issue:%Y-%m-%d %H:%M:%S}Z" if isinstance(issue, datetime) else repr(issue)
 
 
 def _describe_store(store: Path) -> str:

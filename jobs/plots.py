@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import xarray as xr
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -16,30 +17,36 @@ from pipeline.store import std_name
 
 
 def quicklook(
-    source: xr.Dataset, output: xr.Dataset, variable: str, path: str | Path, time_index: int = 0
+    source: xr.Dataset,
+    output: xr.Dataset,
+    variable: str,
+    path: str | Path,
+    time_index: int = 0,
+    input_title: str = "input (gaps blank)",
 ) -> Path:
-    """Input (gaps blank), mean and std at one step of the first dim, saved as a PNG."""
-    first_dim = source[variable].dims[0]
-    step = {first_dim: time_index}
+    """Input, mean and std side by side, saved as a PNG. Fields of three or more dims are
+    shown at step `time_index` of the first; 2-D fields (a lat x lon grid, or time x
+    station) whole, with non-numeric coordinates (station names) as positions."""
+    field = output[variable]
+    step = {field.dims[0]: time_index} if field.ndim > 2 else {}
     observed = source[variable].isel(step)
-    mean = output[variable].isel(step)
-    std = output[std_name(variable)].isel(step)
+    mean, std = field.isel(step), output[std_name(variable)].isel(step)
     units = source[variable].attrs.get("units", "")
     vmin, vmax = float(mean.min()), float(mean.max())
     fig = Figure(figsize=(15, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3)
     panels = (
-        (observed, "input (gaps blank)", "viridis", (vmin, vmax)),
+        (observed, input_title, "viridis", (vmin, vmax)),
         (mean, "GP predictive mean", "viridis", (vmin, vmax)),
         (std, "GP predictive std", "magma", (None, None)),
     )
-    for ax, (field, title, cmap, (lo, hi)) in zip(axes, panels, strict=True):
-        row_dim, col_dim = field.dims
+    for ax, (panel, title, cmap, (lo, hi)) in zip(axes, panels, strict=True):
+        row_dim, col_dim = panel.dims
         mesh = ax.pcolormesh(
-            field[col_dim].values,
-            field[row_dim].values,
-            field.values,
+            _positions(panel[col_dim]),
+            _positions(panel[row_dim]),
+            panel.values,
             cmap=cmap,
             vmin=lo,
             vmax=hi,
@@ -47,11 +54,22 @@ def quicklook(
         )
         fig.colorbar(mesh, ax=ax, label=units)
         ax.set(title=title, xlabel=col_dim, ylabel=row_dim)
-    label = str(source[first_dim].values[time_index])[:19]
-    fig.suptitle(f"{variable} at {first_dim} = {label}")
+    where = ""
+    if step:
+        (first,) = step
+        where = f" at {first} = {str(output[first].values[time_index])[:19]}"
+    fig.suptitle(f"{variable}{where}")
     path = Path(path)
     fig.savefig(path, dpi=90)
     return path
+
+
+def _positions(coord: xr.DataArray) -> np.ndarray:
+    """A coordinate's values where they are numbers or times, else 0, 1, 2, ..."""
+    values = coord.values
+    if np.issubdtype(values.dtype, np.number) or np.issubdtype(values.dtype, np.datetime64):
+        return values
+    return np.arange(values.size)
 
 
 def plot_store(
@@ -60,8 +78,9 @@ def plot_store(
     at: str | None = None,
     out: str | Path | None = None,
 ) -> Path:
-    """Quick-look of an output store at step `at` of its first dim (an index or a
-    coordinate value such as 2006-07-16; default the first), beside the job's input."""
+    """Quick-look of an output store beside the job's input: at step `at` of its first dim
+    (an index or a coordinate value such as 2006-07-16; default the first) when it has
+    three or more dims, whole when it has two."""
     output = xr.open_zarr(store)
     names = [v for v in output.data_vars if not str(v).endswith("_std")]
     variable = variable or names[0]
@@ -73,14 +92,21 @@ def plot_store(
     from pipeline.inputs import open_input
 
     source = open_input(source_path)
+    if output[variable].ndim <= 2:
+        out = Path(out or Path(str(store).rstrip("/")).with_suffix(f".{variable}.png"))
+        return quicklook(source, output, variable, out)
     first = output[variable].dims[0]
     index = _step_index(output[first], at)
     value = output[first].values[index]
-    shown = source.sel({first: [value]}) if value in source[first].values else None
-    if shown is None:  # a forecast step: show the input's last step instead
-        shown = source.isel({first: [-1]})
+    title = "input (gaps blank)"
+    if "forecast_reference_time" in output.coords:
+        title = "the data at this time (after the issue time: not read)"
+    if value in source[first].values:
+        shown = source.sel({first: [value]})
+    else:  # a forecast step past the data: show its last step
+        shown, title = source.isel({first: [-1]}), "the data's last step"
     out = Path(out or Path(str(store).rstrip("/")).with_suffix(f".{variable}.{index}.png"))
-    return quicklook(shown, output.isel({first: [index]}), variable, out, time_index=0)
+    return quicklook(shown, output.isel({first: [index]}), variable, out, 0, title)
 
 
 def _step_index(coord: xr.DataArray, at: str | None) -> int:

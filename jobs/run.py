@@ -26,7 +26,9 @@ def run_job(
     config = spec.to_pipeline_config(spec_text)
     if issue_time is not None:
         if config.forecast is None:
-            raise ValueError("--issue-time is for forecasts: the spec's target.kind is same_grid")
+            raise ValueError(
+                f"--issue-time is for forecasts: the spec's target.kind is {spec.target.kind}"
+            )
         config = replace(config, forecast=replace(config.forecast, issue_time=issue_time))
     ensure_ray(address)
     return run_pipeline(config, progress=progress, address=address)

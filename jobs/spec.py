@@ -7,7 +7,7 @@ Relative paths in a spec are resolved against the spec file's folder.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -116,6 +116,16 @@ class TargetSpec(Strict):
         "cells of a sea-surface field",
     )
 
+    @field_validator("issue_time", mode="before")
+    @classmethod
+    def _issue_date_as_text(cls, value: object) -> object:
+        return _date_as_text(value)
+
+
+def _date_as_text(value: object) -> object:
+    """YAML reads an unquoted 1999-12-31 as a date: keep it as ISO text."""
+    return value.isoformat() if isinstance(value, date | datetime) else value
+
 
 class ScheduleSpec(Strict):
     cron: str = Field(
@@ -128,6 +138,11 @@ class ScheduleSpec(Strict):
     )
     catch_up_limit: int = Field(24, ge=1, description="catch_up: most missed ticks run at once")
     start: datetime | None = Field(None, description="no issue time before this is run")
+
+    @field_validator("start", mode="before")
+    @classmethod
+    def _date_is_midnight(cls, value: object) -> object:
+        return _date_as_text(value)
 
     @field_validator("cron")
     @classmethod
@@ -332,6 +347,17 @@ class JobSpec(Strict):
                     f"target.dim {target.dim!r} must be one of the tiled dims {dims} and not "
                     "wrapped: name the time dim"
                 )
+            if self.tiling.halo[target.dim] < 1:
+                raise ValueError(
+                    f"tiling.halo for the forecast dim {target.dim!r} is how many steps of "
+                    "history each tile reads: give at least 1 (e.g. a few cycles)"
+                )
+            along = target.never_observed_along
+            if along is not None and along != target.dim:
+                raise ValueError(
+                    f"target.never_observed_along must be the forecast dim {target.dim!r} "
+                    f"(cells never observed in the history); got {along!r}"
+                )
         elif target.steps is not None or target.issue_time is not None:
             raise ValueError(
                 "target.steps and target.issue_time are for forecasts: set target.kind: forecast"
@@ -360,6 +386,11 @@ class JobSpec(Strict):
         """A new grid: some tiled, unwrapped dims get new coordinates; no blending, shards or
         never-observed masks (tiles then write parts of chunks, not whole ones)."""
         target = self.target
+        if self.input.stations is not None:
+            raise ValueError(
+                "target.kind grid puts predictions on a new grid; station data have no grid: "
+                "drop input.stations or use target.kind same_grid"
+            )
         if not target.grid or not set(target.grid) <= set(dims):
             raise ValueError(
                 f"target.grid has keys {sorted(target.grid)}: give new coordinates for one or "

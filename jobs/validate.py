@@ -82,9 +82,14 @@ def _backtest(spec: JobSpec, folder: Path, address: str | None, progress: bool) 
 
 
 def _redirected(spec: JobSpec, input_path: str, output_path: str) -> JobSpec:
-    """The same job reading `input_path` and writing a fresh `output_path`."""
+    """The same job reading `input_path` and writing a fresh `output_path` (a job for a new
+    grid is checked on the input's own grid, where the hidden cells are)."""
+    target = spec.target
+    if target.kind == "grid":
+        target = target.model_copy(update={"kind": "same_grid", "grid": {}})
     return spec.model_copy(
         update={
+            "target": target,
             "input": spec.input.model_copy(update={"path": input_path}),
             "output": spec.output.model_copy(
                 update={"path": output_path, "overwrite": True, "std": "observation"}
@@ -104,4 +109,6 @@ def format_scores(scores: Mapping[str, Mapping[str, Mapping[str, float]]]) -> st
                 f"{var:<14}{kind:<10}{s['n']:>9,}{s['mae']:>10.4g}{s['rmse']:>10.4g}"
                 f"{s['crps']:>10.4g}{s['interval_score95']:>10.4g}{s['coverage95']:>9.3f}"
             )
+            if s.get("unpredicted"):
+                rows.append(f"{'':<24}({s['unpredicted']:,} hidden cells got no prediction)")
     return "\n".join(rows)

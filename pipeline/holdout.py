@@ -26,7 +26,7 @@ class HoldOut:
 
 
 def default_block(sizes: Mapping[str, int], dims: Sequence[str]) -> dict[str, int]:
-    """Block edges: a sixth of each dim (at least one cell)."""
+    """Block edges: a sixth of each dim (at least one cell), for the dims not given."""
     return {dim: max(1, sizes[dim] // 6) for dim in dims}
 
 
@@ -43,22 +43,25 @@ def choose_hold_out(
     if not 0 < fraction < 0.5:
         raise ValueError(f"hold-out fraction {fraction} must lie between 0 and 0.5")
     shape = tuple(ds.sizes[d] for d in dims)
-    block = dict(block or default_block(ds.sizes, dims))
-    unknown = sorted(set(block) - set(dims))
+    unknown = sorted(set(block or {}) - set(dims))
     if unknown:
         raise ValueError(f"block dims {unknown} are not grid dims {list(dims)}")
-    edges = [min(block.get(d, 1), n) for d, n in zip(dims, shape, strict=True)]
+    block = {**default_block(ds.sizes, dims), **(block or {})}
+    edges = [min(block[d], n) for d, n in zip(dims, shape, strict=True)]
     gen = np.random.default_rng(seed)
     random, blocks = {}, {}
     for var in variables:
         observed = np.isfinite(ds[var].transpose(*dims).values)
         target = int(fraction * observed.sum())
         in_blocks = np.zeros(shape, dtype=bool)
+        covered = 0
         for _ in range(100_000):
-            if (in_blocks & observed).sum() >= target:
+            if covered >= target:
                 break
             corner = [gen.integers(0, n - e + 1) for n, e in zip(shape, edges, strict=True)]
-            in_blocks[tuple(slice(c, c + e) for c, e in zip(corner, edges, strict=True))] = True
+            box = tuple(slice(c, c + e) for c, e in zip(corner, edges, strict=True))
+            covered += int((observed[box] & ~in_blocks[box]).sum())
+            in_blocks[box] = True
         blocks[var] = in_blocks & observed
         rest = np.flatnonzero(observed & ~in_blocks)
         picked = gen.choice(rest, size=min(target, rest.size), replace=False)
@@ -88,10 +91,20 @@ def score_hold_out(
         mean = output[var].transpose(*dims).values
         std = output[std_name(var)].transpose(*dims).values
         scores[var] = {
-            kind: score(mean[cells], std[cells], true[cells])
+            kind: _score_predicted(mean, std, true, cells)
             for kind, cells in (("random", hold_out.random[var]), ("blocks", hold_out.blocks[var]))
             if cells.any()
         }
+    return scores
+
+
+def _score_predicted(
+    mean: np.ndarray, std: np.ndarray, truth: np.ndarray, cells: np.ndarray
+) -> dict[str, float]:
+    """Scores over `cells` that have a prediction; `unpredicted` counts those without."""
+    predicted = cells & np.isfinite(mean) & np.isfinite(std)
+    scores = score(mean[predicted], std[predicted], truth[predicted])
+    scores["unpredicted"] = int(cells.sum() - predicted.sum())
     return scores
 
 
@@ -110,6 +123,5 @@ def score_forecast(
         truth = source[var].isel({dim: slice(-steps, None)}).transpose(*dims).values
         mean = output[var].transpose(*dims).values
         std = output[std_name(var)].transpose(*dims).values
-        seen = np.isfinite(truth) & np.isfinite(mean)
-        scores[var] = {"forecast": score(mean[seen], std[seen], truth[seen])}
+        scores[var] = {"forecast": _score_predicted(mean, std, truth, np.isfinite(truth))}
     return scores

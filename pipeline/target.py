@@ -25,6 +25,7 @@ from pipeline.journal import is_complete, journal_dir
 
 FORECAST_COORDS = ("forecast_reference_time", "forecast_period")
 MIN_HISTORY = 2
+EDGE_SLACK = 1e-3  # of a step: a new grid may touch the data's ends to rounding
 
 
 def resolve_forecast(config: PipelineConfig, ds: xr.Dataset) -> PipelineConfig:
@@ -44,7 +45,9 @@ def resolve_forecast(config: PipelineConfig, ds: xr.Dataset) -> PipelineConfig:
             f"data start at {_label(times.values[0])}): choose a later target.issue_time"
         )
     step = float(np.median(np.diff(values[:history])))
-    resolved = replace(forecast, issue=_label(issue), history=history, step=step)
+    # The resolved issue time replaces how it was asked for (ISO with or without a zone,
+    # from a schedule or the command line), so the plan of one issue time is one plan.
+    resolved = replace(forecast, issue_time=None, issue=_label(issue), history=history, step=step)
     store = Path(config.output_path) / f"{_stamp(issue)}.zarr"
     return replace(config, forecast=resolved, output_path=str(store))
 
@@ -68,16 +71,17 @@ def _issue_value(issue_time: str | None, times: xr.DataArray) -> np.generic:
 
 
 def _label(value: np.generic) -> str:
+    """An issue time as text that reads back exactly: ISO 8601, or the number in full."""
     if isinstance(value, np.datetime64):
         return pd.Timestamp(value).isoformat()
-    return f"{float(value):g}"
+    return repr(float(value))
 
 
 def _stamp(value: np.generic) -> str:
-    """A file-name-safe form of an issue time: 20000101T0000Z, or the number."""
+    """A file-name-safe form of an issue time, to the second: 20000101T000000Z, or the number."""
     if isinstance(value, np.datetime64):
-        return pd.Timestamp(value).strftime("%Y%m%dT%H%MZ")
-    return f"{float(value):g}"
+        return pd.Timestamp(value).strftime("%Y%m%dT%H%M%SZ")
+    return np.format_float_positional(float(value), trim="-")
 
 
 def new_axes(config: PipelineConfig) -> dict[str, np.ndarray]:
@@ -96,7 +100,8 @@ def check_new_grid(config: PipelineConfig, ds: xr.Dataset) -> None:
                 "and increasing"
             )
         low, high = float(source[0]), float(source[-1])
-        if values[0] < low or values[-1] > high:
+        slack = EDGE_SLACK * (values[1] - values[0] if len(values) > 1 else high - low)
+        if values[0] < low - slack or values[-1] > high + slack:
             raise ValueError(
                 f"target.grid for {dim!r} spans {values[0]:g} to {values[-1]:g}, beyond the "
                 f"input's {low:g} to {high:g}: gpgrid does not extrapolate; shrink the grid"
@@ -154,8 +159,17 @@ def _regridded(config: PipelineConfig, ds: xr.Dataset) -> xr.Dataset:
     return xr.Dataset(data_vars, coords=coords)
 
 
-def forecast_stores(folder: str | Path) -> dict[datetime, Path]:
-    """The finished forecast stores in an output folder, by issue time (UTC)."""
+def _issue_key(label: str) -> datetime | float:
+    """A recorded issue time as a UTC datetime, or a number for numeric time axes."""
+    try:
+        return float(label)
+    except ValueError:
+        return pd.Timestamp(label).to_pydatetime().replace(tzinfo=UTC)
+
+
+def forecast_stores(folder: str | Path) -> dict[datetime | float, Path]:
+    """The finished forecast stores in an output folder, by issue time (UTC datetimes, or
+    numbers for numeric time axes)."""
     found: dict[datetime, Path] = {}
     for store in sorted(Path(folder).glob("*.zarr")):
         if not is_complete(str(store)):
@@ -163,7 +177,7 @@ def forecast_stores(folder: str | Path) -> dict[datetime, Path]:
         plan = json.loads((journal_dir(str(store)) / "plan.json").read_text())
         issue = (plan.get("forecast") or {}).get("issue")
         if issue is not None:
-            found[pd.Timestamp(issue).to_pydatetime().replace(tzinfo=UTC)] = store
+            found[_issue_key(issue)] = store
     return found
 
 

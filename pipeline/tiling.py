@@ -70,9 +70,10 @@ def plan_tiles(
     side; with `blend`, tiles predict their core grown by that many cells per side
     (at most the halo), for the reducer to blend. Along `wrap` dims (a global
     longitude) windows are not clipped but run past the ends, to be read around the
-    circle. Along a dim with `history` (a forecast's time), windows may reach that many
-    cells before index 0, into the data the forecast starts from. Tiles are numbered in
-    C order, which also seeds each tile's randomness.
+    circle. Along a dim with `history` (a forecast's time), every window starts `halo`
+    cells before index 0 (at most `history`), in the data the forecast starts from, and
+    runs to its core's end. Tiles are numbered in C order, which also seeds each tile's
+    randomness.
     """
     blend = tuple(blend) if blend else (0,) * len(shape)
     wrap = tuple(wrap) if wrap else (False,) * len(shape)
@@ -106,7 +107,9 @@ def plan_tiles(
         window = tuple(
             slice(c.start - h, c.stop + h)
             if wraps
-            else slice(max(c.start - h, -past), min(c.stop + h, n))
+            else slice(-min(h, past), min(c.stop + h, n))
+            if past
+            else slice(max(c.start - h, 0), min(c.stop + h, n))
             for c, h, n, wraps, past in zip(core, halo, shape, wrap, history, strict=True)
         )
         output = None

@@ -49,7 +49,7 @@ def forecast_spec(input_path, output_path, **schedule) -> dict:  # noqa: ANN001
             "tile": {"time": 5, "lat": 8, "lon": 8},
             "halo": {"time": 28, "lat": 0, "lon": 0},
         },
-        "output": {"path": str(output_path)},
+        "output": {"path": str(output_path), "std": "observation"},  # scored against readings
     }
     if schedule:
         spec["schedule"] = schedule
@@ -76,7 +76,7 @@ def test_forecast_reads_only_data_up_to_its_issue_time(tmp_path) -> None:
     spec = parse_spec(forecast_spec(tmp_path / "in.zarr", tmp_path / "fc"))
     summary = run_job(spec, progress=False, issue_time="2026-01-30")
     out = xr.open_zarr(summary.output_path)
-    assert summary.output_path.endswith("20260130T0000Z.zarr")
+    assert summary.output_path.endswith("20260130T000000Z.zarr")
     expected = pd.date_range("2026-01-31", periods=5, freq="D")
     np.testing.assert_array_equal(out["time"].values, expected.values)
     assert out["forecast_reference_time"].values == np.datetime64("2026-01-30")
@@ -127,3 +127,38 @@ def test_schedule_runs_three_ticks_and_never_repeats_after_a_restart(tmp_path) -
     assert sorted(forecast_stores(tmp_path / "fc")) == [*days, datetime(2026, 1, 23, tzinfo=UTC)]
     after = {p: p.stat().st_mtime_ns for p in (tmp_path / "fc").rglob("*.json")}
     assert {p: after[p] for p in written} == written  # the first three were not touched
+
+
+def test_tiles_shorter_than_the_forecast_all_read_the_history(tmp_path) -> None:
+    """Seven steps cut into tiles of two: every tile reads back from the issue time, so no
+    step is left unpredicted."""
+    seasonal_input(tmp_path / "in.zarr")
+    spec = forecast_spec(tmp_path / "in.zarr", tmp_path / "fc")
+    spec["target"]["steps"] = 7
+    spec["tiling"]["tile"]["time"] = 2
+    summary = run_job(parse_spec(spec), progress=False, issue_time="2026-01-30")
+    out = xr.open_zarr(summary.output_path)
+    assert out["tas"].shape == (7, 8, 8) and np.isfinite(out["tas"].values).all()
+
+
+def test_numeric_issue_times_keep_every_digit() -> None:
+    """A numeric time axis: the issue time is recorded and named in full, not rounded."""
+    from pipeline.config import Forecast, ModelConfig, PipelineConfig
+    from pipeline.target import resolve_forecast
+
+    times = 1_234_560.0 + np.arange(10)
+    ds = xr.Dataset({"v": (("time",), np.zeros(10))}, coords={"time": times})
+    config = PipelineConfig(
+        "in.zarr",
+        ("v",),
+        ("time",),
+        "fc",
+        (3,),
+        (5,),
+        ModelConfig(("matern32",)),
+        forecast=Forecast("time", 3, "1234566"),
+    )
+    resolved = resolve_forecast(config, ds)
+    assert resolved.forecast.issue == "1234566.0" and resolved.forecast.history == 7
+    assert resolved.output_path.endswith("fc/1234566.zarr")
+    assert resolved.forecast.issue_time is None  # the plan keeps the resolved time only

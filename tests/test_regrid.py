@@ -66,3 +66,37 @@ def test_a_new_grid_beyond_the_data_is_refused(tmp_path) -> None:
     blended["tiling"]["blend"] = {"lat": 2}
     with pytest.raises(SpecError, match="target.kind grid cannot be combined"):
         parse_spec(blended)
+
+
+def test_station_data_cannot_be_regridded() -> None:
+    new_time = {"time": {"start": 0, "step": 1, "size": 2}}
+    stations = spec("in.zarr", "o.zarr", {"kind": "grid", "grid": new_time})
+    stations["input"] = {
+        "path": "in.zarr",
+        "variables": ["tas"],
+        "dims": ["time", "station"],
+        "stations": {"dim": "station", "coords": ["lat", "lon"]},
+    }
+    stations["model"]["kernel"] = {"time": "matern32", "lat": "matern32", "lon": "matern32"}
+    stations["tiling"] = {"tile": {"time": 10}, "halo": {"time": 2}}
+    with pytest.raises(SpecError, match="station data have no grid"):
+        parse_spec(stations)
+
+
+def test_a_new_grid_may_touch_the_data_ends_to_rounding() -> None:
+    from pipeline.config import ModelConfig, PipelineConfig
+    from pipeline.target import check_new_grid
+
+    lat = np.float32(30.1) + np.float32(0.1) * np.arange(5, dtype=np.float32)
+    ds = xr.Dataset(coords={"lat": lat.astype(np.float64)})
+    config = PipelineConfig(
+        "in.zarr",
+        ("v",),
+        ("lat",),
+        "o.zarr",
+        (5,),
+        (0,),
+        ModelConfig(("matern32",)),
+        regrid=(("lat", 30.1, 0.05, 9),),
+    )
+    check_new_grid(config, ds)  # 30.1 .. 30.5 within float32 rounding of the data's ends

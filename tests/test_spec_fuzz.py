@@ -113,3 +113,12 @@ def test_schema_on_disk_matches_the_spec() -> None:
     assert on_disk.read_text() == spec_json_schema(), "regenerate: gpgrid schema --out " + str(
         on_disk
     )
+
+
+def test_unquoted_yaml_dates_are_read_as_times() -> None:
+    """YAML turns 1999-12-31 into a date; the spec keeps it as the ISO time it means."""
+    import yaml
+
+    spec = copy.deepcopy(BASE)
+    spec["target"] = yaml.safe_load("{kind: forecast, steps: 3, issue_time: 1999-12-31}")
+    assert parse_spec(spec).target.issue_time == "1999-12-31"

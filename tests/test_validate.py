@@ -70,3 +70,23 @@ def test_validate_inspect_and_plot_commands(tmp_path) -> None:
     missing = gpgrid("plot", "out.zarr", "--variable", "nope", cwd=tmp_path)
     assert missing.returncode == 2 and "'nope' is not in" in missing.stderr
     assert np.isfinite(xr.open_zarr(tmp_path / "out.zarr")["tas"].values).all()
+
+
+def test_quicklook_draws_two_dim_grids_and_station_series(tmp_path) -> None:
+    """A lat x lon grid and a time x station table (station names as positions)."""
+    from jobs.plots import quicklook
+
+    gen = np.random.default_rng(0)
+    cells = ("lat", "lon")
+    grid = xr.Dataset(
+        {"v": (cells, gen.normal(size=(6, 8))), "v_std": (cells, np.ones((6, 8)))},
+        coords={"lat": np.arange(6.0), "lon": np.arange(8.0)},
+    )
+    rows = ("time", "station")
+    stations = xr.Dataset(
+        {"v": (rows, gen.normal(size=(5, 3))), "v_std": (rows, np.ones((5, 3)))},
+        coords={"time": np.arange(5.0), "station": ["EWR", "JFK", "LGA"]},
+    )
+    for name, ds in (("grid", grid), ("stations", stations)):
+        png = quicklook(ds, ds, "v", tmp_path / f"{name}.png")
+        assert png.read_bytes()[:4] == b"\x89PNG"
