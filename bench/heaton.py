@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--tile", default=None, help="tile core as LATxLON, e.g. 100x100")
     parser.add_argument("--halo", type=int, default=None, help="halo cells per side")
     parser.add_argument("--kernel", default=None, help="kernel for both axes, e.g. matern32")
+    parser.add_argument("--blend", type=int, default=0, help="cells blended across tile edges")
     parser.add_argument("--fit-points", type=int, default=None)
     parser.add_argument("--fold", type=int, default=0, help="which moved cloud mask (0-3)")
     args = parser.parse_args()
@@ -120,6 +121,8 @@ def main() -> None:
         spec["tiling"]["halo"] = {"lat": args.halo, "lon": args.halo}
     if args.kernel:
         spec["model"]["kernel"] = {"lat": args.kernel, "lon": args.kernel}
+    if args.blend:
+        spec["tiling"]["blend"] = {"lat": args.blend, "lon": args.blend}
     if args.fit_points:
         spec["model"]["fit_points"] = args.fit_points
     with tempfile.TemporaryDirectory(prefix="heaton_") as tmp:
@@ -135,7 +138,7 @@ def main() -> None:
     print(
         f"heaton {args.which}: {hidden.sum():,} cloud-shaped hold-out cells (fold {args.fold}), "
         f"model {spec['model']['kernel']}, tiles {spec['tiling']['tile']} halo "
-        f"{spec['tiling']['halo']}"
+        f"{spec['tiling']['halo']} blend {spec['tiling'].get('blend', {})}"
     )
     print(
         f"  MAE {scores['mae']:.3f}  RMSE {scores['rmse']:.3f}  CRPS {scores['crps']:.3f}  "
