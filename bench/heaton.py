@@ -105,6 +105,12 @@ def main() -> None:
     parser.add_argument("--halo", type=int, default=None, help="halo cells per side")
     parser.add_argument("--kernel", default=None, help="kernel for both axes, e.g. matern32")
     parser.add_argument("--blend", type=int, default=0, help="cells blended across tile edges")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        help="any spec field, as section.key=value (YAML value), e.g. model.fit_points=2000",
+    )
     parser.add_argument("--fit-points", type=int, default=None)
     parser.add_argument("--fold", type=int, default=0, help="which moved cloud mask (0-3)")
     args = parser.parse_args()
@@ -123,6 +129,10 @@ def main() -> None:
         spec["model"]["kernel"] = {"lat": args.kernel, "lon": args.kernel}
     if args.blend:
         spec["tiling"]["blend"] = {"lat": args.blend, "lon": args.blend}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        section, _, field = key.partition(".")
+        spec[section][field] = yaml.safe_load(value)
     if args.fit_points:
         spec["model"]["fit_points"] = args.fit_points
     with tempfile.TemporaryDirectory(prefix="heaton_") as tmp:
@@ -138,7 +148,7 @@ def main() -> None:
     print(
         f"heaton {args.which}: {hidden.sum():,} cloud-shaped hold-out cells (fold {args.fold}), "
         f"model {spec['model']['kernel']}, tiles {spec['tiling']['tile']} halo "
-        f"{spec['tiling']['halo']} blend {spec['tiling'].get('blend', {})}"
+        f"{spec['tiling']['halo']} blend {spec['tiling'].get('blend', {})} {' '.join(args.set)}"
     )
     print(
         f"  MAE {scores['mae']:.3f}  RMSE {scores['rmse']:.3f}  CRPS {scores['crps']:.3f}  "
