@@ -256,7 +256,9 @@ def schedule(
 @app.command()
 def example(
     name: Annotated[str, typer.Argument(help="ostia, ozone, heaton or multitask")],
-    out: Annotated[Path | None, typer.Option(help="folder for input, spec and output")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="folder for input, spec and output (default: out/NAME)")
+    ] = None,
     check: Annotated[
         bool, typer.Option("--validate", help="also score it on held-out cells (gpgrid validate)")
     ] = False,
