@@ -99,7 +99,6 @@ def local_variances(
         _axis_offsets(b, r, n, p, device)
         for b, r, n, p in zip(block, radius, shape, periods, strict=True)
     ]
-    by_covariance = any(periods)
     offsets = torch.cartesian_prod(*window).reshape(-1, len(shape))
     inner = torch.cartesian_prod(*[torch.arange(b, device=device) for b in block]).reshape(
         -1, len(shape)
@@ -111,6 +110,9 @@ def local_variances(
         else None
     )
     inner_table = _pair_kernel(lag_columns, scale, offsets, inner)  # (W, T)
+    # With a periodic axis, neighbours are the offsets that covary most with the block (the
+    # same season of other cycles counts); this ranking is the same for every block.
+    covariance_rank = -inner_table.max(1).values if any(periods) else None
     dims = torch.tensor(shape, device=device)
     block_t = torch.tensor(block, device=device)
     scales = torch.tensor(
@@ -123,8 +125,8 @@ def local_variances(
         inside = ((cand >= 0) & (cand < dims)).all(-1)
         clipped = torch.minimum(cand.clamp_min(0), dims - 1)
         valid = inside & observed[tuple(clipped.unbind(-1))]
-        if by_covariance:  # most covarying first: the same season of other cycles counts
-            dist = -inner_table.max(1).values.expand(batch.shape[0], -1)
+        if covariance_rank is not None:
+            dist = covariance_rank.expand(batch.shape[0], -1)
         else:
             below = (batch[:, None, :] - cand).clamp_min(0)
             above = (cand - (batch[:, None, :] + block_t - 1)).clamp_min(0)

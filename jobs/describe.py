@@ -9,7 +9,7 @@ from pathlib import Path
 import xarray as xr
 import zarr
 
-from pipeline.journal import finished_tiles, is_complete, journal_dir, read_shared
+from pipeline.journal import finished_tiles, is_complete, read_plan, read_shared
 from pipeline.target import forecast_stores
 
 
@@ -68,9 +68,8 @@ def _describe_store(store: Path) -> str:
 
 def _progress(store: Path) -> str:
     done = len(finished_tiles(str(store)))
-    plan = journal_dir(str(store)) / "plan.json"
     if is_complete(str(store)):
         return f"complete ({done} chunks written)"
-    if plan.is_file():
+    if read_plan(str(store)):
         return f"incomplete: {done} chunks written so far; rerun the job to resume"
     return "no gpgrid journal"

@@ -132,6 +132,12 @@ def write_plan(store_path: str, plan: dict) -> None:
     _write_atomically(journal_dir(store_path) / "plan.json", plan)
 
 
+def read_plan(store_path: str) -> dict:
+    """The plan a store was made for ({} when it has no journal)."""
+    path = journal_dir(store_path) / "plan.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def check_plan(store_path: str, plan: dict) -> None:
     """Refuse to resume into a store made for another plan, naming what differs."""
     path = journal_dir(store_path) / "plan.json"

@@ -9,7 +9,6 @@ predicts the `steps` cells that follow them. Each issue time gets its own store,
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +20,7 @@ import xarray as xr
 
 from pipeline.config import PipelineConfig
 from pipeline.inputs import coordinate_values
-from pipeline.journal import is_complete, journal_dir
+from pipeline.journal import is_complete, read_plan
 
 FORECAST_COORDS = ("forecast_reference_time", "forecast_period")
 MIN_HISTORY = 2
@@ -136,12 +135,7 @@ def target_dataset(config: PipelineConfig, ds: xr.Dataset) -> xr.Dataset:
     coords["forecast_period"] = xr.Variable(
         dim, lead, {"standard_name": "forecast_period", "long_name": "lead time"}
     )
-    shape = tuple(forecast.steps if d == dim else ds.sizes[d] for d in config.dims)
-    data_vars = {
-        var: xr.Variable(config.dims, da.zeros(shape, dtype=np.float32), ds[var].attrs)
-        for var in config.variables
-    }
-    return xr.Dataset(data_vars, coords=coords)
+    return _template(config, ds, coords, {dim: forecast.steps})
 
 
 def _regridded(config: PipelineConfig, ds: xr.Dataset) -> xr.Dataset:
@@ -151,7 +145,13 @@ def _regridded(config: PipelineConfig, ds: xr.Dataset) -> xr.Dataset:
         for d in config.dims
         if d in ds.coords
     }
-    shape = tuple(len(axes[d]) if d in axes else ds.sizes[d] for d in config.dims)
+    return _template(config, ds, coords, {d: len(values) for d, values in axes.items()})
+
+
+def _template(config: PipelineConfig, ds: xr.Dataset, coords: dict, sizes: dict) -> xr.Dataset:
+    """The output grid's stand-in: lazy zeros with the variables' attributes; dims in
+    `sizes` take those lengths, the others the input's."""
+    shape = tuple(sizes.get(d, ds.sizes[d]) for d in config.dims)
     data_vars = {
         var: xr.Variable(config.dims, da.zeros(shape, dtype=np.float32), ds[var].attrs)
         for var in config.variables
@@ -174,8 +174,7 @@ def forecast_stores(folder: str | Path) -> dict[datetime | float, Path]:
     for store in sorted(Path(folder).glob("*.zarr")):
         if not is_complete(str(store)):
             continue
-        plan = json.loads((journal_dir(str(store)) / "plan.json").read_text())
-        issue = (plan.get("forecast") or {}).get("issue")
+        issue = (read_plan(str(store)).get("forecast") or {}).get("issue")
         if issue is not None:
             found[_issue_key(issue)] = store
     return found
