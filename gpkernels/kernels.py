@@ -47,7 +47,9 @@ class Stationary(Kernel):
     """A kernel of the scaled distance r = ||(x1 - x2) / lengthscale|| over some columns.
 
     `dims` picks the input columns the kernel sees (all of them when None); with
-    several columns the lengthscales are per column (ARD) and the distance Euclidean.
+    several columns the distance is Euclidean and the lengthscales are per column (ARD),
+    or one shared lengthscale with `isotropic` (geostatistics' distance-based covariances,
+    for columns in the same units, e.g. projected x and y).
     """
 
     kind = "stationary"
@@ -56,16 +58,20 @@ class Stationary(Kernel):
         self,
         lengthscale: float | Sequence[float] = 1.0,
         dims: Sequence[int] | None = None,
+        isotropic: bool = False,
     ) -> None:
         super().__init__()
         scales = (
             [float(lengthscale)] if isinstance(lengthscale, (int, float)) else list(lengthscale)
         )
+        if isotropic and len(scales) != 1:
+            raise ValueError(f"an isotropic kernel has one lengthscale, not {len(scales)}")
+        self.isotropic = isotropic
         if dims is not None:
             dims = [int(d) for d in dims]
-            if len(scales) == 1:
+            if len(scales) == 1 and not isotropic:
                 scales = scales * len(dims)
-            if len(scales) != len(dims):
+            if len(scales) != len(dims) and not isotropic:
                 raise ValueError(
                     f"{len(scales)} lengthscales given for {len(dims)} dims {dims}: "
                     "give one lengthscale, or one per dim"
@@ -114,11 +120,12 @@ class Stationary(Kernel):
         return torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
 
     def describe(self) -> dict:
-        return {
+        found = {
             "kind": self.kind,
             "dims": self.dims,
             "lengthscale": self.lengthscale.detach().cpu().tolist(),
         }
+        return {**found, "isotropic": True} if self.isotropic else found
 
 
 class RBF(Stationary):
@@ -138,10 +145,11 @@ class Matern(Stationary):
         nu: float = 1.5,
         lengthscale: float | Sequence[float] = 1.0,
         dims: Sequence[int] | None = None,
+        isotropic: bool = False,
     ) -> None:
         if nu not in (0.5, 1.5, 2.5):
             raise ValueError(f"Matern nu={nu} is not supported: use 0.5, 1.5 or 2.5")
-        super().__init__(lengthscale, dims)
+        super().__init__(lengthscale, dims, isotropic)
         self.nu = nu
 
     @property
@@ -329,17 +337,20 @@ class Scale(Kernel):
 
 
 KERNELS_BY_NAME = {
-    "rbf": lambda dims: RBF(dims=dims),
-    "matern12": lambda dims: Matern(0.5, dims=dims),
-    "matern32": lambda dims: Matern(1.5, dims=dims),
-    "matern52": lambda dims: Matern(2.5, dims=dims),
+    "rbf": lambda dims, iso: RBF(dims=dims, isotropic=iso),
+    "matern12": lambda dims, iso: Matern(0.5, dims=dims, isotropic=iso),
+    "matern32": lambda dims, iso: Matern(1.5, dims=dims, isotropic=iso),
+    "matern52": lambda dims, iso: Matern(2.5, dims=dims, isotropic=iso),
 }
 
 
-def make_kernel(name: str, dims: Sequence[int] | None = None) -> Stationary:
-    """A stationary kernel by name ('rbf', 'matern12', 'matern32', 'matern52')."""
+def make_kernel(
+    name: str, dims: Sequence[int] | None = None, isotropic: bool = False
+) -> Stationary:
+    """A stationary kernel by name ('rbf', 'matern12', 'matern32', 'matern52'); with
+    `isotropic`, one lengthscale for all its columns (Euclidean distance)."""
     try:
-        return KERNELS_BY_NAME[name](dims)
+        return KERNELS_BY_NAME[name](dims, isotropic)
     except KeyError:
         raise ValueError(
             f"unknown kernel {name!r}: choose one of {sorted(KERNELS_BY_NAME)}"
@@ -356,6 +367,42 @@ def separable(factors: Sequence[str | Kernel], outputscale: float = 1.0) -> Scal
     """outputscale * prod_i k_i(x_i): one 1-D kernel per input column, by name or built."""
     built = [make_kernel(f, dims=[i]) if isinstance(f, str) else f for i, f in enumerate(factors)]
     return Scale(Product(built), outputscale)
+
+
+def is_separable(kernel: Kernel, ndim: int) -> bool:
+    """Whether `kernel` is outputscale * prod_i k_i(x_i), one factor per column (Kronecker
+    structure on grids)."""
+    try:
+        axis_factors(kernel, ndim)
+    except ValueError:
+        return False
+    return True
+
+
+def lag_table(kernel: Kernel, spacings: Sequence[float], shape: Sequence[int]) -> torch.Tensor:
+    """k(lag, 0) at every non-negative grid lag, shape `shape` (the first column of the
+    multilevel Toeplitz matrix of a stationary kernel on a regular grid).
+
+    Each factor of a product is evaluated on its own columns' lags only and the factors
+    broadcast together, so the cost is the grid size, not the grid size times d.
+    The kernel must be even in every column (all of ours are): k(l) = k(|l_1|, |l_2|, ...).
+    """
+    ndim = len(shape)
+    base = kernel.base if isinstance(kernel, Scale) else kernel
+    parts = list(base.factors) if isinstance(base, Product) else [base]
+    dtype = torch.float64
+    device = next((p.device for p in kernel.parameters()), torch.device("cpu"))
+    table = torch.ones(tuple(shape), dtype=dtype, device=device)
+    for part in parts:
+        cols = sorted(part.columns) if part.columns is not None else list(range(ndim))
+        axes = [torch.arange(shape[c], dtype=dtype, device=device) * spacings[c] for c in cols]
+        lags = torch.cartesian_prod(*axes).reshape(-1, len(cols))
+        points = torch.zeros(lags.shape[0], ndim, dtype=dtype, device=device)
+        points[:, cols] = lags
+        values = part(points, points.new_zeros(1, ndim))[:, 0]
+        view = [shape[c] if c in cols else 1 for c in range(ndim)]
+        table = table * values.reshape(view)
+    return table
 
 
 def stationary_factors(kernel: Kernel) -> list[Stationary]:

@@ -30,6 +30,7 @@ from gpkernels.kernels import (
     Kernel,
     axis_column,
     axis_factors,
+    is_separable,
     periodic_factors,
     stationary_factors,
 )
@@ -46,6 +47,7 @@ from gpkernels.ongrid import (
 from gpkernels.optim import adam_until_calm
 from gpkernels.scattered import ScatteredProblem, love_root, ski_diagonal
 from gpkernels.solvers import rademacher
+from gpkernels.stationary_grid import condition_stationary_grid
 from gpkernels.structured import toeplitz
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -134,7 +136,9 @@ class KissGP(GPModel):
     def _prepare(self, x: torch.Tensor, y: torch.Tensor) -> dict:
         """Standardise y, pick the path, and precompute what does not depend on hyperparameters."""
         z = self._standardise(x, y)
-        axis_factors(self.kernel, x.shape[1])  # refuse non-separable kernels early
+        separable = is_separable(self.kernel, x.shape[1])
+        if not separable and (self.interpolate_onto is not None or self.grid_shape is not None):
+            axis_factors(self.kernel, x.shape[1])  # interpolation needs a separable kernel
         if self.interpolate_onto is not None:
             lattice = None
         elif self.lattice is not None and self.lattice.cell_index(x) is not None:
@@ -150,10 +154,24 @@ class KissGP(GPModel):
                     stacklevel=3,
                 )
         gen = torch.Generator().manual_seed(self.seed)
+        if not separable and lattice is None:
+            raise ValueError(
+                "a non-separable kernel (e.g. isotropic over several columns) needs gridded "
+                "inputs: put the observations on the cells of a regular grid, or use a "
+                "separable kernel (one factor per column)"
+            )
         if lattice is not None:
             observed = lattice.cell_index(x)
             if torch.unique(observed).numel() != observed.numel():
                 raise ValueError("two observations share a grid cell: average them first")
+            if not separable:
+                self.diagnostics = {
+                    "path": "on-grid, stationary kernel (exact kernel, S K S^T, FFT)",
+                    "grid_shape": list(lattice.shape),
+                    "preconditioner": "circulant of the doubled grid",
+                    "jitter": 0.0,
+                }
+                return {"path": "stationary", "z": z, "lattice": lattice, "observed": observed}
             self.diagnostics = {
                 "path": "on-grid (exact kernel, S K S^T)",
                 "grid_shape": list(lattice.shape),
@@ -228,6 +246,11 @@ class KissGP(GPModel):
         if data["path"] == "scattered":
             columns = self._columns(data["lattice"], z.dtype, z.device)
             return data["problem"].log_likelihood(columns, outputscale, noise)
+        if data["path"] == "stationary":
+            raise ValueError(
+                "the whole-grid marginal likelihood needs a separable kernel; a non-separable "
+                "one learns its hyperparameters from the exact fit on a subsample only"
+            )
         k_uu, system = self._interp_system(data)
         n, m = z.shape[0], k_uu.shape[0]
         noise64 = noise.double()
@@ -268,12 +291,16 @@ class KissGP(GPModel):
         Starts from an exact GP fitted (L-BFGS) to at most `init_points` points, so
         Adam refines sensible values instead of walking from defaults. Stops after
         `max_iter` steps, or once the loss changed by less than `tol` (relative) over
-        five steps in a row.
+        five steps in a row. Non-separable kernels keep the subsample fit (no Adam).
         """
         start = time.perf_counter()
         if init_from_data:
             init_from_subsample(self, x, y, init_points, self.seed)
         data = self._prepare(x, y)
+        if data["path"] == "stationary":
+            self.condition(x, y)
+            reason = f"exact fit on {min(init_points, x.shape[0])} points (non-separable kernel)"
+            return FitReport(0, True, reason, float("nan"), 0.0, time.perf_counter() - start)
         params = [p for p in self.parameters() if p.requires_grad]
         result = adam_until_calm(
             lambda: -self._standardised_lml(data) / x.shape[0],
@@ -300,6 +327,8 @@ class KissGP(GPModel):
         data = self._prepare(x, y)
         if data["path"] == "grid":
             self._cache = self._condition_grid(data)
+        elif data["path"] == "stationary":
+            self._cache = self._condition_stationary(data)
         elif data["path"] == "scattered":
             self._cache = self._condition_scattered(data)
         else:
@@ -325,7 +354,7 @@ class KissGP(GPModel):
             mask = torch.zeros(problem.lattice.size, dtype=torch.bool, device=z.device)
             mask[problem.observed] = True
             cache["local"] = {
-                "factors": op.grid.factors,
+                "table": op.grid.lag_table(),
                 "outputscale": scale.detach(),
                 "noise": noise.detach(),
                 "observed": mask.reshape(problem.lattice.shape),
@@ -336,23 +365,58 @@ class KissGP(GPModel):
             self.diagnostics["variance"] = f"local kriging, {self.neighbours} nearest observations"
         return cache
 
+    def _condition_stationary(self, data: dict) -> dict:
+        lattice, observed = data["lattice"], data["observed"]
+        scale, noise = self.kernel.outputscale.detach(), self.likelihood.noise.detach()
+        mean, table, solve = condition_stationary_grid(
+            self.kernel,
+            scale,
+            noise,
+            lattice,
+            observed,
+            data["z"],
+            self.cg_tol or (1e-4 if data["z"].dtype == torch.float32 else 1e-6),
+            self.max_cg_iter,
+        )
+        self.diagnostics.update(solve)
+        mask = torch.zeros(lattice.size, dtype=torch.bool, device=observed.device)
+        mask[observed] = True
+        self.diagnostics["variance"] = f"local kriging, {self.neighbours} nearest observations"
+        return {
+            "path": "grid",
+            "lattice": lattice,
+            "mean": mean,
+            "local": {
+                "table": table,
+                "outputscale": scale,
+                "noise": noise,
+                "observed": mask.reshape(lattice.shape),
+                "lengthscale_cells": self._lengthscale_cells(lattice),
+                "neighbours": self.neighbours,
+                "period_cells": self._period_cells(lattice),
+            },
+        }
+
     def _lengthscale_cells(self, lattice: Lattice) -> list[float]:
         """Each axis's correlation length in cells (for neighbourhood shapes)."""
-        _, factors = axis_factors(self.kernel, len(lattice.shape))
         cells = []
-        for axis, factor in enumerate(factors):
-            found = stationary_factors(factor)
-            scale = float(found[0].lengthscale.min()) if found else lattice.spacings[axis]
-            cells.append(max(scale / lattice.spacings[axis], 0.5))
+        for axis, h in enumerate(lattice.spacings):
+            found = [f for f in stationary_factors(self.kernel) if _reads(f, axis)]
+            if found:
+                scales = found[0].lengthscale
+                position = found[0].dims.index(axis) if found[0].dims and scales.numel() > 1 else 0
+                scale = float(scales.reshape(-1)[position])
+            else:
+                scale = h
+            cells.append(max(scale / h, 0.5))
         return cells
 
     def _period_cells(self, lattice: Lattice) -> list[float | None]:
         """Each axis's period in cells where its kernel has a periodic part (else None)."""
-        _, factors = axis_factors(self.kernel, len(lattice.shape))
         cells: list[float | None] = []
-        for axis, factor in enumerate(factors):
-            found = periodic_factors(factor)
-            period = float(found[0].period_param.value) / lattice.spacings[axis] if found else 0
+        for axis, h in enumerate(lattice.spacings):
+            found = [f for f in periodic_factors(self.kernel) if _reads(f, axis)]
+            period = float(found[0].period_param.value) / h if found else 0
             cells.append(period if period >= 2 else None)
         return cells
 
@@ -443,3 +507,8 @@ class KissGP(GPModel):
         cov = cache["cov_u"][interp.index[:, :, None], interp.index[:, None, :]]
         var = torch.einsum("bi,bij,bj->b", weight, cov, weight)
         return mean, var
+
+
+def _reads(kernel: Kernel, column: int) -> bool:
+    """Whether a kernel part reads the input column (parts over all columns read every one)."""
+    return kernel.columns is None or column in kernel.columns

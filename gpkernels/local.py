@@ -61,7 +61,7 @@ def _radius(
 
 
 def local_variances(
-    factors: Sequence[torch.Tensor],
+    table: torch.Tensor,
     outputscale: torch.Tensor,
     noise: torch.Tensor,
     observed: torch.Tensor,
@@ -72,7 +72,8 @@ def local_variances(
 ) -> torch.Tensor:
     """Latent posterior variance of grid cells, flattened in C order (NaN where not asked).
 
-    `factors` are the dense per-axis kernel matrices (unit outputscale), `observed` a
+    `table` holds the kernel (unit outputscale) at every non-negative lag of the grid
+    (`kernels.lag_table`; any stationary kernel, isotropic ones included), `observed` a
     boolean grid of observed cells, `lengthscale_cells` each axis's lengthscale in
     cells (it shapes the neighbourhoods), `neighbours` how many observations each
     block of cells conditions on, `targets` the flat indices of the cells wanted (all when None).
@@ -82,9 +83,9 @@ def local_variances(
     """
     device = observed.device
     shape = tuple(observed.shape)
-    lag_columns = [f.detach().double()[0] for f in factors]  # stationary: K[i, j] = c[|i - j|]
+    table = table.detach().double()  # stationary: K[i, j] = table[|i - j|]
     scale, nugget = float(outputscale), float(noise)
-    prior = scale * math.prod(float(c[0]) for c in lag_columns)
+    prior = scale * float(table.reshape(-1)[0])
     n_obs = int(observed.sum())
     neighbours = min(neighbours, n_obs)
     block = _block_shape(shape, lengthscale_cells)
@@ -105,11 +106,11 @@ def local_variances(
     )
     # Kernel values between window positions are the same for every block: tabulate them.
     offset_table = (
-        _pair_kernel(lag_columns, scale, offsets, offsets)
+        _pair_kernel(table, scale, offsets, offsets)
         if offsets.shape[0] <= MAX_TABLE_OFFSETS
         else None
     )
-    inner_table = _pair_kernel(lag_columns, scale, offsets, inner)  # (W, T)
+    inner_table = _pair_kernel(table, scale, offsets, inner)  # (W, T)
     # With a periodic axis, neighbours are the offsets that covary most with the block (the
     # same season of other cycles counts); this ranking is the same for every block.
     covariance_rank = -inner_table.max(1).values if any(periods) else None
@@ -138,7 +139,7 @@ def local_variances(
             k_nn = offset_table[pick[:, :, None], pick[:, None, :]]
         else:
             near = offsets[pick]
-            k_nn = _pair_kernel(lag_columns, scale, near[:, :, None, :], near[:, None, :, :])
+            k_nn = _pair_kernel(table, scale, near[:, :, None, :], near[:, None, :, :])
         k_tn = inner_table[pick]  # (B, k, T)
         if usable.all():
             k_nn.diagonal(dim1=1, dim2=2).add_(nugget)
@@ -158,7 +159,7 @@ def local_variances(
 
 
 def _pair_kernel(
-    lag_columns: Sequence[torch.Tensor], scale: float, a: torch.Tensor, b: torch.Tensor
+    table: torch.Tensor, scale: float, a: torch.Tensor, b: torch.Tensor
 ) -> torch.Tensor:
     """Kernel between grid offsets a (..., d) and b (..., d), broadcast (all pairs for 2-D a, b).
 
@@ -167,11 +168,10 @@ def _pair_kernel(
     """
     if a.dim() == 2 and b.dim() == 2:
         a, b = a[:, None, :], b[None, :, :]
-    value = torch.full((), scale, dtype=torch.float64, device=a.device)
-    for axis, column in enumerate(lag_columns):
-        lag = (a[..., axis] - b[..., axis]).abs().clamp_max(column.shape[0] - 1)
-        value = value * column[lag]
-    return value
+    lags = [
+        (a[..., axis] - b[..., axis]).abs().clamp_max(n - 1) for axis, n in enumerate(table.shape)
+    ]
+    return scale * table[tuple(lags)]
 
 
 def _block_starts(

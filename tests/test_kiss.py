@@ -230,10 +230,11 @@ def test_unconverged_cg_is_reported_with_numbers() -> None:
     assert kiss.diagnostics["cg_iterations"] == 2
 
 
-def test_non_separable_kernel_is_refused() -> None:
-    _, x, y = grid_data()
-    with pytest.raises(ValueError, match="separable"):
-        KissGP(Scale(Matern(1.5, [1.0, 1.0]))).condition(x, y)
+def test_non_separable_kernel_is_refused_off_the_grid() -> None:
+    """Isotropic kernels need gridded inputs (no Kronecker structure to interpolate with)."""
+    x = torch.rand(200, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.raises(ValueError, match="gridded inputs"):
+        KissGP(Scale(Matern(1.5, 1.0, isotropic=True))).condition(x, x.sum(1))
 
 
 def test_time_kernel_sum_with_periodic_matches_dense() -> None:
