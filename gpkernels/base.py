@@ -50,37 +50,70 @@ def check_prediction_input(cache: dict | None, x: torch.Tensor, ndim: int | None
         raise ValueError(f"x must have shape (m, {ndim or 'd'}); got {tuple(x.shape)}")
 
 
-class GPModel(nn.Module):
-    """A kernel, a Gaussian likelihood and the target standardisation.
+MEANS = ("constant", "linear")
 
-    With `normalize_y` (the default) targets are standardised to zero mean and unit
+
+class GPModel(nn.Module):
+    """A kernel, a Gaussian likelihood, a prior mean and the target standardisation.
+
+    The prior mean is a constant, or with `mean="linear"` a linear trend in the inputs
+    (least squares on the training data; the GP then models what the trend leaves).
+    With `normalize_y` (the default) the targets less that mean are scaled to unit
     variance inside the model, so outputscale and noise are learned in units of the
     data variance; `hyperparameters()` reports them in the data's units. Inputs stay
     in physical units. The model moves to the device and dtype of its inputs.
     """
 
     def __init__(
-        self, kernel: Kernel, likelihood: GaussianLikelihood | None = None, normalize_y: bool = True
+        self,
+        kernel: Kernel,
+        likelihood: GaussianLikelihood | None = None,
+        normalize_y: bool = True,
+        mean: str = "constant",
     ) -> None:
         super().__init__()
+        if mean not in MEANS:
+            raise ValueError(f"mean={mean!r} is not one of {MEANS}")
         self.kernel = kernel
         self.likelihood = likelihood if likelihood is not None else GaussianLikelihood()
         self.normalize_y = normalize_y
+        self.mean = mean
         self.y_mean = 0.0
         self.y_scale = 1.0
+        self.trend: tuple[torch.Tensor, torch.Tensor] | None = None  # (centre, slopes)
 
     def _standardise(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         check_training_data(x, y)
         self.to(device=x.device, dtype=x.dtype)
         y = y.to(dtype=x.dtype, device=x.device)
-        self.y_mean, self.y_scale = self._target_scaling(y)
-        return (y - self.y_mean) / self.y_scale
+        self.y_mean, self.y_scale, self.trend = self._target_scaling(x, y)
+        return (y - self._prior_mean(x)) / self.y_scale
 
-    def _target_scaling(self, y: torch.Tensor) -> tuple[float, float]:
-        """Mean and scale that `normalize_y` standardises y with (0 and 1 without it)."""
-        if not self.normalize_y:
-            return 0.0, 1.0
-        return float(y.mean()), float(y.std()) if float(y.std()) > 0 else 1.0
+    def _target_scaling(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[float, float, tuple[torch.Tensor, torch.Tensor] | None]:
+        """The prior mean (intercept, and the linear trend's centre and slopes) and the scale
+        that y less that mean is divided by (1 without `normalize_y`)."""
+        trend = None
+        if self.mean == "linear" and x.shape[0] > x.shape[1] + 1:
+            centre = x.double().mean(0)
+            design = torch.cat([torch.ones_like(x[:, :1]).double(), x.double() - centre], 1)
+            coef = torch.linalg.lstsq(design, y.double()[:, None]).solution[:, 0]
+            intercept, trend = float(coef[0]), (centre.to(x.dtype), coef[1:].to(x.dtype))
+            residual = y - intercept - (x - trend[0]) @ trend[1]
+        elif self.normalize_y:
+            intercept, residual = float(y.mean()), y - float(y.mean())
+        else:
+            return 0.0, 1.0, None
+        spread = float(residual.std()) if self.normalize_y and y.shape[0] > 1 else 1.0
+        return intercept, spread if spread > 0 else 1.0, trend
+
+    def _prior_mean(self, x: torch.Tensor) -> torch.Tensor | float:
+        """The prior mean at x in y's units: the constant, plus the trend where there is one."""
+        if self.trend is None:
+            return self.y_mean
+        centre, slopes = self.trend
+        return self.y_mean + (x - centre.to(x)) @ slopes.to(x)
 
     def separable_hyperparameters(self) -> dict:
         """A separable kernel's lengthscale per input column, outputscale and noise (both
@@ -92,11 +125,11 @@ class GPModel(nn.Module):
             "noise": float(self.likelihood.noise.detach()) * variance,
         }
 
-    def set_separable_hyperparameters(self, values: dict, y: torch.Tensor) -> None:
+    def set_separable_hyperparameters(self, values: dict, x: torch.Tensor, y: torch.Tensor) -> None:
         """Set hyperparameters given in y's units (as `separable_hyperparameters` reports them)
-        for data y, converting to the standardised units this model will learn y in; the
-        noise is kept just above its floor."""
-        variance = self._target_scaling(y)[1] ** 2
+        for data (x, y), converting to the standardised units this model will learn y in;
+        the noise is kept just above its floor."""
+        variance = self._target_scaling(x, y)[1] ** 2
         for factor, lengthscale in zip(
             self.kernel.base.factors, values["lengthscales"], strict=True
         ):
@@ -116,7 +149,7 @@ class GPModel(nn.Module):
         include_noise: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Join per-block standardised moments, add the noise if asked, return in y's units."""
-        mean = torch.cat(means).to(x.dtype) * self.y_scale + self.y_mean
+        mean = torch.cat(means).to(x.dtype) * self.y_scale + self._prior_mean(x)
         var = torch.cat(variances).to(x.dtype)
         if include_noise:
             var = var + self.likelihood.noise.to(x.dtype)
@@ -127,8 +160,14 @@ class GPModel(nn.Module):
         kernel = self.kernel.describe()
         if kernel.get("kind") == "scale":
             kernel["outputscale"] *= self.y_scale**2
-        return {
+        found = {
             "kernel": kernel,
             "noise": float(self.likelihood.noise.detach()) * self.y_scale**2,
             "mean": self.y_mean,
         }
+        if self.trend is not None:
+            found["trend"] = {
+                "centre": self.trend[0].cpu().tolist(),
+                "slopes": self.trend[1].cpu().tolist(),
+            }
+        return found

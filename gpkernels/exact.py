@@ -80,8 +80,9 @@ class ExactGP(GPModel):
         kernel: Kernel,
         likelihood: GaussianLikelihood | None = None,
         normalize_y: bool = True,
+        mean: str = "constant",
     ) -> None:
-        super().__init__(kernel, likelihood, normalize_y)
+        super().__init__(kernel, likelihood, normalize_y, mean)
         self._cache: dict[str, torch.Tensor] | None = None
         self.jitter = 0.0
 
@@ -124,8 +125,7 @@ class ExactGP(GPModel):
         best: tuple[float, float, float] | None = None
         for frac in INIT_LENGTHSCALE_FRACTIONS:
             for noise in INIT_NOISE_FRACTIONS:
-                for k in factors:
-                    k.lengthscale = frac * (spans if k.dims is None else spans[k.dims])
+                _set_lengthscales(factors, frac, spans)
                 self.likelihood.noise = noise
                 try:
                     lml = float(self._standardised_lml(x, z, warn=False)[0])
@@ -136,8 +136,7 @@ class ExactGP(GPModel):
         if best is None:
             raise torch.linalg.LinAlgError("no starting hyperparameters gave a factorisable matrix")
         _, frac, noise = best
-        for k in factors:
-            k.lengthscale = frac * (spans if k.dims is None else spans[k.dims])
+        _set_lengthscales(factors, frac, spans)
         self.likelihood.noise = noise
 
     def fit(
@@ -199,5 +198,13 @@ class ExactGP(GPModel):
             if include_noise:
                 var = var + self.likelihood.noise
             variances.append(var.clamp_min(0.0))
-        mean = torch.cat(means) * self.y_scale + self.y_mean
+        mean = torch.cat(means) * self.y_scale + self._prior_mean(x)
         return mean, torch.cat(variances) * self.y_scale**2
+
+
+def _set_lengthscales(factors: list, fraction: float, spans: torch.Tensor) -> None:
+    """Each stationary factor's lengthscales to `fraction` of its columns' spans (an isotropic
+    one: of their mean span)."""
+    for k in factors:
+        own = spans if k.dims is None else spans[k.dims]
+        k.lengthscale = fraction * (own.mean(0, keepdim=True) if k.isotropic else own)

@@ -46,12 +46,12 @@ def init_from_subsample(
     if not stationary_factors(model.kernel):
         return
     idx = subsample_for_init(x, points, seed)
-    exact = ExactGP(model.kernel, model.likelihood, model.normalize_y)
+    exact = ExactGP(model.kernel, model.likelihood, model.normalize_y, model.mean)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NumericalWarning)
         exact.fit(x[idx], y[idx], max_iter=50)
     if model.normalize_y:  # the subsample was standardised by its own variance, not y's
-        ratio = (exact.y_scale / max(float(y.std()), 1e-30)) ** 2
+        ratio = (exact.y_scale / max(model._target_scaling(x, y)[1], 1e-30)) ** 2
         with torch.no_grad():
             model.kernel.outputscale = model.kernel.outputscale * ratio
             floor = model.likelihood.noise_param.floor

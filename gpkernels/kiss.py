@@ -105,10 +105,11 @@ class KissGP(GPModel):
         love_rank: int = 512,
         seed: int = 0,
         interpolate_onto: Lattice | None = None,
+        mean: str = "constant",
     ) -> None:
         if likelihood is None:
             likelihood = GaussianLikelihood(floor=NOISE_FLOOR)
-        super().__init__(kernel, likelihood, normalize_y)
+        super().__init__(kernel, likelihood, normalize_y, mean)
         self.grid_shape = tuple(grid_shape) if grid_shape is not None else None
         self.lattice = lattice
         self.num_probes = num_probes

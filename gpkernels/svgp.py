@@ -99,8 +99,9 @@ class SVGP(GPModel):
         batch_size: int = 1024,
         normalize_y: bool = True,
         seed: int = 0,
+        mean: str = "constant",
     ) -> None:
-        super().__init__(kernel, likelihood, normalize_y)
+        super().__init__(kernel, likelihood, normalize_y, mean)
         if isinstance(inducing, str) and inducing not in ("kmeans", "grid"):
             raise ValueError(f"inducing must be 'kmeans', 'grid' or a tensor; got {inducing!r}")
         self.num_inducing = num_inducing

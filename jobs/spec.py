@@ -194,6 +194,17 @@ class ModelSpec(Strict):
     warm_start: str | None = Field(
         None, description="shared: take the hyperparameters of this earlier output store"
     )
+    isotropic: list[str] = Field(
+        default_factory=list,
+        description="input columns that share one kernel of their Euclidean distance (one "
+        "lengthscale), e.g. [lat, lon] for projected coordinates in one unit; their "
+        "model.kernel entries must name the same kernel",
+    )
+    mean: Literal["constant", "linear"] = Field(
+        "constant",
+        description="prior mean: a constant, or a linear trend in the input columns "
+        "(least squares per tile)",
+    )
 
     def resolved_type(self, stations: bool) -> str:
         """The model type to run: `auto` becomes kiss on grids and svgp for stations."""
@@ -287,6 +298,7 @@ class JobSpec(Strict):
                 "model.warm_start gives shared hyperparameters: set model.hyperparameters: shared"
             )
         self._check_target(model_type)
+        self._check_isotropic(model_type)
         if stations is not None:
             if stations.dim not in self.input.dims:
                 raise ValueError(
@@ -382,6 +394,32 @@ class JobSpec(Strict):
                 "with hyperparameters: per_tile: change the type, or drop the periodic part"
             )
 
+    def _check_isotropic(self, model_type: str) -> None:
+        """Isotropic columns: two or more known columns, one kernel name with no periodic
+        part, no wrapping, shared hyperparameters or multitask; a linear mean per variable."""
+        model, columns = self.model, self.input.columns
+        chosen = model.isotropic
+        if model.mean == "linear" and model.multitask:
+            raise ValueError("model.mean linear fits one trend per variable: drop multitask")
+        if not chosen:
+            return
+        kernels = {model.kernel.get(c) for c in chosen}
+        if len(set(chosen)) < 2 or not set(chosen) <= set(columns):
+            raise ValueError(
+                f"model.isotropic {chosen}: name two or more of the input columns {columns}"
+            )
+        if len(kernels) != 1 or parse_axis_kernel(next(iter(kernels)))[1] is not None:
+            raise ValueError(
+                f"model.isotropic {chosen} share one kernel, but model.kernel gives them "
+                f"{sorted(str(k) for k in kernels)}: name the same kernel, without a periodic part"
+            )
+        wrapped = sorted(set(chosen) & set(self.input.wrap))
+        if wrapped or model.hyperparameters == "shared" or model.multitask:
+            raise ValueError(
+                f"model.isotropic cannot be combined with input.wrap on its columns ({wrapped}), "
+                "hyperparameters: shared or multitask: drop one"
+            )
+
     def _check_new_grid(self, dims: list[str]) -> None:
         """A new grid: some tiled, unwrapped dims get new coordinates; no blending, shards or
         never-observed masks (tiles then write parts of chunks, not whole ones)."""
@@ -437,6 +475,8 @@ class JobSpec(Strict):
                 inducing=self.model.inducing,
                 epochs=self.model.epochs,
                 hyperparameters=self.model.hyperparameters,
+                isotropic=tuple(self.model.isotropic),
+                mean=self.model.mean,
             ),
             num_cpus=self.resources.num_cpus,
             num_gpus=self.resources.num_gpus,

@@ -35,7 +35,9 @@ class ModelConfig:
     with `multitask`, one ICM model (variables' covariance of rank `rank`) over all
     variables, on at most `max_points` observed values. svgp: every observation of the
     window, `inducing` inducing points, `epochs` minibatch passes; with `multitask`,
-    an LMC model with `rank` latent GPs.
+    an LMC model with `rank` latent GPs. `isotropic` columns share one kernel of their
+    Euclidean distance (kiss then solves by FFT and CG, keeping the subsample fit);
+    `mean` is the prior mean, a constant or a linear trend fitted per tile.
     """
 
     kernels: tuple[str, ...]  # one per input column (see PipelineConfig.input_columns)
@@ -51,6 +53,8 @@ class ModelConfig:
     inducing: int = 256
     epochs: int = 3
     hyperparameters: str = "per_tile"  # or "shared": learned on a sample of tiles first
+    isotropic: tuple[str, ...] = ()  # input columns sharing one Euclidean-distance factor
+    mean: str = "constant"  # or "linear": a least-squares trend in the input columns
 
 
 @dataclass(frozen=True)

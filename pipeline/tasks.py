@@ -21,6 +21,9 @@ from gpkernels import (
     KissGP,
     Lattice,
     MultitaskExactGP,
+    Product,
+    Scale,
+    make_kernel,
     seasonal,
     separable,
 )
@@ -68,11 +71,22 @@ def nearest_to_core(
 
 
 def _kernel(config: PipelineConfig):  # noqa: ANN202
-    """The separable kernel the spec names, one factor per input column."""
+    """The kernel the spec names: one factor per input column, except that the `isotropic`
+    columns share one factor of their Euclidean distance."""
+    shared = [config.input_columns.index(c) for c in config.model.isotropic]
     factors = []
     for column, text in enumerate(config.model.kernels):
         base, period = parse_axis_kernel(text)
-        factors.append(base if period is None else seasonal(base, period, column))
+        if column in shared[1:]:
+            continue
+        if column in shared[:1]:
+            factors.append(make_kernel(base, dims=shared, isotropic=True))
+        else:
+            factors.append(base if period is None else seasonal(base, period, column))
+    if shared and len(factors) == 1:
+        return Scale(factors[0])
+    if shared:
+        return Scale(Product(factors))
     return separable(factors)
 
 
@@ -116,7 +130,7 @@ def predict_exact(
     all of (x, y)."""
     tx, ty, tc = _tensors(config, x, y, x_core)
     fit_idx = np.sort(np.random.default_rng(seed).permutation(len(y))[: config.model.fit_points])
-    model = ExactGP(_kernel(config))
+    model = ExactGP(_kernel(config), mean=config.model.mean)
 
     def fit():  # noqa: ANN202
         if fixed is not None:
@@ -152,6 +166,7 @@ def predict_kiss(
         neighbours=config.model.neighbours,
         cg_tol=KISS_CG_TOL,
         seed=seed,
+        mean=config.model.mean,
     )
 
     def fit():  # noqa: ANN202
@@ -178,7 +193,7 @@ def _love_rank(observations: int, nodes: int) -> int:
 
 def _condition_on_shared(model, fixed: dict, tx: torch.Tensor, ty: torch.Tensor) -> FitReport:  # noqa: ANN001
     """Set the shared hyperparameters (data units) on `model` and condition it on (tx, ty)."""
-    model.set_separable_hyperparameters(fixed, ty)
+    model.set_separable_hyperparameters(fixed, tx, ty)
     model.condition(tx, ty)
     reason = f"shared hyperparameters from {fixed['tiles']} sampled tiles"
     return FitReport(0, True, reason, float("nan"), 0.0, 0.0)
@@ -198,7 +213,7 @@ def fit_tile_hyperparameters(config: PipelineConfig, tile: Tile) -> dict[str, di
             continue
         used = nearest_to_core(observed, tile, config.halo, config.model.fit_points, tile.index)
         tx, ty = _tensors(config, x[used], values[used])
-        model = ExactGP(_kernel(config))
+        model = ExactGP(_kernel(config), mean=config.model.mean)
         model.fit(tx, ty, max_iter=config.model.max_iter, seed=tile.index)
         found[var] = model.separable_hyperparameters()
     return found
@@ -214,6 +229,7 @@ def predict_svgp(
         num_inducing=min(config.model.inducing, len(y)),
         batch_size=SVGP_BATCH,
         seed=seed,
+        mean=config.model.mean,
     )
 
     def fit():  # noqa: ANN202
@@ -276,6 +292,7 @@ def _predict_lmc(kernel, tx, ty, tc, config: PipelineConfig, seed: int) -> tuple
         num_inducing=min(config.model.inducing, ty.shape[0]),
         batch_size=SVGP_BATCH,
         seed=seed,
+        mean=config.model.mean,
     )
 
     def fit():  # noqa: ANN202
