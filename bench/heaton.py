@@ -16,47 +16,27 @@ tree (driver, Ray and its workers), sampled every 0.2 s.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import xarray as xr
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.memory import TreeRSS  # noqa: E402
 from jobs.examples import datasets  # noqa: E402
 from pipeline.scores import score  # noqa: E402
 
 SPEC = ROOT / "jobs" / "examples" / "heaton_lst.yaml"
 SHIFTS = [(dy, dx) for dy in range(-150, 151, 50) for dx in range(-250, 251, 50)]
-
-
-class TreeRSS(threading.Thread):
-    """Peak of the summed resident memory of a process and all its descendants."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.root = psutil.Process(pid)
-        self.peak_mb = 0.0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                procs = [self.root, *self.root.children(recursive=True)]
-                total = sum(p.memory_info().rss for p in procs if p.is_running())
-                self.peak_mb = max(self.peak_mb, total / 2**20)
-            except psutil.Error:
-                pass
-            self.stop.wait(0.2)
 
 
 def cloud_blocks(observed: np.ndarray, seed: int) -> np.ndarray:
@@ -96,6 +76,26 @@ def run_job(spec: dict, folder: Path) -> tuple[float, float]:
         raise RuntimeError(f"gpgrid run failed ({proc.returncode}):\n{err[-3000:]}")
     print(out.strip().splitlines()[-1])
     return seconds, sampler.peak_mb
+
+
+def learned_hyperparameters(attrs: dict) -> str:
+    """Median (and range) over tiles of the learned variance/lengthscale (the exponential
+    kernel's identifiable microergodic parameter), lengthscale, variance and nugget."""
+    tiles = attrs["gpgrid_tiles"]
+    tiles = json.loads(tiles) if isinstance(tiles, str) else tiles
+    rows = []
+    for tile in tiles:
+        found = tile["variables"]["lst"]["hyperparameters"]
+        kernel = found["kernel"]
+        factors = kernel["base"].get("factors", [kernel["base"]])
+        ell = float(np.prod([max(f["lengthscale"]) for f in factors]) ** (1 / len(factors)))
+        variance = kernel["outputscale"]
+        rows.append((variance / ell, ell, variance, found["noise"]))
+    table = np.array(rows)
+    parts = []
+    for name, column in zip(("sigma2/ell", "ell", "sigma2", "nugget"), table.T, strict=True):
+        parts.append(f"{name} {np.median(column):.4g} ({column.min():.3g}-{column.max():.3g})")
+    return ", ".join(parts)
 
 
 def main() -> None:
@@ -145,6 +145,7 @@ def main() -> None:
         seconds, peak_mb = run_job(spec, folder)
         out = xr.open_zarr(folder / "output.zarr")
         scores = score(out["lst"].values[hidden], out["lst_std"].values[hidden], values[hidden])
+        learned = learned_hyperparameters(out.attrs)
     print(
         f"heaton {args.which}: {hidden.sum():,} cloud-shaped hold-out cells (fold {args.fold}), "
         f"model {spec['model']['kernel']}, tiles {spec['tiling']['tile']} halo "
@@ -155,6 +156,7 @@ def main() -> None:
         f"IS95 {scores['interval_score95']:.2f}  coverage95 {scores['coverage95']:.3f}"
     )
     print(f"  wall {seconds:.1f} s end to end (gpgrid run), peak RSS {peak_mb:,.0f} MB (all)")
+    print(f"  learned, median over tiles (range): {learned}")
 
 
 if __name__ == "__main__":

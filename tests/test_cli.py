@@ -23,6 +23,7 @@ def with_change(section: str, key: str, value) -> dict:
 def test_good_spec_maps_dims_in_order(tmp_path) -> None:
     config = parse_spec(GOOD, base_dir=tmp_path).to_pipeline_config()
     assert config.model.kernels == ("matern32", "matern32", "matern52")
+    assert config.model.isotropic == () and config.model.mean == "constant"
     assert config.tile == (3, 10, 10) and config.halo == (1, 3, 3)
     assert config.input_path == str(tmp_path / "in.zarr")
     assert config.output_path == str(tmp_path / "out.zarr")
@@ -56,6 +57,19 @@ def test_good_spec_maps_dims_in_order(tmp_path) -> None:
         (
             {**GOOD, "model": {**GOOD["model"], "type": "svgp", "hyperparameters": "shared"}},
             r"hyperparameters: shared \(and warm_start\) work with kiss and exact models",
+        ),
+        (
+            with_change("model", "isotropic", ["lat", "lon"]),
+            r"model\.isotropic \['lat', 'lon'\] share one kernel, but model\.kernel gives them "
+            r"\['matern32', 'matern52'\]",
+        ),
+        (
+            with_change("model", "isotropic", ["lat", "depth"]),
+            r"model\.isotropic \['lat', 'depth'\]: name two or more of the input columns",
+        ),
+        (
+            with_change("model", "mean", "quadratic"),
+            r"model\.mean: got 'quadratic'; Input should be 'constant' or 'linear'",
         ),
     ],
 )

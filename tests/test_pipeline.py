@@ -10,7 +10,7 @@ import pytest
 import torch
 import xarray as xr
 
-from gpkernels import ExactGP, KissGP, separable
+from gpkernels import ExactGP, KissGP, Matern, Product, Scale, separable
 from pipeline.config import ModelConfig, PipelineConfig
 from pipeline.errors import PlanMismatchError
 from pipeline.inputs import coordinate_values
@@ -106,6 +106,36 @@ def test_single_tile_equals_the_model_run_directly(source, tmp_path, model_type)
     result = xr.open_zarr(out)
     np.testing.assert_allclose(result["tas"].values.ravel(), mean.numpy(), rtol=1e-6)
     np.testing.assert_allclose(result["tas_std"].values.ravel(), var.sqrt().numpy(), rtol=1e-6)
+
+
+def test_isotropic_linear_trend_tile_equals_the_model_run_directly(source, tmp_path) -> None:
+    """model.isotropic [lat, lon] and model.mean linear reach the tile's model: one tile
+    gives what a KissGP with Matérn 3/2 of (lat, lon) distance times a time factor does."""
+    input_path, ds = source
+    small = ds.isel(time=slice(0, 2), lat=slice(0, 14), lon=slice(0, 12))
+    small_path = str(tmp_path / "small.zarr")
+    small.to_zarr(small_path, zarr_format=3, consolidated=False)
+    out = str(tmp_path / "out.zarr")
+    model_config = replace(MODEL, isotropic=("lat", "lon"), mean="linear")
+    config = config_for(small_path, out, tile=(2, 14, 12), halo=(0, 0, 0), model=model_config)
+    run_pipeline(config, progress=False)
+
+    axes = [coordinate_values(small[d]) for d in DIMS]
+    x = torch.as_tensor(np.stack([m.ravel() for m in np.meshgrid(*axes, indexing="ij")], axis=1))
+    y = torch.as_tensor(small["tas"].values.ravel(), dtype=torch.float64)
+    observed = torch.isfinite(y)
+    kernel = Scale(Product([Matern(1.5, dims=[0]), Matern(1.5, dims=[1, 2], isotropic=True)]))
+    model = KissGP(kernel, neighbours=MODEL.neighbours, cg_tol=KISS_CG_TOL, mean="linear")
+    model.fit(x[observed], y[observed], max_iter=0, init_points=MODEL.fit_points)
+    mean, var = model.predict(x)
+    result = xr.open_zarr(out)
+    np.testing.assert_allclose(result["tas"].values.ravel(), mean.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(result["tas_std"].values.ravel(), var.sqrt().numpy(), rtol=1e-6)
+    fitted = json.loads(result.attrs["gpgrid_tiles"])[0]["variables"]["tas"]
+    assert fitted["hyperparameters"]["trend"]["slopes"] == pytest.approx(
+        model.hyperparameters()["trend"]["slopes"]
+    )
+    assert "stationary kernel" in fitted["solver"]["path"]
 
 
 def test_tiles_are_deterministic(source, tmp_path) -> None:
