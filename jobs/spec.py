@@ -205,6 +205,11 @@ class ModelSpec(Strict):
         description="prior mean: a constant, or a linear trend in the input columns "
         "(least squares per tile)",
     )
+    calibrate_variance: bool = Field(
+        False,
+        description="kiss only: after fitting, scale the variances so that 95% intervals "
+        "cover 95% of observed cells hidden under the tile's own gaps, moved (conformal)",
+    )
 
     def resolved_type(self, stations: bool) -> str:
         """The model type to run: `auto` becomes kiss on grids and svgp for stations."""
@@ -398,6 +403,11 @@ class JobSpec(Strict):
         """Isotropic columns: two or more known columns, one kernel name with no periodic
         part, no wrapping, shared hyperparameters or multitask; a linear mean per variable."""
         model, columns = self.model, self.input.columns
+        if model.calibrate_variance and (model_type != "kiss" or self.input.stations):
+            raise ValueError(
+                f"model.calibrate_variance hides cells of a grid: it needs model.type kiss "
+                f"on gridded data, got {model_type!r}: drop calibrate_variance"
+            )
         chosen = model.isotropic
         if model.mean == "linear" and model.multitask:
             raise ValueError("model.mean linear fits one trend per variable: drop multitask")
@@ -477,6 +487,7 @@ class JobSpec(Strict):
                 hyperparameters=self.model.hyperparameters,
                 isotropic=tuple(self.model.isotropic),
                 mean=self.model.mean,
+                calibrate_variance=self.model.calibrate_variance,
             ),
             num_cpus=self.resources.num_cpus,
             num_gpus=self.resources.num_gpus,

@@ -55,6 +55,7 @@ class ModelConfig:
     hyperparameters: str = "per_tile"  # or "shared": learned on a sample of tiles first
     isotropic: tuple[str, ...] = ()  # input columns sharing one Euclidean-distance factor
     mean: str = "constant"  # or "linear": a least-squares trend in the input columns
+    calibrate_variance: bool = False  # kiss: variance scale by conformal hold-out of gaps
 
 
 @dataclass(frozen=True)

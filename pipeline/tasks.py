@@ -167,6 +167,7 @@ def predict_kiss(
         cg_tol=KISS_CG_TOL,
         seed=seed,
         mean=config.model.mean,
+        calibrate=config.model.calibrate_variance,
     )
 
     def fit():  # noqa: ANN202

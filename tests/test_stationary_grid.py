@@ -144,3 +144,57 @@ def test_linear_trend_mean_matches_a_hand_built_oracle() -> None:
     assert torch.allclose(mean_k, mean_o, atol=1e-7)
     assert torch.allclose(var_k, var_o, rtol=1e-8)
     assert kiss.hyperparameters()["trend"]["slopes"] == pytest.approx(coef[1:].tolist())
+
+
+def test_isotropic_fit_recovers_the_microergodic_parameter_and_nugget() -> None:
+    """A draw of 6 exp(-h / 50) + nugget 0.05 on a 64 x 64 grid of unit cells with 30% gaps
+    (the Heaton twin's variance per cell of lag and nugget, on a smaller grid): the exact
+    subsample fit that KissGP keeps recovers variance / lengthscale (what one realisation
+    identifies) and the nugget."""
+    n, variance, ell, nugget = 64, 6.0, 50.0, 0.05
+    gen = torch.Generator().manual_seed(7)
+    cells = torch.cartesian_prod(*[torch.arange(n, dtype=torch.float64)] * 2)
+    cov = variance * torch.exp(-torch.cdist(cells, cells) / ell)
+    field = torch.linalg.cholesky(cov) @ torch.randn(len(cells), generator=gen, dtype=torch.float64)
+    y = 20.0 + field + nugget**0.5 * torch.randn(len(cells), generator=gen, dtype=torch.float64)
+    kept = torch.rand(len(cells), generator=gen) < 0.7
+    model = KissGP(Scale(Matern(0.5, dims=[0, 1], isotropic=True)), mean="linear", seed=1)
+    model.fit(cells[kept], y[kept], max_iter=0, init_points=2000)
+    learned = model.hyperparameters()
+    microergodic = learned["kernel"]["outputscale"] / learned["kernel"]["base"]["lengthscale"][0]
+    assert microergodic == pytest.approx(variance / ell, rel=0.15)
+    assert learned["noise"] == pytest.approx(nugget, rel=0.3)
+
+
+def _draw_with_cloud(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A draw of 2 exp(-h / 8) + noise 0.01 on 48 x 48 unit cells, a 12 x 16 cloud and 10%
+    random gaps removed."""
+    gen = torch.Generator().manual_seed(seed)
+    cells = torch.cartesian_prod(*[torch.arange(48, dtype=torch.float64)] * 2)
+    cov = 2.0 * torch.exp(-torch.cdist(cells, cells) / 8.0) + 0.01 * torch.eye(len(cells))
+    y = torch.linalg.cholesky(cov) @ torch.randn(len(cells), generator=gen, dtype=torch.float64)
+    cloud = (cells[:, 0] >= 5) & (cells[:, 0] < 17) & (cells[:, 1] >= 8) & (cells[:, 1] < 24)
+    kept = ~cloud & (torch.rand(len(cells), generator=gen) > 0.1)
+    return cells, kept, y
+
+
+@pytest.mark.parametrize(("shrink", "low", "high"), [(1.0, 0.6, 1.6), (4.0, 2.4, 4.0)])
+def test_calibrated_variance_scale_undoes_a_wrong_one(shrink: float, low: float, high: float):
+    """With the true hyperparameters the conformal factor stays near 1; with the variances
+    made 4x too small it restores most of them (the factor is capped at 4)."""
+    cells, kept, y = _draw_with_cloud(seed=3)
+    kernel = Scale(Matern(0.5, 8.0, dims=[0, 1], isotropic=True), 2.0 / shrink)
+    model = KissGP(kernel, GaussianLikelihood(0.01 / shrink), normalize_y=False, neighbours=64)
+    factor = model.calibrate_variance(cells[kept], y[kept])
+    assert low < factor < high
+    assert float(model.kernel.outputscale) == pytest.approx(2.0 / shrink * factor)
+    assert model.diagnostics["variance_calibration"].startswith(f"x{factor:.3f}")
+
+
+def test_fit_with_calibration_on_a_separable_grid_reports_the_factor() -> None:
+    cells, kept, y = _draw_with_cloud(seed=4)
+    model = KissGP(Scale(Product([Matern(0.5, dims=[0]), Matern(0.5, dims=[1])])), calibrate=True)
+    model.fit(cells[kept], y[kept], max_iter=0, init_points=500)
+    assert "moved gaps" in model.diagnostics["variance_calibration"]
+    mean, var = model.predict(cells[kept][:5])
+    assert bool(torch.isfinite(mean).all() and (var > 0).all())
