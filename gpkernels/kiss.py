@@ -303,9 +303,7 @@ class KissGP(GPModel):
             init_from_subsample(self, x, y, init_points, self.seed)
         data = self._prepare(x, y)
         if data["path"] == "stationary":
-            if self.calibrate:
-                self.calibrate_variance(x, y)
-            self.condition(x, y)
+            self._fit_calibrated_condition(x, y)
             reason = f"exact fit on {min(init_points, x.shape[0])} points (non-separable kernel)"
             return FitReport(0, True, reason, float("nan"), 0.0, time.perf_counter() - start)
         params = [p for p in self.parameters() if p.requires_grad]
@@ -317,9 +315,10 @@ class KissGP(GPModel):
             tol,
             "KissGP",
         )
-        if self.calibrate and data["path"] == "grid":
-            self.calibrate_variance(x, y)
-        self.condition(x, y)
+        if data["path"] == "grid":
+            self._fit_calibrated_condition(x, y)
+        else:
+            self.condition(x, y)
         return FitReport(
             result.iterations,
             result.converged,
@@ -328,6 +327,16 @@ class KissGP(GPModel):
             0.0,
             time.perf_counter() - start,
         )
+
+    def _fit_calibrated_condition(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Condition on (x, y), first calibrating the variance scale when asked."""
+        note = None
+        if self.calibrate:
+            self.calibrate_variance(x, y)
+            note = self.diagnostics["variance_calibration"]
+        self.condition(x, y)
+        if note is not None:
+            self.diagnostics["variance_calibration"] = note
 
     @torch.no_grad()
     def calibrate_variance(self, x: torch.Tensor, y: torch.Tensor) -> float:

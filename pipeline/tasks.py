@@ -82,7 +82,11 @@ def _kernel(config: PipelineConfig):  # noqa: ANN202
         if column in shared[:1]:
             factors.append(make_kernel(base, dims=shared, isotropic=True))
         else:
-            factors.append(base if period is None else seasonal(base, period, column))
+            factors.append(
+                make_kernel(base, dims=[column])
+                if period is None
+                else seasonal(base, period, column)
+            )
     if shared and len(factors) == 1:
         return Scale(factors[0])
     if shared:
@@ -293,7 +297,6 @@ def _predict_lmc(kernel, tx, ty, tc, config: PipelineConfig, seed: int) -> tuple
         num_inducing=min(config.model.inducing, ty.shape[0]),
         batch_size=SVGP_BATCH,
         seed=seed,
-        mean=config.model.mean,
     )
 
     def fit():  # noqa: ANN202
