@@ -164,20 +164,6 @@ class ExactGP(GPModel):
             time.perf_counter() - start,
         )
 
-    @torch.no_grad()
-    def loo_variance_ratio(self) -> float:
-        """Mean squared leave-one-out z-score of the conditioned data: 1 when the predictive
-        variances are right on average; above 1 when they are too small.
-
-        From the cached factor: the LOO residual of point i is alpha_i / [K^-1]_ii and its
-        variance 1 / [K^-1]_ii (Rasmussen & Williams 2006, eq. 5.12), so no refits.
-        """
-        factor = self._cache["factor"]
-        eye = torch.eye(factor.shape[0], dtype=factor.dtype, device=factor.device)
-        inverse_factor = torch.linalg.solve_triangular(factor, eye, upper=False)
-        precision_diagonal = (inverse_factor * inverse_factor).sum(0)
-        return float((self._cache["alpha"] ** 2 / precision_diagonal).mean())
-
     # -- prediction ----------------------------------------------------------------
     @torch.no_grad()
     def condition(self, x: torch.Tensor, y: torch.Tensor) -> ExactGP:

@@ -31,6 +31,7 @@ from gpkernels.kernels import (
     axis_column,
     axis_factors,
     is_separable,
+    lag_table,
     periodic_factors,
     stationary_factors,
 )
@@ -189,7 +190,7 @@ class KissGP(GPModel):
                 observed,
                 z,
                 rademacher(n_missing, self.num_probes, gen, z),
-                self.cg_tol or (1e-4 if x.dtype == torch.float32 else 1e-6),
+                self._cg_tolerance(x.dtype),
                 self.max_cg_iter,
                 self.lanczos_steps,
                 self.exact_gap_limit,
@@ -211,7 +212,7 @@ class KissGP(GPModel):
                 lattice.shape,
                 z,
                 self.num_probes,
-                self.cg_tol or (1e-4 if x.dtype == torch.float32 else 1e-6),
+                self._cg_tolerance(x.dtype),
                 self.max_cg_iter,
                 self.preconditioner_rank,
                 self.seed,
@@ -234,6 +235,10 @@ class KissGP(GPModel):
             "wty": interp.transpose_matmul(zz[:, None])[:, 0].double(),
             "yty": float(zz @ zz),
         }
+
+    def _cg_tolerance(self, dtype: torch.dtype) -> float:
+        """The relative residual solves stop at: `cg_tol`, else what the dtype can reach."""
+        return self.cg_tol or (1e-4 if dtype == torch.float32 else 1e-6)
 
     def _default_grid_shape(self, x: torch.Tensor) -> tuple[int, ...]:
         per_axis = max(8, int(self.dense_grid_limit ** (1.0 / x.shape[1])))
@@ -365,10 +370,8 @@ class KissGP(GPModel):
         gen = torch.Generator().manual_seed(self.seed)
         scored = torch.nonzero(hidden)[:, 0]
         scored = scored[torch.randperm(scored.numel(), generator=gen)[:CALIBRATION_CELLS]]
-        diagnostics = dict(self.diagnostics)
         self.condition(x[~hidden], y[~hidden])
         mean, var = self.predict(x[scored], include_noise=True)
-        self.diagnostics = diagnostics
         z = (y[scored] - mean).abs() / var.clamp_min(1e-30).sqrt()
         factor = (float(torch.quantile(z.double(), 0.95)) / 1.959964) ** 2
         factor = min(max(factor, 0.25), 4.0)
@@ -412,18 +415,8 @@ class KissGP(GPModel):
             cache["var"] = complete_grid_variances(eig, scale, noise)
             self.diagnostics["variance"] = "exact (complete grid, Kronecker eigendecomposition)"
         else:
-            mask = torch.zeros(problem.lattice.size, dtype=torch.bool, device=z.device)
-            mask[problem.observed] = True
-            cache["local"] = {
-                "table": op.grid.lag_table(),
-                "outputscale": scale.detach(),
-                "noise": noise.detach(),
-                "observed": mask.reshape(problem.lattice.shape),
-                "lengthscale_cells": self._lengthscale_cells(problem.lattice),
-                "neighbours": self.neighbours,
-                "period_cells": self._period_cells(problem.lattice),
-            }
-            self.diagnostics["variance"] = f"local kriging, {self.neighbours} nearest observations"
+            table = lag_table(self.kernel, problem.lattice.spacings, problem.lattice.shape)
+            cache["local"] = self._local_kriging(problem.lattice, problem.observed, table)
         return cache
 
     def _condition_stationary(self, data: dict) -> dict:
@@ -436,26 +429,30 @@ class KissGP(GPModel):
             lattice,
             observed,
             data["z"],
-            self.cg_tol or (1e-4 if data["z"].dtype == torch.float32 else 1e-6),
+            self._cg_tolerance(data["z"].dtype),
             self.max_cg_iter,
         )
         self.diagnostics.update(solve)
-        mask = torch.zeros(lattice.size, dtype=torch.bool, device=observed.device)
-        mask[observed] = True
-        self.diagnostics["variance"] = f"local kriging, {self.neighbours} nearest observations"
         return {
             "path": "grid",
             "lattice": lattice,
             "mean": mean,
-            "local": {
-                "table": table,
-                "outputscale": scale,
-                "noise": noise,
-                "observed": mask.reshape(lattice.shape),
-                "lengthscale_cells": self._lengthscale_cells(lattice),
-                "neighbours": self.neighbours,
-                "period_cells": self._period_cells(lattice),
-            },
+            "local": self._local_kriging(lattice, observed, table),
+        }
+
+    def _local_kriging(self, lattice: Lattice, observed: torch.Tensor, table: torch.Tensor) -> dict:
+        """What `local_variances` needs at the current hyperparameters (observed: flat cells)."""
+        mask = torch.zeros(lattice.size, dtype=torch.bool, device=observed.device)
+        mask[observed] = True
+        self.diagnostics["variance"] = f"local kriging, {self.neighbours} nearest observations"
+        return {
+            "table": table,
+            "outputscale": self.kernel.outputscale.detach(),
+            "noise": self.likelihood.noise.detach(),
+            "observed": mask.reshape(lattice.shape),
+            "lengthscale_cells": self._lengthscale_cells(lattice),
+            "neighbours": self.neighbours,
+            "period_cells": self._period_cells(lattice),
         }
 
     def _lengthscale_cells(self, lattice: Lattice) -> list[float]:

@@ -14,7 +14,7 @@ import torch
 from gpkernels.kernels import Kernel, lag_table
 from gpkernels.ongrid import Lattice
 from gpkernels.solvers import pcg
-from gpkernels.structured import CirculantPreconditioner, ToeplitzGrid
+from gpkernels.structured import CirculantPreconditioner, ObservedGrid, ToeplitzGrid
 
 
 def condition_stationary_grid(
@@ -33,27 +33,17 @@ def condition_stationary_grid(
     kriging needs for variances) and the solve's diagnostics. CG runs in float64.
     """
     table = lag_table(kernel, lattice.spacings, lattice.shape).to(z.device)
-    grid = ToeplitzGrid(table, outputscale.detach().double())
-    nugget = float(noise)
-
-    def embed(v: torch.Tensor) -> torch.Tensor:
-        full = v.new_zeros(grid.size, v.shape[1])
-        full[observed] = v
-        return full
-
-    def matmul(v: torch.Tensor) -> torch.Tensor:
-        return grid.matmul(embed(v))[observed] + nugget * v
-
-    preconditioner = CirculantPreconditioner(grid, observed, nugget)
+    op = ObservedGrid(ToeplitzGrid(table, outputscale.detach().double()), observed, float(noise))
+    preconditioner = CirculantPreconditioner(op.grid, observed, float(noise))
     solved = pcg(
-        matmul,
+        op.matmul,
         z.double()[:, None],
         preconditioner.solve,
         cg_tol,
         max_cg_iter,
         label="KissGP stationary-grid CG",
     )
-    mean = grid.matmul(embed(solved.solution))[:, 0]
+    mean = op.grid.matmul(op.embed(solved.solution))[:, 0]
     diagnostics = {
         "cg_iterations": solved.iterations,
         "cg_relative_residual": float(solved.relative_residual.max()),

@@ -127,13 +127,6 @@ class GridKernel:
     def eig(self) -> KroneckerEig:
         return KroneckerEig.of(self.factors)
 
-    def lag_table(self) -> torch.Tensor:
-        """The unit-scale kernel at every non-negative lag: the outer product of the columns."""
-        table = self.columns[0]
-        for column in self.columns[1:]:
-            table = table[..., None] * column
-        return table
-
     def to(self, dtype: torch.dtype) -> GridKernel:
         return GridKernel([c.to(dtype) for c in self.columns], self.outputscale.to(dtype))
 
@@ -145,7 +138,9 @@ class ObservedGrid:
     gaps cost nothing and there is no interpolation error.
     """
 
-    def __init__(self, grid: GridKernel, observed: torch.Tensor, noise: torch.Tensor) -> None:
+    def __init__(
+        self, grid: GridKernel | ToeplitzGrid, observed: torch.Tensor, noise: torch.Tensor
+    ) -> None:
         self.grid = grid
         self.observed = observed
         self.noise = noise
@@ -189,17 +184,16 @@ class ToeplitzGrid:
         self.shape = tuple(table.shape)
         self.size = table.numel()
         self.outputscale = outputscale
-        self.prior_variance = outputscale * table.reshape(-1)[0]
-        self._fft_shape = tuple(2 * n for n in self.shape)
-        self._spectrum = torch.fft.rfftn(_symmetric_embedding(table))
+        self.fft_shape = tuple(2 * n for n in self.shape)
+        self.spectrum = torch.fft.rfftn(_symmetric_embedding(table))  # of the embedding
 
     def matmul(self, v: torch.Tensor) -> torch.Tensor:
         """K @ v for v of shape (prod(shape), b), one FFT per column batch."""
         batch = v.shape[-1]
         grid = v.T.reshape(batch, *self.shape).to(self.table.dtype)
         dims = tuple(range(1, len(self.shape) + 1))
-        spectrum = torch.fft.rfftn(grid, s=self._fft_shape, dim=dims) * self._spectrum
-        full = torch.fft.irfftn(spectrum, s=self._fft_shape, dim=dims)
+        spectrum = torch.fft.rfftn(grid, s=self.fft_shape, dim=dims) * self.spectrum
+        full = torch.fft.irfftn(spectrum, s=self.fft_shape, dim=dims)
         cropped = full[(slice(None), *[slice(0, n) for n in self.shape])]
         return (self.outputscale * cropped.reshape(batch, -1).T).to(v.dtype)
 
@@ -217,16 +211,16 @@ class CirculantPreconditioner:
     def __init__(self, grid: ToeplitzGrid, observed: torch.Tensor, noise: float) -> None:
         self.grid = grid
         self.observed = observed
-        eigenvalues = float(grid.outputscale) * grid._spectrum.real.clamp_min(0.0)
+        eigenvalues = float(grid.outputscale) * grid.spectrum.real.clamp_min(0.0)
         self._inverse = 1.0 / (eigenvalues + noise)
 
     def solve(self, v: torch.Tensor) -> torch.Tensor:
         grid, batch = self.grid, v.shape[-1]
-        full = v.new_zeros(batch, *grid._fft_shape, dtype=grid.table.dtype)
+        full = v.new_zeros(batch, *grid.fft_shape, dtype=grid.table.dtype)
         index = torch.unravel_index(self.observed, grid.shape)
         full[(slice(None), *index)] = v.T.to(grid.table.dtype)
         dims = tuple(range(1, len(grid.shape) + 1))
         solved = torch.fft.irfftn(
-            torch.fft.rfftn(full, dim=dims) * self._inverse, s=grid._fft_shape, dim=dims
+            torch.fft.rfftn(full, dim=dims) * self._inverse, s=grid.fft_shape, dim=dims
         )
         return solved[(slice(None), *index)].T.to(v.dtype)

@@ -303,7 +303,7 @@ class JobSpec(Strict):
                 "model.warm_start gives shared hyperparameters: set model.hyperparameters: shared"
             )
         self._check_target(model_type)
-        self._check_isotropic(model_type)
+        self._check_model_options(model_type)
         if stations is not None:
             if stations.dim not in self.input.dims:
                 raise ValueError(
@@ -399,9 +399,10 @@ class JobSpec(Strict):
                 "with hyperparameters: per_tile: change the type, or drop the periodic part"
             )
 
-    def _check_isotropic(self, model_type: str) -> None:
-        """Isotropic columns: two or more known columns, one kernel name with no periodic
-        part, no wrapping, shared hyperparameters or multitask; a linear mean per variable."""
+    def _check_model_options(self, model_type: str) -> None:
+        """Calibrated variances on kiss grids only; a linear mean per variable; isotropic
+        columns: two or more known ones, one kernel name with no periodic part, and no
+        wrapping, shared hyperparameters or multitask."""
         model, columns = self.model, self.input.columns
         if model.calibrate_variance and (model_type != "kiss" or self.input.stations):
             raise ValueError(
