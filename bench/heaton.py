@@ -180,7 +180,12 @@ def report(label: str, fold: int, found: dict, which: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--which", choices=["satellite", "simulated"], default="satellite")
+    parser.add_argument(
+        "--which",
+        choices=["satellite", "simulated"],
+        default="satellite",
+        help="the MODIS grid, or its twin drawn from a known Matérn 1/2 GP",
+    )
     parser.add_argument("--tile", default=None, help="tile core as LATxLON, e.g. 100x100")
     parser.add_argument("--halo", type=int, default=None, help="halo cells per side")
     parser.add_argument("--blend", type=int, default=0, help="cells blended across tile edges")
