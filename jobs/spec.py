@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from pipeline.config import Forecast, ModelConfig, PipelineConfig, parse_axis_kernel
+from pipeline.errors import InputError
 
 
 def _axis_kernel(text: str) -> str:
@@ -41,7 +42,7 @@ AxisKernel = Annotated[
 WHOLE_DIM = 2**31 - 1  # a tile size that spans any dim
 
 
-class SpecError(ValueError):
+class SpecError(InputError):
     """A job spec that cannot be used; the message lists every problem and its fix."""
 
 
