@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import time
+import traceback
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 
-from jobs.spec import SpecError, load_spec
+from jobs.preflight import check_paths
+from jobs.spec import load_spec
 from jobs.submit import logs_command, status_command, stop_command, submit_command
-from pipeline.errors import GPUUnavailableError, RunInProgressError
+from pipeline.errors import InputError
+from pipeline.journal import finished_tiles
 
 app = typer.Typer(
     help="Gaussian-process gap filling for gridded spatiotemporal data, sharded over Ray.",
@@ -25,26 +30,39 @@ class ModelType(StrEnum):
     exact = "exact"
 
 
-# Refusals (exit 2): bad specs, paths and data, a store made for another plan (a
-# ValueError), a store a live run holds, GPUs asked of a machine without any.
-BAD_INPUT = (
-    SpecError,
-    FileNotFoundError,
-    FileExistsError,
-    KeyError,
-    ValueError,
-    TypeError,
-    RunInProgressError,
-    GPUUnavailableError,
-)
-
-
 def _fail(err: Exception) -> NoReturn:
-    code = 2 if isinstance(err, BAD_INPUT) else 1
-    kind = "bad input" if code == 2 else "failed"
-    message = err.args[0] if isinstance(err, KeyError) and err.args else err
-    typer.echo(f"gpgrid: {kind}: {message}", err=True)
-    raise typer.Exit(code)
+    """Bad input (InputError) exits 2 with its message; anything else is a failure: exit 1,
+    one line on screen and the whole traceback in a log file."""
+    if isinstance(err, InputError):
+        typer.echo(f"gpgrid: bad input: {err}", err=True)
+        raise typer.Exit(2)
+    log = _write_traceback(err)
+    typer.echo(f"gpgrid: failed: {type(err).__name__}: {err}\n  (traceback in {log})", err=True)
+    raise typer.Exit(1)
+
+
+def _write_traceback(err: Exception) -> Path:
+    """Write the failure's traceback to a new log file under GPGRID_LOG_DIR (default
+    ~/.cache/gpgrid/logs) and return its path."""
+    folder = Path(os.environ.get("GPGRID_LOG_DIR", Path.home() / ".cache" / "gpgrid" / "logs"))
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+    log.write_text("".join(traceback.format_exception(err)))
+    return log
+
+
+def _interrupted(output_path: str | None) -> NoReturn:
+    """Ctrl-C: say what was kept and how to go on, then exit 130 as shells expect."""
+    if output_path is None:
+        typer.echo("gpgrid: interrupted before anything was written", err=True)
+        raise typer.Exit(130)
+    done = len(finished_tiles(output_path))
+    typer.echo(
+        f"gpgrid: interrupted: {done} finished tiles are kept in {output_path}; run the same "
+        "command again to resume with the others",
+        err=True,
+    )
+    raise typer.Exit(130)
 
 
 def _start_ray(address: str | None = None) -> None:
@@ -70,12 +88,19 @@ def run(
 
     Run it again after an interruption to resume: only unfinished tiles are computed.
     """
+    output = None
     try:
         job, text = load_spec(spec)
+        output = job.output.path
+        check_paths(job, spec)
         _start_ray(address)
         from jobs.run import run_job
 
-        summary = run_job(job, text, address=address, progress=progress, issue_time=issue_time)
+        summary = run_job(
+            job, text, address=address, progress=progress, issue_time=issue_time, spec_path=spec
+        )
+    except KeyboardInterrupt:
+        _interrupted(output)
     except Exception as err:  # noqa: BLE001 - every error becomes a message and an exit code
         _fail(err)
     resumed = (
@@ -135,7 +160,7 @@ def _parse_block(block: list[str]) -> dict[str, int]:
     for item in block:
         dim, _, cells = item.partition("=")
         if not cells.isdigit() or int(cells) < 1:
-            raise ValueError(f"--block {item!r} must look like dim=cells, e.g. lat=4")
+            raise InputError(f"--block {item!r} must look like dim=cells, e.g. lat=4")
         out[dim] = int(cells)
     return out
 

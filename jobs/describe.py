@@ -9,6 +9,7 @@ from pathlib import Path
 import xarray as xr
 import zarr
 
+from pipeline.errors import InputError
 from pipeline.journal import finished_tiles, is_complete, read_plan, read_shared
 from pipeline.target import forecast_stores
 
@@ -17,7 +18,7 @@ def describe(path: str | Path) -> str:
     """A store's grid, variables, provenance and progress; or a forecast folder's issue times."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{str(path)!r} does not exist: give an output store or folder")
+        raise InputError(f"{str(path)!r} does not exist: give an output store or folder")
     if path.suffix != ".zarr" and not (path / "zarr.json").is_file():
         return _describe_folder(path)
     return _describe_store(path)
@@ -26,8 +27,9 @@ def describe(path: str | Path) -> str:
 def _describe_folder(folder: Path) -> str:
     stores = forecast_stores(folder)
     if not stores:
-        raise ValueError(
-            f"{str(folder)!r} is neither a zarr store nor a folder of finished forecasts"
+        raise InputError(
+            f"{str(folder)!r} is neither a zarr store nor a folder of finished forecasts: "
+            "give an output store (output.path of a job)"
         )
     lines = [f"{folder}: {len(stores)} finished forecasts"]
     lines += [f"  issued {_issue_text(issue)}  {store.name}" for issue, store in stores.items()]

@@ -6,6 +6,7 @@ also keeps the import light.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import xarray as xr
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from pipeline.errors import InputError
 from pipeline.store import std_name
 
 
@@ -85,10 +87,22 @@ def plot_store(
     names = [v for v in output.data_vars if not str(v).endswith("_std")]
     variable = variable or names[0]
     if variable not in names:
-        raise KeyError(f"variable {variable!r} is not in {str(store)!r}; it has {names}")
+        raise InputError(
+            f"variable {variable!r} is not in {str(store)!r}; it has {names}: pick one with "
+            "--variable"
+        )
     source_path = output.attrs.get("gpgrid_input")
     if not source_path:
-        raise ValueError(f"{str(store)!r} records no input: was it written by gpgrid?")
+        raise InputError(
+            f"{str(store)!r} records no input: was it written by gpgrid? plot needs a gpgrid store"
+        )
+    if not Path(source_path).exists():
+        raise InputError(
+            f"{str(store)!r} was made from the input {source_path!r}, which is not there any "
+            "more: put the input back at that path (the plot shows its gaps beside the "
+            "predictions)"
+        )
+    _warn_if_unfinished(store)
     from pipeline.inputs import open_input
 
     source = open_input(source_path)
@@ -109,6 +123,20 @@ def plot_store(
     return quicklook(shown, output.isel({first: [index]}), variable, out, 0, title)
 
 
+def _warn_if_unfinished(store: str | Path) -> None:
+    """A store whose run has not finished has blank (NaN) tiles: say so, with the count."""
+    from pipeline.journal import finished_tiles, is_complete
+
+    if not is_complete(str(store)):
+        done = len(finished_tiles(str(store)))
+        warnings.warn(
+            f"{str(store)!r} is not finished ({done} tiles written): unwritten tiles plot "
+            "blank; rerun its job to finish it",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def _step_index(coord: xr.DataArray, at: str | None) -> int:
     """Position along a coordinate from an index ('3') or a value ('2006-07-16', '12.5')."""
     if at is None:
@@ -116,12 +144,19 @@ def _step_index(coord: xr.DataArray, at: str | None) -> int:
     if at.lstrip("-").isdigit():
         index = int(at)
         if not -coord.size <= index < coord.size:
-            raise ValueError(f"step {index} is outside {coord.name!r} (0 to {coord.size - 1})")
+            raise InputError(
+                f"--at {index} is outside {coord.name!r}: give a step from 0 to {coord.size - 1}"
+            )
         return index % coord.size
+    span = f"from {coord.values[0]} to {coord.values[-1]}"
     try:
-        return int(coord.to_index().get_indexer([coord.dtype.type(at)], method="nearest")[0])
+        value = coord.dtype.type(at)
     except (TypeError, ValueError):
-        raise ValueError(
-            f"{at!r} is neither an index nor a value of {coord.name!r} "
-            f"(from {coord.values[0]} to {coord.values[-1]})"
+        raise InputError(
+            f"--at {at!r} is neither an index nor a value of {coord.name!r} ({span})"
         ) from None
+    index = coord.to_index()
+    step = abs(index[1] - index[0] if index.size > 1 else index[0] - index[0])
+    if not index.min() - step <= value <= index.max() + step:
+        raise InputError(f"--at {at!r} is outside {coord.name!r} ({span}): give a value in it")
+    return int(index.get_indexer([value], method="nearest")[0])

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
+from pathlib import Path
 
 from jobs.cron import CronSchedule
+from jobs.preflight import check_paths
 from jobs.schedule import Clock, Scheduler, SystemClock, format_issue_time
 from jobs.spec import JobSpec
 from pipeline.cluster import ensure_ray
+from pipeline.errors import InputError
 from pipeline.runner import RunSummary, run_pipeline
 from pipeline.target import forecast_stores
 
@@ -19,14 +22,17 @@ def run_job(
     address: str | None = None,
     progress: bool = True,
     issue_time: str | None = None,
+    spec_path: Path | None = None,
 ) -> RunSummary:
     """Run on the Ray cluster at `address`, or on an embedded local Ray when None.
 
-    `issue_time` (ISO 8601) overrides a forecast's target.issue_time."""
+    `issue_time` (ISO 8601) overrides a forecast's target.issue_time. The output may not
+    be or hold the spec file at `spec_path`."""
+    check_paths(spec, spec_path)
     config = spec.to_pipeline_config(spec_text)
     if issue_time is not None:
         if config.forecast is None:
-            raise ValueError(
+            raise InputError(
                 f"--issue-time is for forecasts: the spec's target.kind is {spec.target.kind}"
             )
         config = replace(config, forecast=replace(config.forecast, issue_time=issue_time))
@@ -46,7 +52,7 @@ def schedule_forecasts(
     The output folder is the only state: issue times already finished there are never
     run again, whoever ran them. Returns the issue times this call ran."""
     if spec.schedule is None:
-        raise ValueError("the spec has no schedule section: add schedule.cron, or use gpgrid run")
+        raise InputError("the spec has no schedule section: add schedule.cron, or use gpgrid run")
     scheduler = Scheduler(
         schedule=CronSchedule.parse(spec.schedule.cron),
         run_issue=lambda issue: run_job(

@@ -7,6 +7,7 @@ Relative paths in a spec are resolved against the spec file's folder.
 from __future__ import annotations
 
 import json
+import re
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Literal
@@ -17,6 +18,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -24,6 +28,29 @@ from pydantic import (
 
 from pipeline.config import Forecast, ModelConfig, PipelineConfig, parse_axis_kernel
 from pipeline.errors import InputError
+
+
+def _unique(names: list[str]) -> list[str]:
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{repeated} appear more than once: list each name once")
+    return names
+
+
+UniqueNames = Annotated[list[str], AfterValidator(_unique)]
+
+
+def _local(path: str) -> str:
+    """Refuse URLs: `s3://bucket/x.zarr` would otherwise become a local folder named `s3:`."""
+    if URL.match(path):
+        raise ValueError(
+            "URLs are not supported yet (gpgrid reads and writes local paths): copy the data "
+            "to a local disk, or mount the bucket, and give that path"
+        )
+    return path
+
+
+LocalPath = Annotated[str, AfterValidator(_local)]
 
 
 def _axis_kernel(text: str) -> str:
@@ -40,6 +67,7 @@ AxisKernel = Annotated[
     ),
 ]
 WHOLE_DIM = 2**31 - 1  # a tile size that spans any dim
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 class SpecError(InputError):
@@ -52,19 +80,19 @@ class Strict(BaseModel):
 
 class StationSpec(Strict):
     dim: str = Field(description="the dim along which stations sit, e.g. station")
-    coords: list[str] = Field(
+    coords: UniqueNames = Field(
         min_length=1, description="coordinates along that dim giving positions, e.g. [lat, lon]"
     )
 
 
 class InputSpec(Strict):
-    path: str = Field(description="zarr store or netCDF file holding the gridded data")
-    variables: list[str] = Field(min_length=1, description="data variables to predict")
-    dims: list[str] = Field(min_length=1, description="grid dims in order, e.g. [time, lat, lon]")
+    path: LocalPath = Field(description="zarr store or netCDF file holding the gridded data")
+    variables: UniqueNames = Field(min_length=1, description="data variables to predict")
+    dims: UniqueNames = Field(min_length=1, description="grid dims in order, e.g. [time, lat, lon]")
     stations: StationSpec | None = Field(
         None, description="scattered data: the station dim and its position coordinates"
     )
-    wrap: list[str] = Field(
+    wrap: UniqueNames = Field(
         default_factory=list,
         description="dims that wrap around, e.g. [lon] for a global grid: tiles at one end "
         "read across to the other",
@@ -87,9 +115,9 @@ class InputSpec(Strict):
 
 
 class AxisGrid(Strict):
-    start: float = Field(description="first coordinate of the new axis")
-    step: float = Field(gt=0, description="spacing of the new axis, in the input's units")
-    size: int = Field(ge=1, le=10_000_000, description="cells along the new axis")
+    start: StrictFloat = Field(description="first coordinate of the new axis")
+    step: StrictFloat = Field(gt=0, description="spacing of the new axis, in the input's units")
+    size: StrictInt = Field(ge=1, le=10_000_000, description="cells along the new axis")
 
 
 class TargetSpec(Strict):
@@ -105,7 +133,7 @@ class TargetSpec(Strict):
         "size: 100}}; dims left out keep the input's",
     )
     dim: str = Field("time", description="forecast: the dim to extend (time)")
-    steps: int | None = Field(None, ge=1, le=100_000, description="forecast: steps ahead")
+    steps: StrictInt | None = Field(None, ge=1, le=100_000, description="forecast: steps ahead")
     issue_time: str | None = Field(
         None,
         description="forecast: use only data at or before this time (ISO 8601); default the "
@@ -137,7 +165,9 @@ class ScheduleSpec(Strict):
         description="ticks missed while the scheduler was down: skip runs only the latest; "
         "catch_up runs each one after the last finished forecast, oldest first",
     )
-    catch_up_limit: int = Field(24, ge=1, description="catch_up: most missed ticks run at once")
+    catch_up_limit: StrictInt = Field(
+        24, ge=1, description="catch_up: most missed ticks run at once"
+    )
     start: datetime | None = Field(None, description="no issue time before this is run")
 
     @field_validator("start", mode="before")
@@ -164,38 +194,42 @@ class ModelSpec(Strict):
         description="one kernel per input column (each dim, or a station dim's coords), "
         "e.g. {time: matern32 + periodic(365.25), lat: matern32, lon: matern32}"
     )
-    fit_points: int = Field(
+    fit_points: StrictInt = Field(
         400, ge=10, le=5000, description="observations used to learn hyperparameters"
     )
-    max_points: int = Field(
+    max_points: StrictInt = Field(
         2000, ge=10, le=20000, description="exact only: observations a tile conditions on"
     )
-    max_iter: int = Field(100, ge=1, description="L-BFGS iterations at most")
-    refine_iter: int = Field(
+    max_iter: StrictInt = Field(100, ge=1, description="L-BFGS iterations at most")
+    refine_iter: StrictInt = Field(
         0, ge=0, description="kiss only: Adam steps on the whole window after the subsample fit"
     )
-    neighbours: int = Field(
+    neighbours: StrictInt = Field(
         128, ge=16, le=4096, description="kiss only: observations each variance conditions on"
     )
     dtype: Literal["float32", "float64"] = "float64"
-    multitask: bool = Field(
+    multitask: StrictBool = Field(
         False,
         description="exact: one ICM model over all variables per tile; svgp: one LMC model",
     )
-    rank: int = Field(
+    rank: StrictInt = Field(
         1, ge=0, le=8, description="multitask: rank of the variables' covariance (svgp: latents)"
     )
-    inducing: int = Field(256, ge=4, le=4096, description="svgp only: inducing points per tile")
-    epochs: int = Field(3, ge=1, le=100, description="svgp only: minibatch passes over a tile")
+    inducing: StrictInt = Field(
+        256, ge=4, le=4096, description="svgp only: inducing points per tile"
+    )
+    epochs: StrictInt = Field(
+        3, ge=1, le=100, description="svgp only: minibatch passes over a tile"
+    )
     hyperparameters: Literal["per_tile", "shared"] = Field(
         "per_tile",
         description="per_tile: each tile learns its own; shared: learned on a sample of tiles "
         "first, then used by every tile (kiss and exact, one model per variable)",
     )
-    warm_start: str | None = Field(
+    warm_start: LocalPath | None = Field(
         None, description="shared: take the hyperparameters of this earlier output store"
     )
-    isotropic: list[str] = Field(
+    isotropic: UniqueNames = Field(
         default_factory=list,
         description="input columns that share one kernel of their Euclidean distance (one "
         "lengthscale), e.g. [lat, lon] for projected coordinates in one unit; their "
@@ -206,7 +240,7 @@ class ModelSpec(Strict):
         description="prior mean: a constant, or a linear trend in the input columns "
         "(least squares per tile)",
     )
-    calibrate_variance: bool = Field(
+    calibrate_variance: StrictBool = Field(
         False,
         description="kiss only: after fitting, scale the variances so that 95% intervals "
         "cover 95% of observed cells hidden under the tile's own gaps, moved (conformal)",
@@ -220,21 +254,25 @@ class ModelSpec(Strict):
 
 
 class TilingSpec(Strict):
-    tile: dict[str, int] = Field(description="cells per tile core along each dim (output chunks)")
-    halo: dict[str, int] = Field(description="extra context cells on each side along each dim")
-    halo_lengthscales: float | None = Field(
+    tile: dict[str, StrictInt] = Field(
+        description="cells per tile core along each dim (output chunks)"
+    )
+    halo: dict[str, StrictInt] = Field(
+        description="extra context cells on each side along each dim"
+    )
+    halo_lengthscales: StrictFloat | None = Field(
         None,
         ge=0.5,
         le=10,
         description="with shared hyperparameters: size each halo to this many learned "
         "lengthscales (2-3 hide tile edges); `halo` is then used by phase 1 only",
     )
-    chunks: dict[str, int] = Field(
+    chunks: dict[str, StrictInt] = Field(
         default_factory=dict,
         description="inner chunk sizes: the output becomes a zarr v3 sharded store, one "
         "shard per tile (dims left out: the tile size)",
     )
-    blend: dict[str, int] = Field(
+    blend: dict[str, StrictInt] = Field(
         default_factory=dict,
         description="cells per side over which neighbouring tiles' predictions are blended "
         "(at most the halo; dims left out: 0)",
@@ -242,17 +280,17 @@ class TilingSpec(Strict):
 
 
 class ResourcesSpec(Strict):
-    num_cpus: float = Field(1.0, gt=0, description="CPUs per tile task")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per tile task (fractions allowed)")
-    max_in_flight: int = Field(4, ge=1, description="tile tasks submitted at once")
-    cpu_fallback: bool = Field(
+    num_cpus: StrictFloat = Field(1.0, gt=0, description="CPUs per tile task")
+    num_gpus: StrictFloat = Field(0.0, ge=0, description="GPUs per tile task (fractions allowed)")
+    max_in_flight: StrictInt = Field(4, ge=1, description="tile tasks submitted at once")
+    cpu_fallback: StrictBool = Field(
         False, description="run on CPU when num_gpus is set but this machine has no GPU"
     )
 
 
 class OutputSpec(Strict):
-    path: str = Field(description="zarr store to create")
-    overwrite: bool = Field(False, description="replace an existing store at path")
+    path: LocalPath = Field(description="zarr store to create")
+    overwrite: StrictBool = Field(False, description="replace an existing store at path")
     std: Literal["field", "observation"] = Field(
         "field",
         description="field: the std of the noise-free field; observation: of a new "
@@ -512,17 +550,46 @@ class JobSpec(Strict):
         return yaml.safe_dump(self.model_dump(), sort_keys=False)
 
 
-def _describe(error: dict) -> str:
-    where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+# pydantic's type errors say what is wrong; these say what to write instead
+TYPE_FIXES = {
+    "int_type": ": give a whole number, e.g. 10",
+    "float_type": ": give a number, e.g. 0.5",
+    "bool_type": ": give true or false",
+}
+
+
+def _describe(error: dict, lines: dict[tuple, int]) -> str:
+    """One problem as `field (line N): what is wrong; the fix`."""
+    loc = tuple(str(part) for part in error["loc"])
+    message = error["msg"].removeprefix("Value error, ")
+    if not loc:  # a check across fields: its message starts with the field it names
+        named = re.match(r"[a-z_]+(\.[a-z_]+)*", message)
+        loc = tuple(named.group(0).split(".")) if named else ()
+        return f"{_line_of(loc, lines)}{message}"
+    line = _line_of(loc, lines)
+    where = ".".join(loc) + (f" ({line.removesuffix(': ')})" if line else "")
     if error["type"] == "extra_forbidden":
         return f"{where}: unknown key (value {error['input']!r}); remove it or fix its spelling"
     if error["type"] == "missing":
         return f"{where}: required but missing; add it"
-    return f"{where}: got {error['input']!r}; {error['msg'].removeprefix('Value error, ')}"
+    fix = TYPE_FIXES.get(error["type"], "")
+    return f"{where}: got {error['input']!r}; {message}{fix}"
 
 
-def parse_spec(data: object, base_dir: Path | None = None) -> JobSpec:
-    """Validate a spec mapping; relative paths are taken from `base_dir`."""
+def _line_of(loc: tuple, lines: dict[tuple, int]) -> str:
+    """`line N: ` for the deepest part of `loc` that the YAML text has, or ''."""
+    for depth in range(len(loc), 0, -1):
+        if loc[:depth] in lines:
+            return f"line {lines[loc[:depth]]}: "
+    return ""
+
+
+def parse_spec(
+    data: object, base_dir: Path | None = None, lines: dict[tuple, int] | None = None
+) -> JobSpec:
+    """Validate a spec mapping; relative paths are taken from `base_dir`, `~` is expanded.
+
+    `lines` maps a field's path to its line in the YAML text, so errors can name it."""
     if not isinstance(data, dict):
         raise SpecError(
             "a job spec must be a mapping with the sections input, model, tiling and output "
@@ -531,7 +598,7 @@ def parse_spec(data: object, base_dir: Path | None = None) -> JobSpec:
     try:
         spec = JobSpec.model_validate(data)
     except ValidationError as err:
-        problems = "\n".join(f"  - {_describe(e)}" for e in err.errors())
+        problems = "\n".join(f"  - {_describe(e, lines or {})}" for e in err.errors())
         raise SpecError(f"invalid job spec:\n{problems}") from None
     if base_dir is None:
         return spec
@@ -546,20 +613,77 @@ def parse_spec(data: object, base_dir: Path | None = None) -> JobSpec:
 
 
 def _resolve(path: str, base_dir: Path) -> str:
-    return path if Path(path).is_absolute() else str((base_dir / path).resolve())
+    """A local path made absolute: `~` expanded, relative ones taken from the spec's folder."""
+    local = Path(path).expanduser()
+    return str(local if local.is_absolute() else (base_dir / local).resolve())
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise SpecError(
+                    f"key {key!r} is given twice, on lines {seen[key]} and "
+                    f"{key_node.start_mark.line + 1}: keep one"
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _field_lines(node: yaml.Node | None, path: tuple = ()) -> dict[tuple, int]:
+    """Every mapping key's and list item's path in the YAML tree -> its line (from 1)."""
+    lines: dict[tuple, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value in node.value:
+            key = (*path, str(key_node.value))
+            lines[key] = key_node.start_mark.line + 1
+            lines.update(_field_lines(value, key))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[(*path, str(i))] = item.start_mark.line + 1
+            lines.update(_field_lines(item, (*path, str(i))))
+    return lines
+
+
+def read_yaml(text: str) -> tuple[object, dict[tuple, int]]:
+    """Parse spec text safely (no code runs); returns the data and each field's line."""
+    loader = _SpecLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as err:
+        raise SpecError(f"not valid YAML: {err}") from None
+    finally:
+        loader.dispose()
+    return data, _field_lines(node)
 
 
 def load_spec(path: str | Path) -> tuple[JobSpec, str]:
     """Read and validate a YAML spec file; returns the spec and its text (kept as provenance)."""
-    path = Path(path)
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise SpecError(
+            f"{str(path)!r} is a folder, not a job spec: give the spec's YAML file "
+            f"(e.g. {str(path / 'job.yaml')!r})"
+        )
     if not path.is_file():
         raise SpecError(f"spec file {str(path)!r} does not exist: check the path")
-    text = path.read_text()
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise SpecError(f"{path} is not valid YAML: {err}") from None
-    return parse_spec(data, base_dir=path.parent.resolve()), text
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError(
+            f"spec file {str(path)!r} is not UTF-8 text (byte {err.start} is "
+            f"{err.object[err.start : err.start + 1]!r}): save it as UTF-8"
+        ) from None
+    try:
+        data, lines = read_yaml(text)
+        return parse_spec(data, base_dir=path.parent.resolve(), lines=lines), text
+    except SpecError as err:
+        raise SpecError(f"{path}: {err}") from None
 
 
 def spec_json_schema() -> str:

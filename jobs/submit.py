@@ -26,6 +26,7 @@ from ray.exceptions import AuthenticationError
 from ray.job_submission import JobDetails, JobStatus, JobSubmissionClient
 
 from jobs.spec import JobSpec, load_spec
+from pipeline.errors import InputError
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 ENTRYPOINT = "gpgrid run job.yaml --no-progress"
@@ -35,15 +36,12 @@ FAILED_LOG_LINES = 30
 SUBMISSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
-class SubmissionExistsError(ValueError):
+class SubmissionExistsError(InputError):
     """The cluster already holds a job with this submission id (the same spec, run before)."""
 
 
-class UnknownJobError(KeyError):
+class UnknownJobError(InputError):
     """The cluster holds no job with this submission id."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 class JobFailedError(RuntimeError):
@@ -92,7 +90,7 @@ def submit_job(
     spec, _ = load_spec(spec_path)
     job_id = submission_id or default_submission_id(spec)
     if not SUBMISSION_ID.fullmatch(job_id):
-        raise ValueError(
+        raise InputError(
             f"submission id {job_id!r} has characters a job URL cannot hold: use letters, "
             "digits, '.', '_' and '-', starting with a letter or digit"
         )

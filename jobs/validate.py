@@ -18,6 +18,7 @@ import xarray as xr
 
 from jobs.run import run_job
 from jobs.spec import JobSpec
+from pipeline.errors import InputError
 from pipeline.holdout import choose_hold_out, hide, score_forecast, score_hold_out
 from pipeline.inputs import open_input
 from pipeline.store import consolidated_v3_allowed
@@ -64,7 +65,7 @@ def _backtest(spec: JobSpec, folder: Path, address: str | None, progress: bool) 
     dim, steps = spec.target.dim, spec.target.steps
     source = open_input(spec.input.path)
     if source.sizes[dim] <= steps + 1:
-        raise ValueError(
+        raise InputError(
             f"a backtest of {steps} steps needs more than {steps + 1} steps of data along "
             f"{dim!r}; the input has {source.sizes[dim]}"
         )

@@ -24,7 +24,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from pipeline.config import PipelineConfig
-from pipeline.errors import PlanMismatchError, RunInProgressError
+from pipeline.errors import InputError, PlanMismatchError, RunInProgressError
+from pipeline.fingerprint import changes as fingerprint_changes
 
 
 def journal_dir(store_path: str) -> Path:
@@ -32,11 +33,13 @@ def journal_dir(store_path: str) -> Path:
     return Path(f"{store_path.rstrip('/')}.gpgrid")
 
 
-def plan_of(config: PipelineConfig, shape: tuple[int, ...]) -> dict:
+def plan_of(config: PipelineConfig, shape: tuple[int, ...], fingerprint: dict) -> dict:
     """Everything that decides the output's values (not resources, progress or provenance),
-    as plain JSON values so that it compares equal to the stored copy."""
+    the input's content `fingerprint` included, as plain JSON values so that it compares
+    equal to the stored copy."""
     plan = {
         "input_path": config.input_path,
+        "input_fingerprint": fingerprint,
         "variables": list(config.variables),
         "dims": list(config.dims),
         "shape": list(shape),
@@ -88,7 +91,10 @@ class RunLock:
         self._file = handle
 
     def release(self) -> None:
+        """Unlock; a journal holding nothing but the lock (a run that wrote nothing) goes."""
         if self._file is not None:
+            if [p.name for p in self.path.parent.iterdir()] == ["lock"]:
+                shutil.rmtree(self.path.parent)
             fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
             self._file.close()
             self._file = None
@@ -125,7 +131,7 @@ def write_shared(store_path: str, hyperparameters: dict) -> None:
 
 def read_shared(store_path: str) -> dict | None:
     path = journal_dir(store_path) / "hyperparameters.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return _read_json(path) if path.is_file() else None
 
 
 def write_plan(store_path: str, plan: dict) -> None:
@@ -135,25 +141,66 @@ def write_plan(store_path: str, plan: dict) -> None:
 def read_plan(store_path: str) -> dict:
     """The plan a store was made for ({} when it has no journal)."""
     path = journal_dir(store_path) / "plan.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return _read_json(path) if path.is_file() else {}
 
 
-def check_plan(store_path: str, plan: dict) -> None:
-    """Refuse to resume into a store made for another plan, naming what differs."""
+def check_plan(store_path: str, plan: dict, made_by_gpgrid: bool) -> None:
+    """Refuse to resume into a store made for another plan or from other input data,
+    naming what differs. `made_by_gpgrid`: the store's own attributes say gpgrid made it."""
     path = journal_dir(store_path) / "plan.json"
     if not path.is_file():
+        if made_by_gpgrid:
+            raise PlanMismatchError(
+                f"output {store_path!r} was made by gpgrid, but its journal {str(path)!r} is "
+                "missing (deleted?), so which tiles are finished is unknown: set "
+                "output.overwrite: true to compute it again, or choose another output.path"
+            )
         raise PlanMismatchError(
-            f"output {store_path!r} exists but was not made by a gpgrid run (no {path}): "
+            f"output {store_path!r} exists but was not made by a gpgrid run: choose another "
+            "output.path (overwrite only ever replaces gpgrid stores)"
+        )
+    found = _read_json(path)
+    recorded, current = found.pop("input_fingerprint", None), plan.get("input_fingerprint")
+    if recorded is not None and recorded != current:
+        what = "; ".join(fingerprint_changes(recorded, current or {}))
+        raise PlanMismatchError(
+            f"the input {plan.get('input_path')!r} changed since output {store_path!r} was "
+            f"started ({what}): its finished tiles were computed from the old data, so it "
+            "cannot be resumed; set output.overwrite: true to compute everything again, or "
+            "restore the input"
+        )
+    differing = _differences(found, {k: v for k, v in plan.items() if k != "input_fingerprint"})
+    if recorded is None:
+        differing.append("input_fingerprint: store none (made by an older gpgrid), job recorded")
+    if differing:
+        raise PlanMismatchError(
+            f"output {store_path!r} was made for another grid or spec ({'; '.join(differing)}): "
             "choose another output.path, or set output.overwrite: true to replace it"
         )
-    found = json.loads(path.read_text())
-    differing = sorted(k for k in set(found) | set(plan) if found.get(k) != plan.get(k))
-    if differing:
-        details = "; ".join(f"{k}: store {found.get(k)!r}, job {plan.get(k)!r}" for k in differing)
-        raise PlanMismatchError(
-            f"output {store_path!r} was made for another grid or spec ({details}): choose "
-            "another output.path, or set output.overwrite: true to replace it"
-        )
+
+
+def _differences(store: object, job: object, where: str = "") -> list[str]:
+    """`field: store X, job Y` for each leaf that differs between two plans."""
+    if isinstance(store, dict) and isinstance(job, dict):
+        return [
+            line
+            for key in sorted(set(store) | set(job))
+            for line in _differences(store.get(key), job.get(key), f"{where}{key}.")
+        ]
+    if store == job:
+        return []
+    return [f"{where.removesuffix('.')}: store {store!r}, job {job!r}"]
+
+
+def _read_json(path: Path) -> dict:
+    """A journal file's JSON; a damaged one is named, with the fix."""
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise InputError(
+            f"journal file {str(path)!r} is damaged (not JSON): delete it and rerun (for a "
+            "tile record, that tile is computed again), or set output.overwrite: true"
+        ) from None
 
 
 def record_tile(store_path: str, index: int, diagnostics: dict) -> None:
@@ -166,7 +213,7 @@ def finished_tiles(store_path: str) -> dict[int, dict]:
     folder = journal_dir(store_path) / "tiles"
     if not folder.is_dir():
         return {}
-    return {int(p.stem): json.loads(p.read_text()) for p in sorted(folder.glob("[0-9]*.json"))}
+    return {int(p.stem): _read_json(p) for p in sorted(folder.glob("[0-9]*.json"))}
 
 
 def mark_complete(store_path: str) -> None:

@@ -25,7 +25,8 @@ from pipeline import __version__
 from pipeline.blend import Blender
 from pipeline.cluster import ensure_ray
 from pipeline.config import PipelineConfig
-from pipeline.errors import GPUUnavailableError
+from pipeline.errors import GPUUnavailableError, InputError
+from pipeline.fingerprint import input_fingerprint
 from pipeline.grid import history as history_steps
 from pipeline.hyperparameters import pool, sample_tile_indices
 from pipeline.inputs import check_input, coordinate_values, open_input
@@ -40,6 +41,12 @@ from pipeline.journal import (
     reset,
     write_plan,
     write_shared,
+)
+from pipeline.output_guard import (
+    check_output_location,
+    check_replaceable,
+    is_gpgrid_store,
+    remove_store,
 )
 from pipeline.store import create_output_store, finalize_store, write_tile
 from pipeline.target import FORECAST_COORDS, check_new_grid, resolve_forecast, target_dataset
@@ -98,7 +105,7 @@ def run_pipeline(
     """
     start = time.perf_counter()
     ds = open_input(config.input_path)
-    check_input(ds, config.variables, config.dims, config.station_dim, config.station_coords)
+    check_input(ds, config)
     if config.forecast is not None:
         config = resolve_forecast(config, ds)
     if config.regrid:
@@ -111,56 +118,66 @@ def run_pipeline(
     wrap = [dim in config.wrap for dim in config.dims]
     history = [history_steps(config, dim) for dim in config.dims]
     tiles = plan_tiles(tiled, chunks, config.halo, config.blend, wrap, history)
-    plan = plan_of(config, shape)
+    check_output_location(config.output_path, _protected_paths(config))
+    if config.overwrite:
+        check_replaceable(config.output_path)
+    plan = plan_of(config, shape, input_fingerprint(config.input_path, ds, config.variables))
     inner = _inner_chunks(config, chunks)
     store_chunks = tuple(
         max(1, min(round(c * n / m), n)) for c, n, m in zip(chunks, shape, tiled, strict=True)
     )
+    ensure_ray()
+    config = _placement(config, address)
     with RunLock(config.output_path):
         if Path(config.output_path).exists() and not config.overwrite:
-            check_plan(config.output_path, plan)
-            done = set(finished_tiles(config.output_path))
+            check_plan(config.output_path, plan, is_gpgrid_store(config.output_path))
+            done, created = set(finished_tiles(config.output_path)), False
         else:
             reset(config.output_path)
+            remove_store(config.output_path)
             _create_store(config, target, store_chunks, inner)
             write_plan(config.output_path, plan)
-            done = set()
-        ensure_ray()
-        config = _placement(config, address)
-        timings = {"setup": time.perf_counter() - start}
-        attrs: dict = {}
-        if config.model.hyperparameters == "shared":
+            done, created = set(), True
+        try:
+            timings = {"setup": time.perf_counter() - start}
+            attrs: dict = {}
+            if config.model.hyperparameters == "shared":
+                mark = time.perf_counter()
+                shared = _shared_hyperparameters(config, tiles, progress)
+                config = replace(config, shared_hyperparameters=shared)
+                attrs["gpgrid_hyperparameters"] = shared
+                if config.halo_lengthscales:
+                    config = replace(config, halo=_halo_from_lengthscales(config, ds, chunks))
+                    tiles = plan_tiles(tiled, chunks, config.halo, config.blend, wrap, history)
+                    attrs["gpgrid_halo"] = dict(zip(config.dims, config.halo, strict=True))
+                timings["phase1"] = time.perf_counter() - mark
+            blender = None
+            if any(config.blend):
+                pending = {tile.index for tile in tiles} - done
+                blender = Blender(tiles, shape, config.blend, config.variables, pending, wrap)
+                todo = [tile for tile in tiles if tile.index in blender.tiles_needed()]
+            else:
+                todo = [tile for tile in tiles if tile.index not in done]
+            if done and progress:
+                print(
+                    f"resuming {config.output_path}: {len(done)} of {len(tiles)} tiles already "
+                    f"written; computing the other {len(todo)}",
+                    file=sys.stderr,
+                )
             mark = time.perf_counter()
-            shared = _shared_hyperparameters(config, tiles, progress)
-            config = replace(config, shared_hyperparameters=shared)
-            attrs["gpgrid_hyperparameters"] = shared
-            if config.halo_lengthscales:
-                config = replace(config, halo=_halo_from_lengthscales(config, ds, chunks))
-                tiles = plan_tiles(tiled, chunks, config.halo, config.blend, wrap, history)
-                attrs["gpgrid_halo"] = dict(zip(config.dims, config.halo, strict=True))
-            timings["phase1"] = time.perf_counter() - mark
-        blender = None
-        if any(config.blend):
-            pending = {tile.index for tile in tiles} - done
-            blender = Blender(tiles, shape, config.blend, config.variables, pending, wrap)
-            todo = [tile for tile in tiles if tile.index in blender.tiles_needed()]
-        else:
-            todo = [tile for tile in tiles if tile.index not in done]
-        if done and progress:
-            print(
-                f"resuming {config.output_path}: {len(done)} of {len(tiles)} tiles already "
-                f"written; computing the other {len(todo)}",
-                file=sys.stderr,
-            )
-        mark = time.perf_counter()
-        cells, timings["write"] = _run_tiles(config, todo, progress, start, blender)
-        timings["tiles"] = time.perf_counter() - mark
-        mark = time.perf_counter()
-        records = finished_tiles(config.output_path)
-        attrs["gpgrid_tiles"] = [_provenance(records[i]) for i in sorted(records)]
-        finalize_store(config.output_path, attrs)
-        mark_complete(config.output_path)
-        timings["finalize"] = time.perf_counter() - mark
+            cells, timings["write"] = _run_tiles(config, todo, progress, start, blender)
+            timings["tiles"] = time.perf_counter() - mark
+            mark = time.perf_counter()
+            records = finished_tiles(config.output_path)
+            attrs["gpgrid_tiles"] = [_provenance(records[i]) for i in sorted(records)]
+            finalize_store(config.output_path, attrs)
+            mark_complete(config.output_path)
+            timings["finalize"] = time.perf_counter() - mark
+        except BaseException:
+            if created and not finished_tiles(config.output_path):
+                reset(config.output_path)  # nothing was written: leave nothing behind
+                remove_store(config.output_path)
+            raise
     seconds = time.perf_counter() - start
     return RunSummary(config.output_path, len(tiles), cells, seconds, len(done), timings)
 
@@ -171,7 +188,7 @@ def _inner_chunks(config: PipelineConfig, chunks: tuple[int, ...]) -> tuple[int,
         return None
     inner = tuple(min(c, t) for c, t in zip(config.chunks, chunks, strict=True))
     if any(t % c for t, c in zip(chunks, inner, strict=True)):
-        raise ValueError(
+        raise InputError(
             f"tiling.chunks {dict(zip(config.dims, inner, strict=True))} must divide the "
             f"tile sizes {dict(zip(config.dims, chunks, strict=True))}: each tile is one "
             "shard of whole chunks"
@@ -202,7 +219,6 @@ def _create_store(
         config.dims,
         chunks,
         attrs,
-        config.overwrite,
         (*config.station_coords, *(FORECAST_COORDS if config.forecast else ())),
         inner,
         config.std_includes_noise,
@@ -257,22 +273,36 @@ def _warm_start(store_path: str, variables: tuple[str, ...]) -> dict:
     """Shared hyperparameters recorded by an earlier run's store."""
     attrs = zarr.open_group(store_path, mode="r").attrs
     if "gpgrid_hyperparameters" not in attrs:
-        raise ValueError(
+        raise InputError(
             f"warm start {store_path!r} holds no shared hyperparameters: give a store made "
             "with model.hyperparameters: shared, or drop model.warm_start"
         )
     shared = json.loads(attrs["gpgrid_hyperparameters"])
     missing = [v for v in variables if v not in shared]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"warm start {store_path!r} has no hyperparameters for {missing} (it has "
             f"{sorted(shared)}): give a store made for these variables"
         )
     return {v: shared[v] for v in variables}
 
 
+def _protected_paths(config: PipelineConfig) -> tuple[str, ...]:
+    """What the output must never be, hold or lie in: the input and a warm-start store."""
+    return (config.input_path, *((config.warm_start,) if config.warm_start else ()))
+
+
 def _placement(config: PipelineConfig, address: str | None) -> PipelineConfig:
-    """Fail fast when GPUs are asked of an embedded Ray without any (or fall back to CPU)."""
+    """Fail fast when a task asks for more CPUs than the embedded Ray has (it would wait
+    forever), or for GPUs it has none of (or fall back to CPU)."""
+    embedded = not (address or os.environ.get("RAY_ADDRESS"))
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if embedded and config.num_cpus > cpus:
+        raise GPUUnavailableError(
+            f"resources.num_cpus is {config.num_cpus:g} but this machine's Ray has {cpus:g} "
+            f"CPUs, so no tile could ever start: set resources.num_cpus to at most {cpus:g}, "
+            "or run on a cluster with --address"
+        )
     if config.num_gpus <= 0 or ray.cluster_resources().get("GPU", 0) > 0:
         return config
     if address or os.environ.get("RAY_ADDRESS"):
@@ -315,15 +345,23 @@ def _run_tiles(
 
     def collect(ref: ray.ObjectRef) -> None:
         nonlocal cells, writing
-        result: TileResult = ray.get(ref)
+        result: TileResult = _result_of(ref, pending[ref])
         mark = time.perf_counter()
         if blender is None:
             chunks = [(result.tile, result.predictions, result.diagnostics)]
         else:
             chunks = blender.add(result.tile, result.predictions, result.diagnostics)
         for chunk, predictions, diagnostics in chunks:
-            write_tile(config.output_path, chunk, predictions)
-            record_tile(config.output_path, chunk.index, diagnostics)
+            try:
+                write_tile(config.output_path, chunk, predictions)
+                record_tile(config.output_path, chunk.index, diagnostics)
+            except OSError as err:
+                raise StorageError(
+                    f"writing tile {chunk.index} to {config.output_path!r} failed: "
+                    f"{err.strerror or err} ({err.filename or 'a chunk file'}); the tiles "
+                    "written so far are kept: fix the storage (free disk space) and rerun "
+                    "to resume"
+                ) from err
             cells += math.prod(chunk.core_shape)
         writing += time.perf_counter() - mark
         bar.update(1)
@@ -341,6 +379,27 @@ def _run_tiles(
         pending.pop(done[0])
     bar.close()
     return cells, writing
+
+
+class StorageError(RuntimeError):
+    """Writing the output failed (disk full, permissions): a failure, not bad input."""
+
+
+def _result_of(ref: ray.ObjectRef, tile: Tile) -> TileResult:
+    """A finished task's result; an InputError raised inside it is raised here as itself
+    (one sentence naming the tile), not as a remote traceback."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as err:
+        cause = err.cause
+        if isinstance(cause, InputError):
+            raise InputError(f"tile {tile.index} ({_window_text(tile)}): {cause}") from None
+        raise
+
+
+def _window_text(tile: Tile) -> str:
+    """A tile's core as `start:stop` per dim, for messages."""
+    return ", ".join(f"{s.start}:{s.stop}" for s in tile.core)
 
 
 def _provenance(diagnostics: object) -> object:

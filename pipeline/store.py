@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from pipeline.errors import InputError
 from pipeline.tiling import Tile
 
 CF_COPIED_ATTRS = ("units", "standard_name", "long_name")
@@ -51,25 +51,22 @@ def create_output_store(
     dims: tuple[str, ...],
     chunks: tuple[int, ...],
     attrs: Mapping[str, str],
-    overwrite: bool = False,
     extra_coords: tuple[str, ...] = (),
     inner_chunks: tuple[int, ...] | None = None,
     std_includes_noise: bool = False,
 ) -> None:
     """Write the output's metadata and coordinates, with every prediction chunk still empty.
 
-    An existing store is refused unless `overwrite`, so finished results are never
-    replaced by accident. `extra_coords` (e.g. station positions) are copied too. With
-    `inner_chunks` the arrays are sharded: one shard per tile (`chunks`), stored in
+    An existing path is refused (the runner removes a store it may replace first), so
+    nothing is ever replaced by accident. `extra_coords` (e.g. station positions) are
+    copied too. With `inner_chunks` the arrays are sharded: one shard per tile (`chunks`), stored in
     smaller chunks that readers can fetch one by one.
     """
     if Path(path).exists():
-        if not overwrite:
-            raise FileExistsError(
-                f"output {path!r} already exists: choose another output.path, delete it, "
-                "or set output.overwrite: true"
-            )
-        shutil.rmtree(path)
+        raise InputError(
+            f"output {path!r} already exists: choose another output.path, or set "
+            "output.overwrite: true to replace a gpgrid store"
+        )
     shape = tuple(source.sizes[d] for d in dims)
     coords = {name: source[name] for name in (*dims, *extra_coords) if name in source.coords}
     data_vars = {}

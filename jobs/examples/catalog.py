@@ -17,6 +17,7 @@ import xarray as xr
 from jobs.examples import datasets
 from jobs.run import run_job
 from jobs.spec import load_spec
+from pipeline.errors import InputError
 from pipeline.holdout import score_forecast
 from pipeline.runner import RunSummary
 from pipeline.scores import score_gap_cells
@@ -84,7 +85,7 @@ EXAMPLES = {
 def prepare_example(name: str, out: Path) -> Path:
     """Write the example's input store and its spec into `out`; return the spec's path."""
     if name not in EXAMPLES:
-        raise KeyError(f"no example {name!r}: choose one of {sorted(EXAMPLES)}")
+        raise InputError(f"no example {name!r}: choose one of {sorted(EXAMPLES)}")
     example = EXAMPLES[name]
     out.mkdir(parents=True, exist_ok=True)
     datasets.write_zarr(example.build(), out / "input.zarr")

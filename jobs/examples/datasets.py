@@ -35,6 +35,7 @@ import pandas as pd
 import xarray as xr
 import zarr
 
+from pipeline.errors import InputError
 from pipeline.store import consolidated_v3_allowed
 from pipeline.synthetic import START, SyntheticGrid, cut_gaps, draw_field
 
@@ -130,7 +131,7 @@ def heaton_dataset(which: Literal["satellite", "simulated"] = "satellite") -> xr
     folder = Path(os.environ.get(HEATON_DIR_ENV, HEATON_DIR))
     path = folder / f"heaton_{which}_train.nc"
     if not path.is_file():
-        raise FileNotFoundError(
+        raise InputError(
             f"{path} not found: it comes from the Heaton et al. (2019) competition repository "
             f"(github.com/finnlindgren/heatoncomparison, converted to netCDF); put it there "
             f"or set {HEATON_DIR_ENV} to the folder that holds it"
@@ -224,7 +225,7 @@ def write_zarr(ds: xr.Dataset, path: str | Path, chunks: dict | None = None) -> 
     path = Path(path)
     if path.exists():
         if not _written_here(path):
-            raise FileExistsError(
+            raise InputError(
                 f"{path} exists and was not written by write_zarr (no {MARKER!r} attribute): "
                 "delete it or choose another path"
             )

@@ -1,0 +1,20 @@
+"""Checks of a spec's paths that run before Ray starts or anything is written (light imports)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jobs.spec import JobSpec
+from pipeline.output_guard import check_output_location, check_replaceable
+
+
+def check_paths(spec: JobSpec, spec_path: Path | None = None) -> None:
+    """Refuse, before Ray starts or anything is written, an output that is, holds or lies
+    in the input (or a warm-start store), that holds the spec file, or that overwrite
+    would have to delete although gpgrid did not make it."""
+    protected = [spec.input.path, *filter(None, [spec.model.warm_start])]
+    if spec_path is not None:
+        protected.append(str(Path(spec_path).expanduser().resolve()))
+    check_output_location(spec.output.path, protected)
+    if spec.output.overwrite and spec.target.kind != "forecast":  # forecasts: a folder of stores
+        check_replaceable(spec.output.path)

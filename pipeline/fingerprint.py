@@ -1,0 +1,85 @@
+"""What identifies an input's content, cheaply, so a resume can tell that the data changed.
+
+A run records the fingerprint in its plan; a rerun computes it again and refuses to
+resume when it differs, since finished tiles were computed from the old data. It reads
+no data: shapes, dtypes and chunk layout from the metadata, coordinate values (small),
+and for the variables' bytes the size and modification time of every file that holds
+them (a zarr variable's folder, or the netCDF file), so rewriting any chunk shows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import xarray as xr
+
+
+def input_fingerprint(path: str, ds: xr.Dataset, variables: tuple[str, ...]) -> dict:
+    """{name: {shape, dtype, chunks, files}} for each variable, and a digest of coordinates."""
+    root = Path(path)
+    single_file = root.is_file()
+    fingerprint: dict = {
+        "coordinates": _digest(_coordinate_bytes(ds[name]) for name in sorted(map(str, ds.coords)))
+    }
+    for name in variables:
+        var = ds[name]
+        chunks = var.encoding.get("chunks") or var.encoding.get("chunksizes")
+        fingerprint[name] = {
+            "shape": list(var.shape),
+            "dtype": var.dtype.str,
+            "chunks": list(chunks) if chunks else None,
+            "files": _files_digest(root if single_file else root / name),
+        }
+    return fingerprint
+
+
+def changes(recorded: dict, current: dict) -> list[str]:
+    """What differs between two fingerprints, in words (empty when they agree)."""
+    found = []
+    if recorded.get("coordinates") != current.get("coordinates"):
+        found.append("its coordinates changed")
+    for name in sorted((set(recorded) | set(current)) - {"coordinates"}):
+        old, new = recorded.get(name), current.get(name)
+        if old is None or new is None:
+            found.append(f"variable {name!r} is new or gone")
+            continue
+        for key, what in (("shape", "shape"), ("dtype", "dtype"), ("chunks", "chunk layout")):
+            if old[key] != new[key]:
+                found.append(f"{name!r} {what} {old[key]} -> {new[key]}")
+        if old["files"] != new["files"]:
+            found.append(f"{name!r} data files were rewritten (sizes or modification times)")
+    return found
+
+
+def _files_digest(path: Path) -> str:
+    """A digest of (relative name, size, mtime) of `path` (a file) or every file under it."""
+    if path.is_file():
+        stat = path.stat()
+        return _digest([repr((path.name, stat.st_size, stat.st_mtime_ns))])
+    entries = []
+    for folder, _, files in os.walk(path):
+        for file in files:
+            stat = os.stat(os.path.join(folder, file))
+            name = os.path.relpath(os.path.join(folder, file), path)
+            entries.append(repr((name, stat.st_size, stat.st_mtime_ns)))
+    return _digest(sorted(entries))
+
+
+def _coordinate_bytes(coord: xr.DataArray) -> bytes:
+    """A coordinate's name, dtype and values as bytes (cftime objects by their text)."""
+    values = coord.values
+    if values.dtype == object:
+        data = "|".join(map(str, values.ravel())).encode()
+    else:
+        data = values.tobytes()
+    return f"{coord.name}:{values.dtype.str}:".encode() + data
+
+
+def _digest(parts: Iterable[str | bytes]) -> str:
+    sha = hashlib.sha256()
+    for part in parts:
+        sha.update(part.encode() if isinstance(part, str) else part)
+    return sha.hexdigest()

@@ -1,0 +1,74 @@
+"""Where a run may write, and what `output.overwrite` may remove.
+
+A run never writes into, over or around its input, nor over the folder a spec lives in,
+and overwrite only ever removes a store that gpgrid made: one whose root metadata or
+journal says so. Everything here runs before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from pipeline.errors import InputError
+
+
+def check_output_location(output: str, protected: Iterable[str]) -> None:
+    """Refuse an output that is, lies inside, or contains one of the `protected` paths
+    (the input, a warm-start store, the spec's folder)."""
+    target = Path(output).expanduser().resolve()
+    for path in protected:
+        kept = Path(path).expanduser().resolve()
+        if target == kept:
+            raise InputError(
+                f"output.path {output!r} is the input {path!r}: writing it would destroy the "
+                "data it is computed from; choose another output.path"
+            )
+        if target.is_relative_to(kept):
+            raise InputError(
+                f"output.path {output!r} lies inside {path!r}: writing it would change that "
+                "store or folder; choose an output.path outside it"
+            )
+        if kept.is_relative_to(target):
+            raise InputError(
+                f"output.path {output!r} contains {path!r}: replacing it would delete that; "
+                "choose an output.path that holds nothing of yours"
+            )
+
+
+def is_gpgrid_store(path: str) -> bool:
+    """Whether `path` is a zarr store that gpgrid made (its root attributes say so);
+    anything else is the user's and is never removed."""
+    try:
+        meta = json.loads((Path(path) / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return "gpgrid_version" in meta.get("attributes", {})
+
+
+def check_replaceable(path: str) -> None:
+    """Refuse to overwrite an existing `path` that is not a gpgrid store."""
+    target = Path(path)
+    if not target.exists():
+        return
+    if target.is_file():
+        raise InputError(
+            f"output.path {path!r} is a file, not a gpgrid store: overwrite never removes "
+            "your files; choose another output.path"
+        )
+    if not is_gpgrid_store(path):
+        raise InputError(
+            f"output.path {path!r} holds something gpgrid did not make (no gpgrid store "
+            "metadata there): overwrite only replaces gpgrid stores; choose another "
+            "output.path, or move that folder away yourself"
+        )
+
+
+def remove_store(path: str) -> None:
+    """Delete a gpgrid store (checked first), e.g. before overwriting it or after a run
+    that failed before writing anything."""
+    check_replaceable(path)
+    if Path(path).exists():
+        shutil.rmtree(path)
