@@ -31,11 +31,37 @@ MAX_REFINEMENTS = 4
 
 @dataclass(frozen=True)
 class Lattice:
-    """A regular grid: per-axis start, spacing and size."""
+    """A regular grid: per-axis start, spacing and size.
+
+    A lattice is a set of nodes, and it is held in one canonical form: every spacing
+    positive, every start the lowest node. An axis given in descending order (latitude
+    from 90 to -90, as ERA5 stores it: a negative spacing from the first coordinate) is
+    turned around on construction into the same nodes in ascending order. Everything
+    that reads a lattice (cells per lengthscale or period, lags, neighbour offsets,
+    interpolation stencils) can then take a spacing as the width of a cell. Cells are
+    found from coordinates (`cell_index`), so callers never depend on the node order.
+    """
 
     starts: tuple[float, ...]
     spacings: tuple[float, ...]
     shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        starts, spacings = [], []
+        for axis, (start, h, n) in enumerate(
+            zip(self.starts, self.spacings, self.shape, strict=True)
+        ):
+            if not (math.isfinite(start) and math.isfinite(h)) or (h == 0 and n > 1):
+                raise ValueError(
+                    f"lattice axis {axis} has start {start} and spacing {h}: a regular grid "
+                    "needs a finite start and a finite, non-zero spacing"
+                )
+            descending = h < 0
+            starts.append(float(start + (n - 1) * h) if descending else float(start))
+            spacings.append(float(-h) if descending else float(h))
+        object.__setattr__(self, "starts", tuple(starts))
+        object.__setattr__(self, "spacings", tuple(spacings))
+        object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
 
     @property
     def size(self) -> int:

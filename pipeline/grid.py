@@ -122,7 +122,10 @@ def window_inputs(config: PipelineConfig, tile: Tile, ds: xr.Dataset) -> np.ndar
 
 
 def window_lattice(axes: list[np.ndarray], dims: tuple[str, ...]) -> Lattice:
-    """The window as a regular lattice; irregular coordinates are refused (use the exact model)."""
+    """The window as a regular lattice; irregular coordinates are refused (use the exact model).
+
+    A descending axis (latitude from north to south) gives a negative step here, which
+    `Lattice` turns into the same nodes in ascending order."""
     starts, spacings = [], []
     for dim, values in zip(dims, axes, strict=True):
         steps = np.diff(values)
