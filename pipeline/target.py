@@ -10,21 +10,26 @@ predicts the `steps` cells that follow them. Each issue time gets its own store,
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import cftime
 import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
+import zarr
 
 from pipeline.config import PipelineConfig
-from pipeline.inputs import coordinate_values
+from pipeline.errors import InputError
+from pipeline.inputs import coordinate_values, is_cftime
 from pipeline.journal import is_complete, read_plan
 
 FORECAST_COORDS = ("forecast_reference_time", "forecast_period")
 MIN_HISTORY = 2
 EDGE_SLACK = 1e-3  # of a step: a new grid may touch the data's ends to rounding
+# Calendars whose times xarray decodes to numpy datetimes; others are cftime datetimes.
+REAL_CALENDARS = ("standard", "gregorian", "proleptic_gregorian")
 
 
 def resolve_forecast(config: PipelineConfig, ds: xr.Dataset) -> PipelineConfig:
@@ -33,13 +38,13 @@ def resolve_forecast(config: PipelineConfig, ds: xr.Dataset) -> PipelineConfig:
     times = ds[forecast.dim]
     values = coordinate_values(times)
     if np.any(np.diff(values) <= 0):
-        raise ValueError(
+        raise InputError(
             f"the forecast dim {forecast.dim!r} must increase along the data: sort the input"
         )
     issue = _issue_value(forecast.issue_time, times)
     history = int(np.searchsorted(times.values, issue, side="right"))
     if history < MIN_HISTORY:
-        raise ValueError(
+        raise InputError(
             f"issue time {forecast.issue_time} leaves {history} step(s) of data before it (the "
             f"data start at {_label(times.values[0])}): choose a later target.issue_time"
         )
@@ -61,25 +66,39 @@ def _issue_value(issue_time: str | None, times: xr.DataArray) -> np.generic:
             if stamp.tzinfo is not None:
                 stamp = stamp.tz_convert("UTC").tz_localize(None)
             return np.datetime64(stamp, "ns")
+        if is_cftime(times.values):
+            return cftime_at(issue_time, times.values[0].calendar)
         return np.float64(issue_time)
     except ValueError:
-        raise ValueError(
+        raise InputError(
             f"target.issue_time {issue_time!r} is not a time like the data's "
-            f"{_label(times.values[-1])}: give an ISO 8601 time, e.g. 2000-01-01T00:00"
+            f"{_label(times.values[-1])}: give an ISO 8601 time, e.g. 2000-01-01T00:00 (in "
+            "the data's calendar, in UTC)"
         ) from None
 
 
-def _label(value: np.generic) -> str:
+def cftime_at(text: str, calendar: str) -> cftime.datetime:
+    """An ISO 8601 time (UTC, or without a zone) in a cftime calendar, where dates such as
+    2000-02-30 (360_day) exist."""
+    local = text.removesuffix("Z").removesuffix("+00:00")
+    return xr.date_range(local, periods=1, calendar=calendar, use_cftime=True)[0]
+
+
+def _label(value: np.generic | cftime.datetime) -> str:
     """An issue time as text that reads back exactly: ISO 8601, or the number in full."""
     if isinstance(value, np.datetime64):
         return pd.Timestamp(value).isoformat()
+    if isinstance(value, cftime.datetime):
+        return value.isoformat()
     return repr(float(value))
 
 
-def _stamp(value: np.generic) -> str:
+def _stamp(value: np.generic | cftime.datetime) -> str:
     """A file-name-safe form of an issue time, to the second: 20000101T000000Z, or the number."""
     if isinstance(value, np.datetime64):
         return pd.Timestamp(value).strftime("%Y%m%dT%H%M%SZ")
+    if isinstance(value, cftime.datetime):
+        return value.strftime("%Y%m%dT%H%M%SZ")
     return np.format_float_positional(float(value), trim="-")
 
 
@@ -94,14 +113,14 @@ def check_new_grid(config: PipelineConfig, ds: xr.Dataset) -> None:
     for dim, values in new_axes(config).items():
         source = ds[dim].values
         if not np.issubdtype(source.dtype, np.number) or np.any(np.diff(source) <= 0):
-            raise ValueError(
+            raise InputError(
                 f"target.grid for {dim!r} needs the input's {dim!r} coordinate to be numeric "
                 "and increasing"
             )
         low, high = float(source[0]), float(source[-1])
         slack = EDGE_SLACK * (values[1] - values[0] if len(values) > 1 else high - low)
         if values[0] < low - slack or values[-1] > high + slack:
-            raise ValueError(
+            raise InputError(
                 f"target.grid for {dim!r} spans {values[0]:g} to {values[-1]:g}, beyond the "
                 f"input's {low:g} to {high:g}: gpgrid does not extrapolate; shrink the grid"
             )
@@ -122,6 +141,10 @@ def target_dataset(config: PipelineConfig, ds: xr.Dataset) -> xr.Dataset:
         future = past[-1] + (steps * spacing).astype("timedelta64[ns]")
         issue = np.datetime64(pd.Timestamp(forecast.issue), "ns")
         lead = (future - issue).astype("timedelta64[ns]")
+    elif is_cftime(past):  # the calendar's own arithmetic: 2000-02-30 + 1 day in 360_day
+        future = np.array([past[-1] + timedelta(days=forecast.step * k) for k in steps])
+        issue = cftime_at(forecast.issue, past[-1].calendar)
+        lead = future - issue
     else:
         future = past[-1] + steps * forecast.step
         issue = np.float64(forecast.issue)
@@ -159,24 +182,30 @@ def _template(config: PipelineConfig, ds: xr.Dataset, coords: dict, sizes: dict)
     return xr.Dataset(data_vars, coords=coords)
 
 
-def _issue_key(label: str) -> datetime | float:
-    """A recorded issue time as a UTC datetime, or a number for numeric time axes."""
+def _issue_key(label: str, store: Path) -> datetime | cftime.datetime | float:
+    """A recorded issue time as a UTC datetime, a cftime datetime in the store's calendar
+    (360_day, noleap ...), or a number for numeric time axes."""
     try:
         return float(label)
     except ValueError:
+        pass
+    issue = zarr.open_array(store, path="forecast_reference_time", mode="r")
+    calendar = issue.attrs.get("calendar", "standard")
+    if calendar in REAL_CALENDARS:
         return pd.Timestamp(label).to_pydatetime().replace(tzinfo=UTC)
+    return cftime_at(label, calendar)
 
 
-def forecast_stores(folder: str | Path) -> dict[datetime | float, Path]:
-    """The finished forecast stores in an output folder, by issue time (UTC datetimes, or
-    numbers for numeric time axes)."""
-    found: dict[datetime, Path] = {}
+def forecast_stores(folder: str | Path) -> dict[datetime | cftime.datetime | float, Path]:
+    """The finished forecast stores in an output folder, by issue time (UTC datetimes,
+    cftime datetimes for other calendars, or numbers for numeric time axes)."""
+    found: dict[datetime | cftime.datetime | float, Path] = {}
     for store in sorted(Path(folder).glob("*.zarr")):
         if not is_complete(str(store)):
             continue
         issue = (read_plan(str(store)).get("forecast") or {}).get("issue")
         if issue is not None:
-            found[_issue_key(issue)] = store
+            found[_issue_key(issue, store)] = store
     return found
 
 
