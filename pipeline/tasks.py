@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -21,6 +22,7 @@ from gpkernels import (
     KissGP,
     Lattice,
     MultitaskExactGP,
+    NumericalWarning,
     Product,
     Scale,
     make_kernel,
@@ -48,6 +50,49 @@ KISS_CG_TOL = 1e-4  # relative residual of the mean solve: far below the noise i
 KISS_MAX_OBSERVATIONS = 5_000_000
 SVGP_BATCH = 1024
 LOVE_ROOT_VALUES = 50_000_000  # 400 MB of float64: the largest variance root a tile keeps
+# Observations whose range is within this fraction of their magnitude count as constant: a
+# few float32 rounding steps, a field with nothing for a GP to learn (zero precipitation).
+CONSTANT_RTOL = 1e-6
+
+
+class DegenerateTileWarning(NumericalWarning):
+    """A tile's variable was predicted without a GP: its observations are (nearly) constant."""
+
+
+def constant_observations(values: np.ndarray) -> str | None:
+    """Why finite `values` (at least one) count as constant, or None when they vary.
+
+    Constant: their range is at most CONSTANT_RTOL of their largest magnitude (all
+    equal, all zero, or equal to float32 rounding). A GP learns nothing from such data:
+    the variance to standardise by is zero, and no lengthscale or noise is identifiable.
+    """
+    low, high = float(values.min()), float(values.max())
+    if high - low > CONSTANT_RTOL * max(abs(low), abs(high)):
+        return None
+    if low == high:
+        return f"constant: all {values.size} observations equal {low!r}"
+    return f"constant: all {values.size} observations within {low!r} to {high!r}"
+
+
+def predict_constant(
+    values: np.ndarray, cells: int, fixed: dict | None
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Mean and std at `cells` targets for (nearly) constant observations, and how the std
+    was chosen.
+
+    The mean is the observations' mean. The std is the noise std: the shared noise when the
+    run pooled hyperparameters, else the observations' own standard deviation, floored at
+    the resolution of the stored values there (one unit in the last place of the largest
+    magnitude, in their dtype), since data that show no spread can claim no less.
+    """
+    mean = float(values.astype(np.float64).mean())
+    if fixed is not None:
+        std, how = float(np.sqrt(fixed["noise"])), "the shared noise std"
+    else:
+        resolution = float(np.spacing(np.abs(values).max()))
+        std = max(float(values.astype(np.float64).std()), resolution)
+        how = f"the observations' std, at least their resolution {resolution:.3g}"
+    return np.full(cells, mean), np.full(cells, std), how
 
 
 def nearest_to_core(
@@ -206,15 +251,16 @@ def _condition_on_shared(model, fixed: dict, tx: torch.Tensor, ty: torch.Tensor)
 
 def fit_tile_hyperparameters(config: PipelineConfig, tile: Tile) -> dict[str, dict | None]:
     """Phase 1 on one sampled tile: per variable, an ExactGP's hyperparameters (L-BFGS on the
-    `fit_points` observations nearest the core), in the data's units; None when too few."""
+    `fit_points` observations nearest the core), in the data's units; None when too few
+    or constant."""
     ds = open_input(config.input_path)
     x = window_inputs(config, tile, ds)
     found: dict[str, dict | None] = {}
     for var in config.variables:
         values = read_window(config, tile, ds, var).reshape(-1)
         observed = np.flatnonzero(np.isfinite(values))
-        if observed.size < max(MIN_OBSERVATIONS, 10):
-            found[var] = None
+        if observed.size < max(MIN_OBSERVATIONS, 10) or constant_observations(values[observed]):
+            found[var] = None  # too few, or constant: no hyperparameters to learn
             continue
         used = nearest_to_core(observed, tile, config.halo, config.model.fit_points, tile.index)
         tx, ty = _tensors(config, x[used], values[used])
@@ -389,9 +435,25 @@ def _predict_variables_apart(
             "n_observed": int(observed.size),
             "read_seconds": time.perf_counter() - read_start,
         }
+        constant = (
+            constant_observations(values[observed]) if observed.size >= MIN_OBSERVATIONS else None
+        )
         if observed.size < MIN_OBSERVATIONS:
-            info["status"] = f"skipped: {observed.size} observations in the window"
+            plural = "" if observed.size == 1 else "s"
+            info["skipped"] = f"{observed.size} observation{plural}, fewer than {MIN_OBSERVATIONS}"
+            info["status"] = f"skipped: {info['skipped']}"
             mean = std = np.full(len(x_core), np.nan)
+        elif constant is not None:
+            fixed = (config.shared_hyperparameters or {}).get(var)
+            mean, std, how = predict_constant(values[observed], len(x_core), fixed)
+            info.update(degenerate=constant, status=f"degenerate: {constant}", model="constant")
+            warnings.warn(
+                f"tile {tile.index}, variable {var!r}: {constant}; predicted that mean "
+                f"{float(mean[0])!r} with std {float(std[0]):.3g} ({how}) instead of fitting a GP, "
+                "which has no variance to learn from",
+                DegenerateTileWarning,
+                stacklevel=2,
+            )
         else:
             fixed = (config.shared_hyperparameters or {}).get(var)
             use_svgp = config.model.type == "svgp" or (

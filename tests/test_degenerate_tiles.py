@@ -1,0 +1,151 @@
+"""Tiles a GP cannot learn from: constant windows (a region of zero precipitation) are
+predicted as their constant, flagged and warned about; windows with too few observations
+give NaN and a `skipped` reason. Underneath, a zero right-hand side solves to zero."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from gpkernels import ExactGP, KissGP, NumericalWarning, separable
+from gpkernels.solvers import pcg
+from pipeline.config import ModelConfig, PipelineConfig
+from pipeline.store import consolidated_v3_allowed
+from pipeline.tasks import (
+    MIN_OBSERVATIONS,
+    DegenerateTileWarning,
+    fit_tile_hyperparameters,
+    predict_tile,
+)
+from pipeline.tiling import plan_tiles
+
+SHAPE = (2, 10, 8)
+DIMS = ("time", "lat", "lon")
+
+
+def _write(path: str, values: np.ndarray) -> str:
+    ds = xr.Dataset(
+        {"pr": (DIMS, values.astype(np.float32), {"units": "mm"})},
+        coords={
+            "time": ("time", np.arange(SHAPE[0], dtype=float)),
+            "lat": ("lat", 40.0 + 0.25 * np.arange(SHAPE[1])),
+            "lon": ("lon", 5.0 + 0.25 * np.arange(SHAPE[2])),
+        },
+    )
+    with consolidated_v3_allowed():
+        ds.to_zarr(path, mode="w", zarr_format=3, consolidated=True)
+    return path
+
+
+def _gappy(value: float, keep: int | None = None) -> np.ndarray:
+    """`value` on the grid with 30% of the cells missing (or only `keep` cells observed)."""
+    rng = np.random.default_rng(0)
+    values = np.full(SHAPE, value)
+    if keep is None:
+        values[rng.random(SHAPE) < 0.3] = np.nan
+    else:
+        values.flat[rng.permutation(values.size)[keep:]] = np.nan
+    return values
+
+
+def _config(path: str, model_type: str, **changes) -> PipelineConfig:  # noqa: ANN003
+    return PipelineConfig(
+        input_path=path,
+        variables=("pr",),
+        dims=DIMS,
+        output_path="unused.zarr",
+        tile=SHAPE,
+        halo=(0, 0, 0),
+        model=ModelConfig(kernels=("matern32",) * 3, type=model_type),
+        **changes,
+    )
+
+
+@pytest.mark.parametrize("value", [0.0, 5.0])
+@pytest.mark.parametrize("model_type", ["kiss", "exact"])
+def test_constant_window_is_predicted_flagged_and_warned(
+    tmp_path, value: float, model_type: str
+) -> None:
+    path = _write(str(tmp_path / "constant.zarr"), _gappy(value))
+    config = _config(path, model_type)
+    (tile,) = plan_tiles(SHAPE, config.tile, config.halo)
+    with pytest.warns(DegenerateTileWarning, match=rf"observations equal {value!r}") as caught:
+        result = predict_tile(config, tile)
+    info = result.diagnostics["variables"]["pr"]
+    n = info["n_observed"]
+    assert info["degenerate"] == f"constant: all {n} observations equal {value!r}"
+    assert f"tile 0, variable 'pr': constant: all {n} observations" in str(caught[0].message)
+    np.testing.assert_array_equal(result.predictions["pr"], value)
+    # No spread in the data: the std is the documented floor, their float32 resolution.
+    floor = float(np.spacing(np.float32(value)))
+    np.testing.assert_array_equal(result.predictions["pr_std"], floor)
+
+
+def test_constant_window_with_shared_hyperparameters_takes_their_noise_std(tmp_path) -> None:
+    path = _write(str(tmp_path / "constant.zarr"), _gappy(0.0))
+    shared = {"pr": {"lengthscales": [1.0, 1.0, 1.0], "outputscale": 2.0, "noise": 0.09}}
+    config = _config(path, "kiss", shared_hyperparameters=shared)
+    (tile,) = plan_tiles(SHAPE, config.tile, config.halo)
+    with pytest.warns(DegenerateTileWarning, match="shared noise std"):
+        result = predict_tile(config, tile)
+    np.testing.assert_array_equal(result.predictions["pr"], 0.0)
+    np.testing.assert_allclose(result.predictions["pr_std"], 0.3)
+
+
+def test_a_constant_tile_gives_no_hyperparameters_to_pool(tmp_path) -> None:
+    path = _write(str(tmp_path / "constant.zarr"), _gappy(5.0))
+    config = _config(path, "kiss")
+    (tile,) = plan_tiles(SHAPE, config.tile, config.halo)
+    assert fit_tile_hyperparameters(config, tile) == {"pr": None}
+
+
+@pytest.mark.parametrize("keep", [0, 1, MIN_OBSERVATIONS - 1])
+def test_too_few_observations_give_nan_and_a_skipped_reason(tmp_path, keep: int) -> None:
+    values = _gappy(0.0, keep=keep)
+    values[np.isfinite(values)] = np.arange(keep)  # not constant: the count alone decides
+    path = _write(str(tmp_path / "few.zarr"), values)
+    config = _config(path, "kiss")
+    (tile,) = plan_tiles(SHAPE, config.tile, config.halo)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DegenerateTileWarning)
+        result = predict_tile(config, tile)
+    info = result.diagnostics["variables"]["pr"]
+    noun = "observation" if keep == 1 else "observations"
+    assert info["skipped"] == f"{keep} {noun}, fewer than {MIN_OBSERVATIONS}"
+    assert "degenerate" not in info
+    assert np.isnan(result.predictions["pr"]).all() and np.isnan(result.predictions["pr_std"]).all()
+
+
+def test_cg_solves_a_zero_right_hand_side_to_zero() -> None:
+    a = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    rhs = torch.tensor([[0.0, 1.0], [0.0, 2.0]], dtype=torch.float64)  # one zero column
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NumericalWarning)
+        solved = pcg(lambda v: a @ v, rhs, tol=1e-12)
+    assert solved.converged
+    torch.testing.assert_close(solved.solution[:, 0], torch.zeros(2, dtype=torch.float64))
+    torch.testing.assert_close(solved.solution[:, 1], torch.linalg.solve(a, rhs[:, 1]))
+    assert float(solved.relative_residual[0]) == 0.0
+
+
+def test_kiss_on_grid_conditions_on_constant_data_like_the_exact_gp() -> None:
+    """The on-grid solve of a constant (standardised: zero) target is zero, not a division
+    by its zero norm; mean and variance then match the dense float64 ExactGP."""
+    grid = np.stack(np.meshgrid(0.5 * np.arange(9), 0.5 * np.arange(7), indexing="ij"), -1)
+    x = torch.tensor(grid.reshape(-1, 2))
+    seen = torch.rand(x.shape[0], generator=torch.Generator().manual_seed(1)) < 0.7
+    y = torch.full((int(seen.sum()),), 3.5, dtype=torch.float64)
+    kernel = separable(["matern32", "matern32"])
+    model = KissGP(kernel, neighbours=1000)
+    model.likelihood.noise = 0.1
+    model.condition(x[seen], y)
+    assert model.diagnostics["cg_iterations"] == 0 and model.diagnostics["cg_converged"]
+    mean, var = model.predict(x)
+    exact_mean, exact_var = ExactGP(kernel, model.likelihood).condition(x[seen], y).predict(x)
+    torch.testing.assert_close(mean, torch.full_like(mean, 3.5), rtol=0, atol=1e-12)
+    torch.testing.assert_close(mean, exact_mean, rtol=0, atol=1e-12)
+    torch.testing.assert_close(var, exact_var, rtol=1e-9, atol=1e-12)
