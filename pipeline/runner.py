@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -129,16 +130,18 @@ def run_pipeline(
     ensure_ray()
     config = _placement(config, address)
     with RunLock(config.output_path):
-        if Path(config.output_path).exists() and not config.overwrite:
-            check_plan(config.output_path, plan, is_gpgrid_store(config.output_path))
-            done, created = set(finished_tiles(config.output_path)), False
-        else:
-            reset(config.output_path)
-            remove_store(config.output_path)
-            _create_store(config, target, store_chunks, inner)
-            write_plan(config.output_path, plan)
-            done, created = set(), True
+        created = False
         try:
+            if Path(config.output_path).exists() and not config.overwrite:
+                check_plan(config.output_path, plan, is_gpgrid_store(config.output_path))
+                done = set(finished_tiles(config.output_path))
+            else:
+                reset(config.output_path)
+                remove_store(config.output_path)
+                created = True
+                _create_store(config, target, store_chunks, inner)
+                write_plan(config.output_path, plan)
+                done = set()
             timings = {"setup": time.perf_counter() - start}
             attrs: dict = {}
             if config.model.hyperparameters == "shared":
@@ -176,7 +179,7 @@ def run_pipeline(
         except BaseException:
             if created and not finished_tiles(config.output_path):
                 reset(config.output_path)  # nothing was written: leave nothing behind
-                remove_store(config.output_path)
+                shutil.rmtree(config.output_path, ignore_errors=True)
             raise
     seconds = time.perf_counter() - start
     return RunSummary(config.output_path, len(tiles), cells, seconds, len(done), timings)
@@ -287,9 +290,12 @@ def _warm_start(store_path: str, variables: tuple[str, ...]) -> dict:
     return {v: shared[v] for v in variables}
 
 
-def _protected_paths(config: PipelineConfig) -> tuple[str, ...]:
+def _protected_paths(config: PipelineConfig) -> dict[str, str]:
     """What the output must never be, hold or lie in: the input and a warm-start store."""
-    return (config.input_path, *((config.warm_start,) if config.warm_start else ()))
+    protected = {config.input_path: "the input"}
+    if config.warm_start:
+        protected[config.warm_start] = "the warm-start store"
+    return protected
 
 
 def _placement(config: PipelineConfig, address: str | None) -> PipelineConfig:

@@ -1,0 +1,141 @@
+"""Faults during a run: Ctrl-C and a full disk; what is kept, what is said.
+
+A failure that is not the user's input exits 1 with one line on screen and the whole
+traceback in a log; an interrupted or failed run keeps its finished tiles for the rerun,
+and one that wrote nothing leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import xarray as xr
+import yaml
+from typer.testing import CliRunner
+
+from jobs.cli import app
+from jobs.spec import parse_spec
+from pipeline.journal import finished_tiles, journal_dir
+from pipeline.synthetic import SyntheticGrid, write_synthetic
+from tests.helpers import SMALL_SPEC
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def logs_in_tmp(tmp_path_factory, monkeypatch) -> Path:
+    folder = tmp_path_factory.mktemp("logs")
+    monkeypatch.setenv("GPGRID_LOG_DIR", str(folder))
+    return folder
+
+
+def job(folder: Path, shape: tuple[int, int, int], output: str, **model: object) -> Path:
+    """A synthetic input of `shape` in `folder` and a spec writing to `output`."""
+    write_synthetic(str(folder / "in.zarr"), SyntheticGrid(shape=shape, seed=3), (3, 10, 10))
+    spec = yaml.safe_load(yaml.safe_dump(SMALL_SPEC))
+    spec["input"]["path"] = str(folder / "in.zarr")
+    spec["output"]["path"] = output
+    spec["model"].update(model)
+    spec["resources"] = {"max_in_flight": 1}
+    path = folder / "job.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_ctrl_c_says_what_was_kept_and_the_rerun_resumes(tmp_path) -> None:
+    spec = job(tmp_path, (3, 40, 40), str(tmp_path / "out.zarr"))
+    command = [str(Path(sys.executable).parent / "gpgrid"), "run", str(spec), "--no-progress"]
+    driver = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    tiles = journal_dir(str(tmp_path / "out.zarr")) / "tiles"
+    deadline = time.monotonic() + 120
+    while not (tiles.is_dir() and any(tiles.glob("*.json"))) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGINT)
+    _, stderr = driver.communicate(timeout=60)
+    assert driver.returncode == 130, stderr
+    kept = len(finished_tiles(str(tmp_path / "out.zarr")))
+    assert 1 <= kept < 16
+    assert f"interrupted: {kept} finished tiles are kept in {tmp_path / 'out.zarr'}" in stderr
+    assert "run the same command again to resume" in stderr
+    rerun = CliRunner().invoke(app, ["run", str(spec), "--no-progress"])
+    assert rerun.exit_code == 0, rerun.output
+    assert f"({kept} tiles were already written by an earlier run)" in rerun.stdout
+
+
+@pytest.fixture
+def small_disk(tmp_path):  # noqa: ANN201
+    """A function mounting a tmpfs of a given size at a new folder (skips where not allowed)."""
+    mounts: list[Path] = []
+
+    def mount(kib: int) -> Path:
+        folder = tmp_path / f"disk{len(mounts)}"
+        folder.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(folder)],
+            capture_output=True,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.decode().strip()}")
+        mounts.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounts:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_full_disk_names_the_path_keeps_finished_tiles_and_resumes(
+    tmp_path, small_disk, logs_in_tmp
+) -> None:
+    disk = small_disk(120)  # room for the template and about half of the 16 tiles
+    out = disk / "out.zarr"
+    spec = job(tmp_path, (3, 40, 40), str(out))
+    result = CliRunner().invoke(app, ["run", str(spec), "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert "writing tile" in result.stderr and str(out) in result.stderr
+    assert "free disk space" in result.stderr and "rerun to resume" in result.stderr
+    assert result.stderr.startswith("gpgrid: failed: StorageError: ")
+    assert "traceback in" in result.stderr
+    logs = list(logs_in_tmp.glob("*.log"))
+    assert logs and "Traceback" in logs[0].read_text()
+    kept = finished_tiles(str(out))
+    assert 0 < len(kept) < 16
+    # the store that fit is intact: every finished tile's cells are written
+    written = xr.open_zarr(out, consolidated=False)["tas"].values
+    assert np.isfinite(written).sum() >= len(kept) * 3 * 10 * 10
+    # free the space (move the store to a bigger disk) and rerun: it resumes
+    moved = tmp_path / "big"
+    moved.mkdir()
+    subprocess.run(["cp", "-a", str(out), str(journal_dir(str(out))), str(moved)], check=True)
+    spec.write_text(spec.read_text().replace(str(out), str(moved / "out.zarr")))
+    rerun = CliRunner().invoke(app, ["run", str(spec), "--no-progress"])
+    assert rerun.exit_code == 0, rerun.output
+    assert f"({len(kept)} tiles were already written by an earlier run)" in rerun.stdout
+
+
+def test_a_run_that_wrote_nothing_leaves_nothing(tmp_path, small_disk) -> None:
+    disk = small_disk(16)  # room for the store's metadata, not for one tile
+    out = disk / "out.zarr"
+    spec = job(tmp_path, (6, 80, 80), str(out))
+    result = CliRunner().invoke(app, ["run", str(spec), "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert list(disk.iterdir()) == []
+
+
+def test_home_paths_are_expanded(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    spec = {**SMALL_SPEC, "output": {"path": "~/filled.zarr"}}
+    config = parse_spec(spec, base_dir=tmp_path / "specs").to_pipeline_config()
+    assert config.output_path == str(tmp_path / "filled.zarr")
