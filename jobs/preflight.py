@@ -12,9 +12,11 @@ def check_paths(spec: JobSpec, spec_path: Path | None = None) -> None:
     """Refuse, before Ray starts or anything is written, an output that is, holds or lies
     in the input (or a warm-start store), that holds the spec file, or that overwrite
     would have to delete although gpgrid did not make it."""
-    protected = [spec.input.path, *filter(None, [spec.model.warm_start])]
+    protected = {spec.input.path: "the input"}
+    if spec.model.warm_start:
+        protected[spec.model.warm_start] = "the warm-start store"
     if spec_path is not None:
-        protected.append(str(Path(spec_path).expanduser().resolve()))
+        protected[str(Path(spec_path).expanduser().resolve())] = "the spec file"
     check_output_location(spec.output.path, protected)
     if spec.output.overwrite and spec.target.kind != "forecast":  # forecasts: a folder of stores
         check_replaceable(spec.output.path)

@@ -655,8 +655,11 @@ def read_yaml(text: str) -> tuple[object, dict[tuple, int]]:
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as err:
-        raise SpecError(f"not valid YAML: {err}") from None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        context = f" {err.context}," if err.context else ""
+        raise SpecError(f"not valid YAML{where}:{context} {err.problem}: fix the syntax") from None
     finally:
         loader.dispose()
     return data, _field_lines(node)

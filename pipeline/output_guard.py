@@ -9,32 +9,32 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable
+from collections.abc import Mapping
 from pathlib import Path
 
 from pipeline.errors import InputError
 
 
-def check_output_location(output: str, protected: Iterable[str]) -> None:
-    """Refuse an output that is, lies inside, or contains one of the `protected` paths
-    (the input, a warm-start store, the spec's folder)."""
+def check_output_location(output: str, protected: Mapping[str, str]) -> None:
+    """Refuse an output that is, lies inside, or contains a `protected` path (path -> what
+    it is, e.g. "the input", "the spec file")."""
     target = Path(output).expanduser().resolve()
-    for path in protected:
+    for path, role in protected.items():
         kept = Path(path).expanduser().resolve()
         if target == kept:
             raise InputError(
-                f"output.path {output!r} is the input {path!r}: writing it would destroy the "
-                "data it is computed from; choose another output.path"
+                f"output.path {output!r} is {role} ({path!r}): writing there would destroy "
+                "it; choose another output.path"
             )
         if target.is_relative_to(kept):
             raise InputError(
-                f"output.path {output!r} lies inside {path!r}: writing it would change that "
-                "store or folder; choose an output.path outside it"
+                f"output.path {output!r} lies inside {role} ({path!r}): writing there would "
+                "change it; choose an output.path outside it"
             )
         if kept.is_relative_to(target):
             raise InputError(
-                f"output.path {output!r} contains {path!r}: replacing it would delete that; "
-                "choose an output.path that holds nothing of yours"
+                f"output.path {output!r} contains {role} ({path!r}): replacing it would "
+                "delete that; choose an output.path that holds nothing of yours"
             )
 
 
