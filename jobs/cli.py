@@ -15,7 +15,7 @@ from jobs.preflight import check_paths
 from jobs.spec import load_spec
 from jobs.submit import logs_command, status_command, stop_command, submit_command
 from pipeline.errors import InputError
-from pipeline.journal import finished_tiles
+from pipeline.journal import TILE_FLAGS, finished_tiles
 
 app = typer.Typer(
     help="Gaussian-process gap filling for gridded spatiotemporal data, sharded over Ray.",
@@ -108,11 +108,19 @@ def run(
         if summary.resumed_tiles
         else ""
     )
+    for var, flags in summary.flagged.items():
+        typer.echo(f"gpgrid: warning: {_flag_text(var, flags, summary.tiles)}", err=True)
     typer.echo(
         f"wrote {summary.cells:,} cells in {summary.tiles - summary.resumed_tiles} tiles to "
         f"{summary.output_path}{resumed} in {summary.seconds:.1f} s "
         f"({summary.cells_per_second:,.0f} cells/s)"
     )
+
+
+def _flag_text(var: str, flags: dict[str, list[int]], tiles: int) -> str:
+    """`tas: 3 of 16 tiles had too few observations (left NaN)` for the summary."""
+    parts = [f"{len(indices)} of {tiles} tiles {TILE_FLAGS[f]}" for f, indices in flags.items()]
+    return f"{var}: {'; '.join(parts)}; gpgrid inspect on the store lists them"
 
 
 @app.command()

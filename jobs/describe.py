@@ -10,7 +10,14 @@ import xarray as xr
 import zarr
 
 from pipeline.errors import InputError
-from pipeline.journal import finished_tiles, is_complete, read_plan, read_shared
+from pipeline.journal import (
+    TILE_FLAGS,
+    finished_tiles,
+    flagged_tiles,
+    is_complete,
+    read_plan,
+    read_shared,
+)
 from pipeline.target import forecast_stores
 
 
@@ -56,6 +63,11 @@ def _describe_store(store: Path) -> str:
     if "gpgrid_model" in attrs:
         lines.append(f"  model      {attrs['gpgrid_model']}")
     lines.append(f"  progress   {_progress(store)}")
+    for var, flags in flagged_tiles(finished_tiles(str(store))).items():
+        for flag, indices in flags.items():
+            shown = ", ".join(map(str, indices[:20])) + (" ..." if len(indices) > 20 else "")
+            what = TILE_FLAGS[flag]
+            lines.append(f"  {flag:<10} {var}: {len(indices)} tiles {what}: {shown}")
     shared = read_shared(str(store))
     if shared:
         for var, values in shared.items():

@@ -216,6 +216,25 @@ def finished_tiles(store_path: str) -> dict[int, dict]:
     return {int(p.stem): _read_json(p) for p in sorted(folder.glob("[0-9]*.json"))}
 
 
+# what a tile's per-variable diagnostics flag, in words
+TILE_FLAGS = {
+    "skipped": "had too few observations (left NaN)",
+    "degenerate": "were constant (predicted as that constant)",
+}
+
+
+def flagged_tiles(records: dict[int, dict]) -> dict[str, dict[str, list[int]]]:
+    """{variable: {"skipped" | "degenerate": tile indices}} from completion records: the
+    tiles a variable could not be fitted in, or was constant in."""
+    flagged: dict[str, dict[str, list[int]]] = {}
+    for index, record in sorted(records.items()):
+        for var, info in (record.get("variables") or {}).items():
+            for flag in TILE_FLAGS:
+                if isinstance(info, dict) and flag in info:
+                    flagged.setdefault(var, {}).setdefault(flag, []).append(index)
+    return flagged
+
+
 def mark_complete(store_path: str) -> None:
     """Record that every tile of the store is written and its metadata finalised."""
     _write_atomically(journal_dir(store_path) / "complete.json", {"complete": True})

@@ -35,6 +35,7 @@ from pipeline.journal import (
     RunLock,
     check_plan,
     finished_tiles,
+    flagged_tiles,
     mark_complete,
     plan_of,
     read_shared,
@@ -67,6 +68,9 @@ class RunSummary:
     cells: int
     seconds: float
     resumed_tiles: int = 0
+    # per variable, the tiles left NaN ("skipped": too few observations) or predicted as
+    # a constant ("degenerate"); empty when every tile was fitted
+    flagged: dict = field(default_factory=dict)
     # driver-side wall seconds: setup (input, store, Ray), phase1, tiles (the task loop),
     # write (writing chunks and journal records, inside the loop), finalize
     timings: dict = field(default_factory=dict)
@@ -182,7 +186,15 @@ def run_pipeline(
                 shutil.rmtree(config.output_path, ignore_errors=True)
             raise
     seconds = time.perf_counter() - start
-    return RunSummary(config.output_path, len(tiles), cells, seconds, len(done), timings)
+    return RunSummary(
+        config.output_path,
+        len(tiles),
+        cells,
+        seconds,
+        resumed_tiles=len(done),
+        timings=timings,
+        flagged=flagged_tiles(records),
+    )
 
 
 def _inner_chunks(config: PipelineConfig, chunks: tuple[int, ...]) -> tuple[int, ...] | None:

@@ -139,3 +139,24 @@ def test_home_paths_are_expanded(tmp_path, monkeypatch) -> None:
     spec = {**SMALL_SPEC, "output": {"path": "~/filled.zarr"}}
     config = parse_spec(spec, base_dir=tmp_path / "specs").to_pipeline_config()
     assert config.output_path == str(tmp_path / "filled.zarr")
+
+
+def test_tiles_without_data_are_counted_in_the_summary_and_inspect(tmp_path) -> None:
+    spec = job(tmp_path, (3, 20, 20), str(tmp_path / "out.zarr"))
+    source = xr.open_zarr(tmp_path / "in.zarr").load()
+    values = source["tas"].values.copy()
+    values[:, 7:, 7:] = 4.0  # tile (1, 1) reads only this constant (and the NaN below)
+    values[:, :13, :13] = np.nan  # tile (0, 0) reads no observation at all
+    source["tas"].values = values
+    for var in source.variables.values():
+        var.encoding = {}
+    source.to_zarr(tmp_path / "in.zarr", mode="w", consolidated=False)
+    result = CliRunner().invoke(app, ["run", str(spec), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "tas: 1 of 4 tiles had too few observations (left NaN)" in result.stderr
+    assert "1 of 4 tiles were constant (predicted as that constant)" in result.stderr
+    out = xr.open_zarr(tmp_path / "out.zarr")
+    assert np.isnan(out["tas"].values[:, :10, :10]).all()
+    assert np.allclose(out["tas"].values[:, 10:, 10:], 4.0)
+    shown = CliRunner().invoke(app, ["inspect", str(tmp_path / "out.zarr")])
+    assert "skipped    tas: 1 tiles had too few observations (left NaN): 0" in shown.stdout
