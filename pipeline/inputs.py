@@ -37,7 +37,7 @@ ONE_DAY = timedelta(days=1)
 def open_input(path: str) -> xr.Dataset:
     """Open a zarr store or netCDF file lazily (nothing is read until indexed)."""
     if not Path(path).exists():
-        raise FileNotFoundError(f"input {path!r} does not exist: check input.path in the spec")
+        raise InputError(f"input {path!r} does not exist: check input.path in the spec")
     if _is_netcdf(path):
         return xr.open_dataset(path, chunks=None)
     with warnings.catch_warnings():  # a store without consolidated metadata is fine here
@@ -90,7 +90,7 @@ def _check_names(ds: xr.Dataset, config: PipelineConfig) -> None:
     """The spec's variables, dims and station coordinates must be in the dataset."""
     for var in config.variables:
         if var not in ds.data_vars:
-            raise KeyError(
+            raise InputError(
                 f"variable {var!r} is not in the input; it has {sorted(map(str, ds.data_vars))}: "
                 "fix input.variables"
             )
@@ -101,11 +101,13 @@ def _check_names(ds: xr.Dataset, config: PipelineConfig) -> None:
             )
     for dim in config.dims:
         if dim not in ds.coords and dim != config.station_dim:
-            raise KeyError(f"dim {dim!r} has no coordinate in the input: add one or fix input.dims")
+            raise InputError(
+                f"dim {dim!r} has no coordinate in the input: add one or fix input.dims"
+            )
     for name in config.station_coords:
         if name not in ds.coords or ds[name].dims != (config.station_dim,):
             found = ds[name].dims if name in ds.coords else "missing"
-            raise KeyError(
+            raise InputError(
                 f"station coordinate {name!r} must be a coordinate along {config.station_dim!r}; "
                 f"found {found}: fix input.stations.coords"
             )

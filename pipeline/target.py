@@ -214,7 +214,10 @@ def open_forecasts(folder: str | Path) -> xr.Dataset:
     indexed by lead time (forecast_period); the valid times become a 2-D `time`-like coord."""
     stores = forecast_stores(folder)
     if not stores:
-        raise FileNotFoundError(f"no finished forecast stores in {str(folder)!r}")
+        raise InputError(
+            f"no finished forecast stores in {str(folder)!r}: give the output.path of a "
+            "forecast job that has run"
+        )
     parts = []
     for store in stores.values():
         ds = xr.open_zarr(store)

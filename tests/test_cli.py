@@ -115,7 +115,8 @@ def test_cli_run_writes_the_store(tmp_path) -> None:
     spec.write_text(yaml.safe_dump(changed))
     refused = gpgrid("run", str(spec), "--no-progress", cwd=tmp_path)
     assert refused.returncode == 2
-    assert "was made for another grid or spec (model.fit_points: store 400, job 50)" in refused.stderr
+    expected = "was made for another grid or spec (model.fit_points: store 400, job 50)"
+    assert expected in refused.stderr
 
 
 def test_help_lists_the_commands(tmp_path) -> None:

@@ -7,6 +7,7 @@ import pytest
 import xarray as xr
 
 from jobs.examples import datasets
+from pipeline.errors import InputError
 
 DIMS = ("time", "lat", "lon")
 
@@ -30,7 +31,7 @@ def heaton() -> xr.Dataset:
     """The Heaton satellite grid, skipped when the shared file is absent."""
     try:
         return datasets.heaton_dataset("satellite")
-    except FileNotFoundError as error:
+    except InputError as error:
         pytest.skip(str(error))
 
 
@@ -125,7 +126,7 @@ def test_heaton_satellite_has_the_competition_gaps(heaton: xr.Dataset) -> None:
 def test_heaton_missing_file_names_the_fix(tmp_path, monkeypatch) -> None:
     """Without the file, the error names the path, the environment variable and the source."""
     monkeypatch.setenv(datasets.HEATON_DIR_ENV, str(tmp_path))
-    with pytest.raises(FileNotFoundError) as error:
+    with pytest.raises(InputError) as error:
         datasets.heaton_dataset("simulated")
     message = str(error.value)
     assert str(tmp_path / "heaton_simulated_train.nc") in message
@@ -175,7 +176,7 @@ def test_write_zarr_overwrites_only_its_own_stores(ostia, tmp_path) -> None:
     ostia.to_zarr(tmp_path / "other.zarr", zarr_format=3, consolidated=False)
     (tmp_path / "folder").mkdir()
     for foreign in ("other.zarr", "folder"):
-        with pytest.raises(FileExistsError, match="not written by write_zarr"):
+        with pytest.raises(InputError, match="not written by write_zarr"):
             datasets.write_zarr(ostia, tmp_path / foreign)
     with pytest.raises(ValueError, match="depth"):
         datasets.write_zarr(ostia, tmp_path / "new.zarr", chunks={"depth": 1})

@@ -10,6 +10,7 @@ from jobs.examples import nyc_airports
 from jobs.examples.catalog import prepare_example, run_example
 from jobs.spec import load_spec
 from jobs.validate import validate_job
+from pipeline.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -87,7 +88,7 @@ def test_ostia_validation_is_calibrated_and_land_stays_nan(tmp_path) -> None:
 def test_heaton_example_fills_every_cloud_cell(tmp_path) -> None:
     try:
         summary, _ = run_example("heaton", tmp_path, progress=False)
-    except FileNotFoundError as error:
+    except InputError as error:
         pytest.skip(str(error))
     out = xr.open_zarr(summary.output_path)
     assert out["lst"].shape == (300, 500) and np.isfinite(out["lst"].values).all()

@@ -12,7 +12,7 @@ import xarray as xr
 
 from gpkernels import ExactGP, KissGP, Matern, Product, Scale, separable
 from pipeline.config import ModelConfig, PipelineConfig
-from pipeline.errors import PlanMismatchError
+from pipeline.errors import InputError, PlanMismatchError
 from pipeline.inputs import coordinate_values
 from pipeline.runner import run_pipeline
 from pipeline.scores import score_gap_cells
@@ -161,7 +161,7 @@ def test_existing_output_not_made_by_gpgrid_is_refused_and_left_intact(source, t
 def test_missing_variable_is_named(source, tmp_path) -> None:
     input_path, _ = source
     config = config_for(input_path, str(tmp_path / "o.zarr"), variables=("sst",))
-    with pytest.raises(KeyError, match="'sst' is not in the input; it has"):
+    with pytest.raises(InputError, match="'sst' is not in the input; it has"):
         run_pipeline(config, progress=False)
     assert not (tmp_path / "o.zarr").exists()
 
