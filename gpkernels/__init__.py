@@ -1,6 +1,6 @@
 """gpkernels: Gaussian-process kernels, solvers and models in torch (no Ray, xarray or zarr)."""
 
-from gpkernels.base import FitReport
+from gpkernels.base import FitReport, LengthscaleWarning
 from gpkernels.exact import ExactGP
 from gpkernels.kernels import (
     RBF,
@@ -35,6 +35,7 @@ __all__ = [
     "GaussianLikelihood",
     "KissGP",
     "Lattice",
+    "LengthscaleWarning",
     "Kernel",
     "KissGP",
     "Matern",

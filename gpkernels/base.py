@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
-from gpkernels.kernels import Kernel
+from gpkernels.kernels import LENGTHSCALE_FLOOR, Kernel, stationary_factors
 from gpkernels.likelihoods import GaussianLikelihood
+from gpkernels.linalg import NumericalWarning
+
+
+class LengthscaleWarning(NumericalWarning):
+    """A fitted lengthscale collapsed: far below the data's spacing, or at its lower bound."""
 
 
 @dataclass
 class FitReport:
-    """How a hyperparameter fit went and why it stopped."""
+    """How a hyperparameter fit went and why it stopped; `notes` are the fitted values that
+    deserve a look (each also raised as a warning), e.g. a collapsed lengthscale."""
 
     iterations: int
     converged: bool
@@ -21,9 +29,52 @@ class FitReport:
     log_marginal_likelihood: float
     max_jitter: float
     seconds: float
+    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def data_spacing(column: torch.Tensor) -> float:
+    """The typical spacing of one input column: the median gap between its distinct values
+    (a grid's step; for scattered inputs, robust to a few near-duplicates). 0 when constant."""
+    values = torch.unique(column.detach().double())
+    return float(values.diff().median()) if values.numel() > 1 else 0.0
+
+
+def collapsed_lengthscales(
+    kernel: Kernel, x: torch.Tensor, names: Sequence[str] | None = None
+) -> list[str]:
+    """A message for each lengthscale of `kernel` that collapsed on inputs x: below a tenth
+    of the data's spacing in its column(s), or at the parameter's floor.
+
+    Neighbouring observations are then uncorrelated: the data look like white noise at
+    their resolution, predictions away from observations revert to the mean, and their std
+    to the prior's. `names` label the input columns (their indices when None). An
+    isotropic lengthscale is compared with the smallest spacing among its columns.
+    """
+    label = list(names) if names is not None else [str(c) for c in range(x.shape[1])]
+    spacings = [data_spacing(x[:, c]) for c in range(x.shape[1])]
+    messages = []
+    for factor in stationary_factors(kernel):
+        columns = factor.dims if factor.dims is not None else list(range(x.shape[1]))
+        scales = factor.lengthscale.detach().reshape(-1).tolist()
+        groups = [columns] if len(scales) == 1 else [[c] for c in columns]
+        for scale, group in zip(scales, groups, strict=True):
+            spacing = min(spacings[c] for c in group)
+            what = "column" if len(group) == 1 else "columns"
+            head = f"lengthscale of {what} {', '.join(label[c] for c in group)} learned {scale:.3g}"
+            if scale <= 2 * LENGTHSCALE_FLOOR:
+                reason = f"at its lower bound {LENGTHSCALE_FLOOR:g}"
+            elif scale < 0.1 * spacing:
+                reason = f"below a tenth of the data spacing {spacing:.3g}"
+            else:
+                continue
+            messages.append(
+                f"{head}, {reason}: the data look like white noise at this resolution; "
+                "predictions far from observations revert to the mean"
+            )
+    return messages
 
 
 def check_training_data(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -81,6 +132,8 @@ class GPModel(nn.Module):
         self.y_mean = 0.0
         self.y_scale = 1.0
         self.trend: tuple[torch.Tensor, torch.Tensor] | None = None  # (centre, slopes)
+        # Names of the input columns for messages (e.g. "lat"); callers that know them set it.
+        self.column_names: Sequence[str] | None = None
 
     def _standardise(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         check_training_data(x, y)
@@ -137,6 +190,13 @@ class GPModel(nn.Module):
         self.kernel.outputscale = values["outputscale"] / variance
         floor = self.likelihood.noise_param.floor
         self.likelihood.noise = max(values["noise"] / variance, 1.01 * floor)
+
+    def _reviewed(self, report: FitReport, x: torch.Tensor) -> FitReport:
+        """`report` with a note, and a LengthscaleWarning, for each collapsed lengthscale."""
+        for message in collapsed_lengthscales(self.kernel, x, self.column_names):
+            warnings.warn(f"{type(self).__name__}: {message}", LengthscaleWarning, stacklevel=3)
+            report.notes.append(message)
+        return report
 
     def _check_prediction_input(self, cache: dict | None, x: torch.Tensor, ndim: int) -> None:
         check_prediction_input(cache, x, ndim)

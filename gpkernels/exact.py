@@ -155,7 +155,7 @@ class ExactGP(GPModel):
         result, max_jitter = maximise_dense_lml(self, x, z, z.shape[0], max_iter)
         self.condition(x, y)
         lml = float(self._cache["lml"])
-        return FitReport(
+        report = FitReport(
             result.iterations,
             result.converged,
             result.reason,
@@ -163,6 +163,7 @@ class ExactGP(GPModel):
             max_jitter,
             time.perf_counter() - start,
         )
+        return self._reviewed(report, x)
 
     # -- prediction ----------------------------------------------------------------
     @torch.no_grad()

@@ -9,7 +9,7 @@ import warnings
 
 import torch
 
-from gpkernels.base import GPModel
+from gpkernels.base import GPModel, LengthscaleWarning
 from gpkernels.exact import ExactGP
 from gpkernels.kernels import stationary_factors
 from gpkernels.linalg import NumericalWarning
@@ -56,7 +56,13 @@ def init_from_subsample(
             model.kernel.outputscale = model.kernel.outputscale * ratio
             floor = model.likelihood.noise_param.floor
             model.likelihood.noise = torch.clamp(model.likelihood.noise * ratio, min=1.01 * floor)
-    trouble = [str(w.message) for w in caught if issubclass(w.category, NumericalWarning)]
+    # A collapsed lengthscale is reported by the model's own fit, on its final values.
+    trouble = [
+        str(w.message)
+        for w in caught
+        if issubclass(w.category, NumericalWarning)
+        and not issubclass(w.category, LengthscaleWarning)
+    ]
     if trouble:  # one summary instead of one warning per line-search step
         warnings.warn(
             f"the initial exact fit on {len(idx)} points reported: {trouble[-1]}",

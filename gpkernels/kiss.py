@@ -310,7 +310,8 @@ class KissGP(GPModel):
         if data["path"] == "stationary":
             self._fit_calibrated_condition(x, y)
             reason = f"exact fit on {min(init_points, x.shape[0])} points (non-separable kernel)"
-            return FitReport(0, True, reason, float("nan"), 0.0, time.perf_counter() - start)
+            report = FitReport(0, True, reason, float("nan"), 0.0, time.perf_counter() - start)
+            return self._reviewed(report, x)
         params = [p for p in self.parameters() if p.requires_grad]
         result = adam_until_calm(
             lambda: -self._standardised_lml(data) / x.shape[0],
@@ -324,7 +325,7 @@ class KissGP(GPModel):
             self._fit_calibrated_condition(x, y)
         else:
             self.condition(x, y)
-        return FitReport(
+        report = FitReport(
             result.iterations,
             result.converged,
             result.reason,
@@ -332,6 +333,7 @@ class KissGP(GPModel):
             0.0,
             time.perf_counter() - start,
         )
+        return self._reviewed(report, x)
 
     def _fit_calibrated_condition(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Condition on (x, y), first calibrating the variance scale when asked."""

@@ -299,9 +299,10 @@ class SVGP(GPModel):
         self.diagnostics.update(
             batches=step, hyper_steps=hyper_steps, epochs=epochs, batch_size=self.batch_size
         )
-        return FitReport(
+        report = FitReport(
             step, True, f"{epochs} epochs done", elbo, self.jitter, time.perf_counter() - start
         )
+        return self._reviewed(report, x)
 
     @torch.no_grad()
     def condition(self, x: torch.Tensor, y: torch.Tensor) -> SVGP:

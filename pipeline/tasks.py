@@ -180,6 +180,7 @@ def predict_exact(
     tx, ty, tc = _tensors(config, x, y, x_core)
     fit_idx = np.sort(np.random.default_rng(seed).permutation(len(y))[: config.model.fit_points])
     model = ExactGP(_kernel(config), mean=config.model.mean)
+    model.column_names = config.input_columns
 
     def fit():  # noqa: ANN202
         if fixed is not None:
@@ -218,6 +219,7 @@ def predict_kiss(
         mean=config.model.mean,
         calibrate=config.model.calibrate_variance,
     )
+    model.column_names = config.input_columns
 
     def fit():  # noqa: ANN202
         if fixed is not None:
@@ -282,6 +284,7 @@ def predict_svgp(
         seed=seed,
         mean=config.model.mean,
     )
+    model.column_names = config.input_columns
 
     def fit():  # noqa: ANN202
         return model.fit(tx, ty, epochs=config.model.epochs, init_points=config.model.fit_points)

@@ -1,6 +1,7 @@
 """Tiles a GP cannot learn from: constant windows (a region of zero precipitation) are
 predicted as their constant, flagged and warned about; windows with too few observations
-give NaN and a `skipped` reason. Underneath, a zero right-hand side solves to zero."""
+give NaN and a `skipped` reason; white noise, whose fitted lengthscale collapses, is
+warned about and noted in the fit report. Underneath, a zero right-hand side solves to zero."""
 
 from __future__ import annotations
 
@@ -11,7 +12,16 @@ import pytest
 import torch
 import xarray as xr
 
-from gpkernels import ExactGP, KissGP, NumericalWarning, separable
+from gpkernels import (
+    ExactGP,
+    KissGP,
+    LengthscaleWarning,
+    NumericalWarning,
+    Scale,
+    make_kernel,
+    separable,
+)
+from gpkernels.base import collapsed_lengthscales
 from gpkernels.solvers import pcg
 from pipeline.config import ModelConfig, PipelineConfig
 from pipeline.store import consolidated_v3_allowed
@@ -149,3 +159,60 @@ def test_kiss_on_grid_conditions_on_constant_data_like_the_exact_gp() -> None:
     torch.testing.assert_close(mean, torch.full_like(mean, 3.5), rtol=0, atol=1e-12)
     torch.testing.assert_close(mean, exact_mean, rtol=0, atol=1e-12)
     torch.testing.assert_close(var, exact_var, rtol=1e-9, atol=1e-12)
+
+
+def _white_noise(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded standard normal values on a 12 x 10 grid of step 0.5."""
+    grid = np.stack(np.meshgrid(0.5 * np.arange(12), 0.5 * np.arange(10), indexing="ij"), -1)
+    y = np.random.default_rng(seed).standard_normal(grid.shape[:2])
+    return torch.tensor(grid.reshape(-1, 2)), torch.tensor(y.reshape(-1))
+
+
+@pytest.mark.parametrize("model_class", [ExactGP, KissGP])
+def test_white_noise_lengthscale_collapse_is_warned_and_noted(model_class: type) -> None:
+    x, y = _white_noise(1)  # its lengthscales fall to ~0.03-0.04 on both columns
+    model = model_class(separable(["matern32", "matern32"]))
+    model.column_names = ("lat", "lon")
+    with pytest.warns(LengthscaleWarning, match="below a tenth of the data spacing 0.5") as caught:
+        report = model.fit(x, y)
+    assert [n.split(" learned")[0] for n in report.notes] == [
+        "lengthscale of column lat",
+        "lengthscale of column lon",
+    ]
+    assert all("white noise at this resolution" in n for n in report.notes)
+    assert len([w for w in caught if w.category is LengthscaleWarning]) == len(report.notes)
+    assert report.as_dict()["notes"] == report.notes
+
+
+def test_a_lengthscale_at_its_floor_is_a_collapse_whatever_the_spacing() -> None:
+    x = torch.tensor([[0.0, 0.0], [1e-6, 1.0], [2e-6, 2.0]], dtype=torch.float64)
+    kernel = Scale(make_kernel("matern32", dims=[0, 1], isotropic=True))
+    kernel.base.lengthscale = 1.5e-6
+    (note,) = collapsed_lengthscales(kernel, x, ("x", "y"))
+    assert note.startswith("lengthscale of columns x, y learned 1.5e-06, at its lower bound 1e-06")
+    kernel.base.lengthscale = 0.5
+    assert collapsed_lengthscales(kernel, x) == []
+
+
+def test_smooth_data_fit_without_a_collapse_note() -> None:
+    x, _ = _white_noise(0)
+    y = torch.sin(x[:, 0] / 1.5) * torch.cos(x[:, 1] / 2.0)
+    y = y + 0.05 * torch.randn(y.shape, generator=torch.Generator().manual_seed(0), dtype=y.dtype)
+    model = KissGP(separable(["matern32", "matern32"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LengthscaleWarning)
+        report = model.fit(x, y)
+    assert report.notes == []
+
+
+def test_white_noise_tile_notes_the_collapse_by_column_name(tmp_path) -> None:
+    values = np.random.default_rng(1).standard_normal(SHAPE)
+    path = _write(str(tmp_path / "noise.zarr"), values)
+    config = _config(path, "kiss")
+    (tile,) = plan_tiles(SHAPE, config.tile, config.halo)
+    with pytest.warns(LengthscaleWarning, match="lengthscale of column"):
+        result = predict_tile(config, tile)
+    notes = result.diagnostics["variables"]["pr"]["fit"]["notes"]
+    assert notes and any(
+        n.startswith(("lengthscale of column lat", "lengthscale of column lon")) for n in notes
+    )
