@@ -13,11 +13,9 @@ import xarray as xr
 
 from gpkernels import Lattice
 from pipeline.config import PipelineConfig
-from pipeline.inputs import coordinate_values
+from pipeline.inputs import REGULAR_RTOL, coordinate_values
 from pipeline.target import new_axes
 from pipeline.tiling import Tile
-
-REGULAR_RTOL = 1e-4  # steps this close count as regular: float32 coordinates drift by ~1e-5
 
 
 def history(config: PipelineConfig, dim: str) -> int:

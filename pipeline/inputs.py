@@ -25,8 +25,8 @@ from pipeline.errors import InputError
 
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf")
 # Kept here rather than imported, as pipeline.tasks and pipeline.grid load torch:
-MIN_OBSERVATIONS = 3  # pipeline.tasks.MIN_OBSERVATIONS: fewer finite values leave nothing to fit
-REGULAR_RTOL = 1e-4  # pipeline.grid.REGULAR_RTOL: steps this close count as regular
+MIN_OBSERVATIONS = 3  # fewer finite values than this leave nothing to fit (inputs, tiles)
+REGULAR_RTOL = 1e-4  # steps this close count as regular: float32 coordinates drift by ~1e-5
 FILL_LIKE = 1e20  # values this large are unmasked fill values (CMIP's 1e20, netCDF's 9.97e36)
 LISTED = 5  # missing steps named in a message
 SLAB_CELLS = 2**24  # cells per read of an unchunked (contiguous) netCDF variable
