@@ -13,7 +13,8 @@ import xarray as xr
 
 from gpkernels import Lattice
 from pipeline.config import PipelineConfig
-from pipeline.inputs import REGULAR_RTOL, coordinate_values
+from pipeline.errors import InputError
+from pipeline.inputs import REGULAR_RTOL, coordinate_values, evenly_spaced
 from pipeline.target import new_axes
 from pipeline.tiling import Tile
 
@@ -90,12 +91,8 @@ def axis_coordinates(config: PipelineConfig, ds: xr.Dataset, dim: str, window: s
 def snapped(values: np.ndarray) -> np.ndarray:
     """Coordinates that are regular to float32 precision made exactly regular (so that grid
     models find every cell on their lattice); others unchanged."""
-    if values.size < 3:
-        return values
-    step = (values[-1] - values[0]) / (values.size - 1)
-    regular = values[0] + step * np.arange(values.size)
-    close = np.abs(values - regular) <= REGULAR_RTOL * abs(step) * values.size
-    return regular if step != 0 and close.all() else values
+    even = evenly_spaced(values)
+    return values if even is None else even
 
 
 def window_axes(config: PipelineConfig, tile: Tile, ds: xr.Dataset) -> list[np.ndarray]:
@@ -129,7 +126,7 @@ def window_lattice(axes: list[np.ndarray], dims: tuple[str, ...]) -> Lattice:
         steps = np.diff(values)
         step = float(steps[0]) if steps.size else 1.0
         if steps.size and not np.allclose(steps, step, rtol=REGULAR_RTOL, atol=0):
-            raise ValueError(
+            raise InputError(
                 f"coordinate {dim!r} is not regularly spaced (steps from {steps.min()} to "
                 f"{steps.max()}): the kiss model needs a regular grid; set model.type: exact"
             )

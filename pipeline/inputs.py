@@ -27,6 +27,7 @@ NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf")
 # Kept here rather than imported, as pipeline.tasks and pipeline.grid load torch:
 MIN_OBSERVATIONS = 3  # fewer finite values than this leave nothing to fit (inputs, tiles)
 REGULAR_RTOL = 1e-4  # steps this close count as regular: float32 coordinates drift by ~1e-5
+FLOAT32_UNITS = 4  # rounding of a float32 coordinate, in units of its last place
 FILL_LIKE = 1e20  # values this large are unmasked fill values (CMIP's 1e20, netCDF's 9.97e36)
 LISTED = 5  # missing steps named in a message
 SLAB_CELLS = 2**24  # cells per read of an unchunked (contiguous) netCDF variable
@@ -166,14 +167,25 @@ def _refuse_unsorted(coord: xr.DataArray, steps: np.ndarray) -> None:
     )
 
 
-def is_regular(values: np.ndarray) -> bool:
-    """Whether an axis is a lattice to REGULAR_RTOL: within grid.snapped's tolerance of evenly
-    spaced, or with every step that close to the first (grid.window_lattice's test)."""
+def evenly_spaced(values: np.ndarray) -> np.ndarray | None:
+    """The exactly even axis that `values` are, up to float32 rounding, or None.
+
+    Each value may be off by REGULAR_RTOL of a step or a few float32 units of its size
+    (coordinates stored as float32), never more: one missing step of a long series shifts
+    the values by half a step from any even line, so it is never snapped away."""
     if values.size < 3:
-        return True
+        return values
     step = (values[-1] - values[0]) / (values.size - 1)
     even = values[0] + step * np.arange(values.size)
-    if np.all(np.abs(values - even) <= REGULAR_RTOL * abs(step) * values.size):
+    rounding = FLOAT32_UNITS * np.finfo(np.float32).eps * np.abs(values).max()
+    tolerance = REGULAR_RTOL * abs(step) + rounding
+    return even if step != 0 and np.all(np.abs(values - even) <= tolerance) else None
+
+
+def is_regular(values: np.ndarray) -> bool:
+    """Whether an axis is a lattice: evenly spaced (to float32 rounding), or with every step
+    within REGULAR_RTOL of the first (grid.window_lattice's test)."""
+    if values.size < 3 or evenly_spaced(values) is not None:
         return True
     steps = np.diff(values)
     return bool(np.allclose(steps, steps[0], rtol=REGULAR_RTOL, atol=0))

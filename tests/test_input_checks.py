@@ -10,7 +10,15 @@ import xarray as xr
 
 from pipeline.config import ModelConfig, PipelineConfig
 from pipeline.errors import InputError
-from pipeline.inputs import MIN_OBSERVATIONS, check_input, open_input, scan_variable
+from pipeline.grid import snapped
+from pipeline.inputs import (
+    MIN_OBSERVATIONS,
+    check_input,
+    coordinate_values,
+    is_regular,
+    open_input,
+    scan_variable,
+)
 from pipeline.runner import run_pipeline
 
 DIMS = ("time", "lat", "lon")
@@ -98,6 +106,17 @@ def test_missing_days_under_kiss_are_named_and_exact_accepts_them() -> None:
     assert "2000-01-04, 2000-01-07, 2000-01-08, 2000-01-09, 2000-01-10 and 1 more" in message
     assert "set model.type: exact" in message and "make the axis regular" in message
     check_input(ds, config("exact"))
+
+
+@pytest.mark.parametrize("steps", [100, 8760, 20_000])
+def test_one_missing_step_of_a_long_series_is_found(steps: int) -> None:
+    """A year of hourly data less one hour is no lattice, however long the series."""
+    hours = pd.date_range("2001-01-01", periods=steps, freq="h").delete(steps // 2)
+    values = coordinate_values(xr.DataArray(hours, dims="time", name="time"))
+    assert not is_regular(values)
+    assert np.array_equal(snapped(values), values)
+    float32_lon = np.arange(0, 360, 0.25).astype(np.float32).astype(np.float64)
+    assert is_regular(float32_lon) and np.array_equal(snapped(float32_lon), np.arange(0, 360, 0.25))
 
 
 @pytest.mark.parametrize(("zarr_format", "key"), [(3, "c/1/0/0"), (2, "1.0.0")])
