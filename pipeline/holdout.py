@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
+from pipeline.errors import InputError
 from pipeline.scores import score
 from pipeline.store import std_name
 
@@ -41,11 +42,11 @@ def choose_hold_out(
     """Hide about `fraction` of each variable's observed cells at random and as many again
     in blocks of `block` cells per dim (placed at random; only observed cells count)."""
     if not 0 < fraction < 0.5:
-        raise ValueError(f"hold-out fraction {fraction} must lie between 0 and 0.5")
+        raise InputError(f"--fraction {fraction} must lie between 0 and 0.5 (e.g. 0.05)")
     shape = tuple(ds.sizes[d] for d in dims)
     unknown = sorted(set(block or {}) - set(dims))
     if unknown:
-        raise ValueError(f"block dims {unknown} are not grid dims {list(dims)}")
+        raise InputError(f"--block names {unknown}, which are not grid dims {list(dims)}")
     block = {**default_block(ds.sizes, dims), **(block or {})}
     edges = [min(block[d], n) for d, n in zip(dims, shape, strict=True)]
     gen = np.random.default_rng(seed)

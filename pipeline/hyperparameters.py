@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pipeline.errors import InputError
+
 SAMPLE_TILES = 8
 
 
@@ -28,7 +30,7 @@ def pool(samples: Sequence[dict[str, dict]]) -> dict[str, dict]:
     for var in samples[0]:
         fits = [s[var] for s in samples if s.get(var)]
         if not fits:
-            raise ValueError(
+            raise InputError(
                 f"no sampled tile had enough observations of {var!r} to learn hyperparameters: "
                 "use model.hyperparameters: per_tile"
             )

@@ -96,7 +96,7 @@ def _check_names(ds: xr.Dataset, config: PipelineConfig) -> None:
                 "fix input.variables"
             )
         if set(ds[var].dims) != set(config.dims):
-            raise ValueError(
+            raise InputError(
                 f"variable {var!r} has dims {ds[var].dims}, the spec says {config.dims}: "
                 "fix input.dims"
             )

@@ -8,6 +8,7 @@ import numpy as np
 import xarray as xr
 from scipy.special import ndtr
 
+from pipeline.errors import InputError
 from pipeline.store import std_name
 
 Z95 = 1.959963984540054
@@ -47,7 +48,10 @@ def score_gap_cells(output: xr.Dataset, source: xr.Dataset, variable: str) -> di
     """
     truth_name = f"{variable}_true"
     if truth_name not in source:
-        raise KeyError(f"{truth_name!r} is not in the input: only synthetic inputs carry the truth")
+        raise InputError(
+            f"{truth_name!r} is not in the input: only synthetic inputs carry the truth to "
+            "score against; use gpgrid validate on real data"
+        )
     gaps = np.isnan(source[variable].values) & np.isfinite(source[truth_name].values)
     truth = source[truth_name].values[gaps]
     scores = score(output[variable].values[gaps], output[std_name(variable)].values[gaps], truth)

