@@ -37,8 +37,19 @@ def _fail(err: Exception) -> NoReturn:
         typer.echo(f"gpgrid: bad input: {err}", err=True)
         raise typer.Exit(2)
     log = _write_traceback(err)
-    typer.echo(f"gpgrid: failed: {type(err).__name__}: {err}\n  (traceback in {log})", err=True)
+    typer.echo(f"gpgrid: failed: {_one_line(err)}\n  (traceback in {log})", err=True)
     raise typer.Exit(1)
+
+
+def _one_line(err: Exception) -> str:
+    """`Type: message` of a failure; for one inside a Ray task, of the task's own error
+    (whose remote traceback stays in the log)."""
+    from ray.exceptions import RayTaskError
+
+    if isinstance(err, RayTaskError) and err.cause is not None:
+        err = err.cause
+    lines = str(err).strip().splitlines() or [""]
+    return f"{type(err).__name__}: {lines[0]}" + (" ..." if len(lines) > 1 else "")
 
 
 def _write_traceback(err: Exception) -> Path:
@@ -54,7 +65,11 @@ def _write_traceback(err: Exception) -> Path:
 def _interrupted(output_path: str | None) -> NoReturn:
     """Ctrl-C: say what was kept and how to go on, then exit 130 as shells expect."""
     if output_path is None:
-        typer.echo("gpgrid: interrupted before anything was written", err=True)
+        typer.echo(
+            "gpgrid: interrupted: tiles finished so far are kept; run the same command again "
+            "to resume",
+            err=True,
+        )
         raise typer.Exit(130)
     done = len(finished_tiles(output_path))
     typer.echo(
@@ -91,14 +106,12 @@ def run(
     output = None
     try:
         job, text = load_spec(spec)
-        output = job.output.path
-        check_paths(job, spec)
+        output = job.output.path if job.target.kind != "forecast" else None
+        check_paths(job, spec)  # before Ray starts: a wrong output.path is refused at once
         _start_ray(address)
         from jobs.run import run_job
 
-        summary = run_job(
-            job, text, address=address, progress=progress, issue_time=issue_time, spec_path=spec
-        )
+        summary = run_job(job, text, address=address, progress=progress, issue_time=issue_time)
     except KeyboardInterrupt:
         _interrupted(output)
     except Exception as err:  # noqa: BLE001 - every error becomes a message and an exit code
@@ -277,6 +290,7 @@ def schedule(
     """
     try:
         job, text = load_spec(spec)
+        check_paths(job, spec)
         _start_ray(address)
         from jobs.run import schedule_forecasts
 

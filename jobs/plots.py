@@ -7,6 +7,7 @@ also keeps the import light.
 from __future__ import annotations
 
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pipeline.errors import InputError
+from pipeline.inputs import coordinate_values, is_cftime
 from pipeline.store import std_name
+from pipeline.target import cftime_at
 
 
 def quicklook(
@@ -150,13 +153,24 @@ def _step_index(coord: xr.DataArray, at: str | None) -> int:
         return index % coord.size
     span = f"from {coord.values[0]} to {coord.values[-1]}"
     try:
-        value = coord.dtype.type(at)
+        target = _position(coord, at)
     except (TypeError, ValueError):
         raise InputError(
             f"--at {at!r} is neither an index nor a value of {coord.name!r} ({span})"
         ) from None
-    index = coord.to_index()
-    step = abs(index[1] - index[0] if index.size > 1 else index[0] - index[0])
-    if not index.min() - step <= value <= index.max() + step:
+    positions = coordinate_values(coord)
+    step = float(np.median(np.abs(np.diff(positions)))) if positions.size > 1 else 0.0
+    if not positions.min() - step <= target <= positions.max() + step:
         raise InputError(f"--at {at!r} is outside {coord.name!r} ({span}): give a value in it")
-    return int(index.get_indexer([value], method="nearest")[0])
+    return int(np.argmin(np.abs(positions - target)))
+
+
+def _position(coord: xr.DataArray, at: str) -> float:
+    """`at` in the coordinate's numbers (days since its first value for times, in its own
+    calendar for cftime ones), as coordinate_values gives them."""
+    first = coord.values[0]
+    if np.issubdtype(coord.dtype, np.datetime64):
+        return (np.datetime64(at) - first) / np.timedelta64(1, "D")
+    if is_cftime(coord.values):
+        return (cftime_at(at, first.calendar) - first) / timedelta(days=1)
+    return float(at)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
-from pathlib import Path
 
 from jobs.cron import CronSchedule
-from jobs.preflight import check_paths
 from jobs.schedule import Clock, Scheduler, SystemClock, format_issue_time
 from jobs.spec import JobSpec
 from pipeline.cluster import ensure_ray
@@ -22,13 +20,10 @@ def run_job(
     address: str | None = None,
     progress: bool = True,
     issue_time: str | None = None,
-    spec_path: Path | None = None,
 ) -> RunSummary:
     """Run on the Ray cluster at `address`, or on an embedded local Ray when None.
 
-    `issue_time` (ISO 8601) overrides a forecast's target.issue_time. The output may not
-    be or hold the spec file at `spec_path`."""
-    check_paths(spec, spec_path)
+    `issue_time` (ISO 8601) overrides a forecast's target.issue_time."""
     config = spec.to_pipeline_config(spec_text)
     if issue_time is not None:
         if config.forecast is None:

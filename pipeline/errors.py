@@ -20,5 +20,9 @@ class PlanMismatchError(InputError):
     """The output store was made for another grid or spec."""
 
 
-class GPUUnavailableError(InputError):
-    """The job asks for GPUs (or CPUs) that the embedded Ray cannot provide."""
+class ResourceUnavailableError(InputError):
+    """The job asks for GPUs or CPUs that the embedded Ray cannot provide."""
+
+
+class StorageError(RuntimeError):
+    """Writing the output failed (disk full, permissions): a failure, not bad input."""

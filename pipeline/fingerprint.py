@@ -4,7 +4,8 @@ A run records the fingerprint in its plan; a rerun computes it again and refuses
 resume when it differs, since finished tiles were computed from the old data. It reads
 no data: shapes, dtypes and chunk layout from the metadata, coordinate values (small),
 and for the variables' bytes the size and modification time of every file that holds
-them (a zarr variable's folder, or the netCDF file), so rewriting any chunk shows.
+them (a zarr variable's folder, or the netCDF file), so rewriting any chunk shows; so
+does copying the store without its times, which is safe but refused too.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import xarray as xr
 
 
@@ -36,6 +38,23 @@ def input_fingerprint(path: str, ds: xr.Dataset, variables: tuple[str, ...]) -> 
     return fingerprint
 
 
+def values_fingerprint(ds: xr.Dataset, variables: tuple[str, ...]) -> dict:
+    """Like input_fingerprint, from the values themselves: for a slice that is read whole
+    anyway (a forecast's history), so data appended after it change nothing."""
+    fingerprint: dict = {
+        "coordinates": _digest(_coordinate_bytes(ds[name]) for name in sorted(map(str, ds.coords)))
+    }
+    for name in variables:
+        var = ds[name]
+        fingerprint[name] = {
+            "shape": list(var.shape),
+            "dtype": var.dtype.str,
+            "chunks": None,
+            "files": _digest([np.ascontiguousarray(var.values).tobytes()]),
+        }
+    return fingerprint
+
+
 def changes(recorded: dict, current: dict) -> list[str]:
     """What differs between two fingerprints, in words (empty when they agree)."""
     found = []
@@ -50,7 +69,7 @@ def changes(recorded: dict, current: dict) -> list[str]:
             if old[key] != new[key]:
                 found.append(f"{name!r} {what} {old[key]} -> {new[key]}")
         if old["files"] != new["files"]:
-            found.append(f"{name!r} data files were rewritten (sizes or modification times)")
+            found.append(f"{name!r} data were rewritten (file sizes, times or values)")
     return found
 
 

@@ -22,6 +22,7 @@ import socket
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import IO
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import InputError, PlanMismatchError, RunInProgressError
@@ -71,24 +72,37 @@ class RunLock:
 
     def acquire(self) -> None:
         """Take the lock, or raise RunInProgressError naming the run that holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")  # noqa: SIM115 - held open until release()
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            owner = handle.read().strip() or "unknown"
-            handle.close()
-            raise RunInProgressError(
-                f"output {self.store_path!r} is being written by another run ({owner}): "
-                "wait for it to finish, or choose another output.path"
-            ) from None
+        while True:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path, "a+")  # noqa: SIM115 - held open until release()
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                owner = handle.read().strip() or "unknown"
+                handle.close()
+                raise RunInProgressError(
+                    f"output {self.store_path!r} is being written by another run ({owner}): "
+                    "wait for it to finish, or choose another output.path"
+                ) from None
+            if self._is_current(handle):
+                break
+            handle.close()  # locked a file an ending run just removed: lock the new one
         handle.seek(0)
         handle.truncate()
         started = time.strftime("%Y-%m-%dT%H:%M:%S")
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}")
         handle.flush()
         self._file = handle
+
+    def _is_current(self, handle: IO) -> bool:
+        """Whether `handle` is still the file at the lock's path (release may remove it)."""
+        try:
+            on_disk = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        held = os.fstat(handle.fileno())
+        return (held.st_ino, held.st_dev) == (on_disk.st_ino, on_disk.st_dev)
 
     def release(self) -> None:
         """Unlock; a journal holding nothing but the lock (a run that wrote nothing) goes."""
@@ -166,8 +180,8 @@ def check_plan(store_path: str, plan: dict, made_by_gpgrid: bool) -> None:
         raise PlanMismatchError(
             f"the input {plan.get('input_path')!r} changed since output {store_path!r} was "
             f"started ({what}): its finished tiles were computed from the old data, so it "
-            "cannot be resumed; set output.overwrite: true to compute everything again, or "
-            "restore the input"
+            "cannot be resumed; set output.overwrite: true to compute everything again (also "
+            "when the data were only copied or rewritten unchanged), or restore the input"
         )
     differing = _differences(found, {k: v for k, v in plan.items() if k != "input_fingerprint"})
     if recorded is None:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pipeline.errors import InputError
+from pipeline.journal import journal_dir
 
 
 def check_output_location(output: str, protected: Mapping[str, str]) -> None:
@@ -39,8 +40,10 @@ def check_output_location(output: str, protected: Mapping[str, str]) -> None:
 
 
 def is_gpgrid_store(path: str) -> bool:
-    """Whether `path` is a zarr store that gpgrid made (its root attributes say so);
-    anything else is the user's and is never removed."""
+    """Whether `path` is a store that gpgrid made: its root attributes say so, or its
+    journal holds the plan it was made for; anything else is the user's, never removed."""
+    if (journal_dir(path) / "plan.json").is_file():
+        return True
     try:
         meta = json.loads((Path(path) / "zarr.json").read_text())
     except (OSError, ValueError):

@@ -26,8 +26,8 @@ from pipeline import __version__
 from pipeline.blend import Blender
 from pipeline.cluster import ensure_ray
 from pipeline.config import PipelineConfig
-from pipeline.errors import GPUUnavailableError, InputError
-from pipeline.fingerprint import input_fingerprint
+from pipeline.errors import InputError, ResourceUnavailableError, StorageError
+from pipeline.fingerprint import input_fingerprint, values_fingerprint
 from pipeline.grid import history as history_steps
 from pipeline.hyperparameters import pool, sample_tile_indices
 from pipeline.inputs import check_input, coordinate_values, open_input
@@ -126,7 +126,7 @@ def run_pipeline(
     check_output_location(config.output_path, _protected_paths(config))
     if config.overwrite:
         check_replaceable(config.output_path)
-    plan = plan_of(config, shape, input_fingerprint(config.input_path, ds, config.variables))
+    plan = plan_of(config, shape, _fingerprint(config, ds))
     inner = _inner_chunks(config, chunks)
     store_chunks = tuple(
         max(1, min(round(c * n / m), n)) for c, n, m in zip(chunks, shape, tiled, strict=True)
@@ -134,18 +134,17 @@ def run_pipeline(
     ensure_ray()
     config = _placement(config, address)
     with RunLock(config.output_path):
-        created = False
+        done: set[int] = set()
+        if Path(config.output_path).exists() and not config.overwrite:
+            check_plan(config.output_path, plan, is_gpgrid_store(config.output_path))
+            done = set(finished_tiles(config.output_path))
+        created = not done  # a store without finished tiles starts again from its template
         try:
-            if Path(config.output_path).exists() and not config.overwrite:
-                check_plan(config.output_path, plan, is_gpgrid_store(config.output_path))
-                done = set(finished_tiles(config.output_path))
-            else:
-                reset(config.output_path)
+            if created:
                 remove_store(config.output_path)
-                created = True
+                reset(config.output_path)
+                write_plan(config.output_path, plan)  # first: the store is known as ours
                 _create_store(config, target, store_chunks, inner)
-                write_plan(config.output_path, plan)
-                done = set()
             timings = {"setup": time.perf_counter() - start}
             attrs: dict = {}
             if config.model.hyperparameters == "shared":
@@ -302,6 +301,18 @@ def _warm_start(store_path: str, variables: tuple[str, ...]) -> dict:
     return {v: shared[v] for v in variables}
 
 
+def _fingerprint(config: PipelineConfig, ds) -> dict:  # noqa: ANN001
+    """What identifies the data a run reads: for a forecast, the values of the history its
+    tiles read (so steps appended after the issue time leave it unchanged); otherwise the
+    whole input's metadata and files."""
+    forecast = config.forecast
+    if forecast is None:
+        return input_fingerprint(config.input_path, ds, config.variables)
+    back = config.halo[config.dims.index(forecast.dim)]
+    read = ds.isel({forecast.dim: slice(max(0, forecast.history - back), forecast.history)})
+    return values_fingerprint(read, config.variables)
+
+
 def _protected_paths(config: PipelineConfig) -> dict[str, str]:
     """What the output must never be, hold or lie in: the input and a warm-start store."""
     protected = {config.input_path: "the input"}
@@ -316,7 +327,7 @@ def _placement(config: PipelineConfig, address: str | None) -> PipelineConfig:
     embedded = not (address or os.environ.get("RAY_ADDRESS"))
     cpus = ray.cluster_resources().get("CPU", 0)
     if embedded and config.num_cpus > cpus:
-        raise GPUUnavailableError(
+        raise ResourceUnavailableError(
             f"resources.num_cpus is {config.num_cpus:g} but this machine's Ray has {cpus:g} "
             f"CPUs, so no tile could ever start: set resources.num_cpus to at most {cpus:g}, "
             "or run on a cluster with --address"
@@ -333,7 +344,7 @@ def _placement(config: PipelineConfig, address: str | None) -> PipelineConfig:
             stacklevel=3,
         )
         return replace(config, num_gpus=0.0)
-    raise GPUUnavailableError(
+    raise ResourceUnavailableError(
         f"resources.num_gpus is {config.num_gpus:g} but Ray sees no GPU on this machine: set "
         "resources.num_gpus: 0, set resources.cpu_fallback: true, or run on a GPU cluster "
         "with --address"
@@ -397,10 +408,6 @@ def _run_tiles(
         pending.pop(done[0])
     bar.close()
     return cells, writing
-
-
-class StorageError(RuntimeError):
-    """Writing the output failed (disk full, permissions): a failure, not bad input."""
 
 
 def _result_of(ref: ray.ObjectRef, tile: Tile) -> TileResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,6 +12,7 @@ import xarray as xr
 
 from jobs.run import run_job, schedule_forecasts
 from jobs.spec import parse_spec
+from pipeline.errors import InputError
 from pipeline.target import forecast_stores, open_forecasts
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -162,3 +164,28 @@ def test_numeric_issue_times_keep_every_digit() -> None:
     assert resolved.forecast.issue == "1234566.0" and resolved.forecast.history == 7
     assert resolved.output_path.endswith("fc/1234566.zarr")
     assert resolved.forecast.issue_time is None  # the plan keeps the resolved time only
+
+
+def test_an_interrupted_forecast_resumes_after_data_are_appended(tmp_path) -> None:
+    """New steps after the issue time do not change what the forecast read: it resumes."""
+    seasonal_input(tmp_path / "in.zarr", days=DAYS)
+    spec = forecast_spec(tmp_path / "in.zarr", tmp_path / "fc")
+    spec["target"]["issue_time"] = str((START + pd.Timedelta(days=DAYS - 1)).date())
+    spec["tiling"]["tile"] = {"time": 5, "lat": 4, "lon": 8}
+    first = run_job(parse_spec(spec), progress=False)
+    record = sorted(Path(f"{first.output_path}.gpgrid", "tiles").glob("*.json"))[0]
+    record.unlink()
+    Path(f"{first.output_path}.gpgrid", "complete.json").unlink()
+    seasonal_input(tmp_path / "in.zarr", days=DAYS + 10)  # ten more days, same history
+    again = run_job(parse_spec(spec), progress=False)
+    assert again.output_path == first.output_path and again.resumed_tiles == 1
+    changed = xr.open_zarr(tmp_path / "in.zarr").load()
+    changed["tas"][DAYS - 1] += 5.0
+    for var in changed.variables.values():
+        var.encoding = {}
+    changed.to_zarr(tmp_path / "in.zarr", mode="w", zarr_format=3, consolidated=False)
+    record = sorted(Path(f"{first.output_path}.gpgrid", "tiles").glob("*.json"))[0]
+    record.unlink()
+    Path(f"{first.output_path}.gpgrid", "complete.json").unlink()
+    with pytest.raises(InputError, match=r"changed since .* 'tas' data were rewritten"):
+        run_job(parse_spec(spec), progress=False)

@@ -20,7 +20,7 @@ import xarray as xr
 import zarr
 
 from pipeline.config import ModelConfig, PipelineConfig
-from pipeline.errors import GPUUnavailableError, PlanMismatchError, RunInProgressError
+from pipeline.errors import PlanMismatchError, ResourceUnavailableError, RunInProgressError
 from pipeline.journal import finished_tiles
 from pipeline.runner import run_pipeline
 from pipeline.synthetic import DIMS, SyntheticGrid, write_synthetic
@@ -180,7 +180,7 @@ def test_rerunning_a_finished_job_computes_nothing(source, reference) -> None:
 
 def test_gpus_asked_of_a_machine_without_any_fail_fast_or_fall_back(source, tmp_path) -> None:
     config = config_for(source, str(tmp_path / "gpu.zarr"), num_gpus=0.5)
-    with pytest.raises(GPUUnavailableError, match="Ray sees no GPU on this machine"):
+    with pytest.raises(ResourceUnavailableError, match="Ray sees no GPU on this machine"):
         run_pipeline(config, progress=False)
     with pytest.warns(RuntimeWarning, match="running on CPU"):
         summary = run_pipeline(replace(config, cpu_fallback=True), progress=False)

@@ -212,7 +212,8 @@ def multitask_synthetic_dataset(
 
 
 def write_zarr(ds: xr.Dataset, path: str | Path, chunks: dict | None = None) -> Path:
-    """Write `ds` as a consolidated zarr v3 store; replaces only a store this function wrote.
+    """Write `ds` as a consolidated zarr v3 store; replaces only a store this function wrote,
+    and leaves one that already holds `ds` untouched (so a job on it can still resume).
 
     `chunks` maps dimension names to chunk lengths (default: one chunk per variable).
     """
@@ -229,6 +230,8 @@ def write_zarr(ds: xr.Dataset, path: str | Path, chunks: dict | None = None) -> 
                 f"{path} exists and was not written by write_zarr (no {MARKER!r} attribute): "
                 "delete it or choose another path"
             )
+        if _holds(path, ds, chunks):
+            return path
         shutil.rmtree(path)
     encoding = {
         name: {"chunks": tuple(min(chunks.get(d, n), n) for d, n in var.sizes.items())}
@@ -239,6 +242,21 @@ def write_zarr(ds: xr.Dataset, path: str | Path, chunks: dict | None = None) -> 
     with consolidated_v3_allowed():
         marked.to_zarr(path, mode="w-", zarr_format=3, consolidated=True, encoding=encoding)
     return path
+
+
+def _holds(path: Path, ds: xr.Dataset, chunks: dict) -> bool:
+    """Whether the store at `path` already holds exactly `ds` (values, coordinates,
+    attributes) in the chunks asked for."""
+    with xr.open_zarr(path) as held:
+        same_chunks = all(
+            held[name].encoding.get("chunks")
+            == tuple(min(chunks.get(d, n), n) for d, n in var.sizes.items())
+            for name, var in ds.data_vars.items()
+            if var.ndim
+        )
+        return same_chunks and held.drop_attrs().identical(ds.drop_attrs()) and all(
+            held.attrs.get(k) == v for k, v in ds.attrs.items()
+        )
 
 
 def _written_here(path: Path) -> bool:
