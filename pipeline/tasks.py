@@ -97,21 +97,28 @@ def predict_constant(
 def nearest_to_core(
     candidates: np.ndarray, tile: Tile, halo: tuple[int, ...], limit: int, seed: int
 ) -> np.ndarray:
-    """The `limit` candidate window cells (flat indices) closest to the tile's core.
+    """The `limit` candidate window cells (flat indices) closest to the tile's core, in
+    index order (see nearest_first)."""
+    if candidates.size <= limit:
+        return candidates
+    return np.sort(nearest_first(candidates, tile, halo, seed)[:limit])
+
+
+def nearest_first(
+    candidates: np.ndarray, tile: Tile, halo: tuple[int, ...], seed: int
+) -> np.ndarray:
+    """The candidate window cells (flat indices), closest to the tile's core first.
 
     Distance is measured from the core box, per dim in units of that dim's halo, so
     all core cells count as distance 0; ties are broken at random (seeded).
     """
-    if candidates.size <= limit:
-        return candidates
     coords = np.unravel_index(candidates, tile.window_shape)
     sq = np.zeros(candidates.size)
     for c, core, h in zip(coords, tile.core_in_window, halo, strict=True):
         outside = np.maximum(core.start - c, 0) + np.maximum(c - (core.stop - 1), 0)
         sq += (outside / max(h, 1)) ** 2
     shuffled = np.random.default_rng(seed).permutation(candidates.size)
-    order = shuffled[np.argsort(sq[shuffled], kind="stable")]
-    return np.sort(candidates[order[:limit]])
+    return candidates[shuffled[np.argsort(sq[shuffled], kind="stable")]]
 
 
 def _kernel(config: PipelineConfig):  # noqa: ANN202
@@ -293,22 +300,45 @@ def predict_svgp(
     return mean, std, info
 
 
+def _keeping_every_variable(
+    chosen: np.ndarray, values: np.ndarray, order: np.ndarray
+) -> np.ndarray:
+    """The rows `chosen` of `values` (one column per variable), sorted, plus, for each
+    variable with fewer than MIN_OBSERVATIONS observations in them, its first
+    MIN_OBSERVATIONS observed rows in `order` (the candidate rows, most wanted first).
+
+    A joint model standardises every variable by its own observations in the rows it is
+    given, so a subset drawn over all rows must not miss a sparsely observed variable.
+    Where every variable is well covered, this is just `chosen`.
+    """
+    short = [
+        order[np.isfinite(values[order, t])][:MIN_OBSERVATIONS]
+        for t in range(values.shape[1])
+        if np.isfinite(values[chosen, t]).sum() < MIN_OBSERVATIONS
+    ]
+    return np.union1d(chosen, np.concatenate(short)) if short else np.sort(chosen)
+
+
 def predict_multitask(
     x: np.ndarray, values: np.ndarray, x_core: np.ndarray, config: PipelineConfig, seed: int
 ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """One ICM model over all variables (columns of `values`, NaN where missing).
+    """One ICM model over the variables that are the columns of `values` (NaN where
+    missing; each needs at least MIN_OBSERVATIONS observations, not all equal).
 
     The kernel starts from an ExactGP fit to the first variable's observations; then
-    kernel, the variables' covariance and per-variable noise are learned on at most
-    `fit_points` rows, and the model conditions on all of them.
+    kernel, the variables' covariance (rank `rank`, at most their number) and
+    per-variable noise are learned on `fit_points` random rows (and a few more where a
+    variable has fewer than MIN_OBSERVATIONS there), and the model conditions on all.
     """
     tx, ty, tc = _tensors(config, x, values, x_core)
     gen = np.random.default_rng(seed)
     kernel = _kernel_from_first_variable(config, tx, ty, gen, seed)
     if config.model.type == "svgp":
         return _predict_lmc(kernel, tx, ty, tc, config, seed)
-    model = MultitaskExactGP(kernel, len(config.variables), config.model.rank, seed)
-    fit_idx = np.sort(gen.permutation(len(values))[: config.model.fit_points])
+    tasks = values.shape[1]
+    model = MultitaskExactGP(kernel, tasks, min(config.model.rank, tasks), seed)
+    order = gen.permutation(len(values))
+    fit_idx = _keeping_every_variable(order[: config.model.fit_points], values, order)
 
     def fit():  # noqa: ANN202
         report = model.fit(tx[fit_idx], ty[fit_idx], max_iter=config.model.max_iter)
@@ -328,7 +358,8 @@ def _kernel_from_first_variable(
     gen: np.random.Generator,
     seed: int,
 ):  # noqa: ANN202
-    """A unit-variance kernel whose lengthscales an ExactGP learned on the first variable."""
+    """A unit-variance kernel whose lengthscales an ExactGP learned on the first variable
+    (column 0 of `ty`, which needs at least 2 observations)."""
     kernel = _kernel(config)
     first = np.flatnonzero(np.isfinite(ty[:, 0].cpu().numpy()))
     start_idx = np.sort(gen.permutation(first)[: config.model.fit_points])
@@ -340,7 +371,7 @@ def _predict_lmc(kernel, tx, ty, tc, config: PipelineConfig, seed: int) -> tuple
     """LMC SVGP over all variables: `rank` latent GPs, every observed row of the window."""
     model = LMCSVGP(
         kernel,
-        num_outputs=len(config.variables),
+        num_outputs=ty.shape[1],
         num_latents=max(config.model.rank, 1),
         num_inducing=min(config.model.inducing, ty.shape[0]),
         batch_size=SVGP_BATCH,
@@ -358,27 +389,51 @@ def _predict_lmc(kernel, tx, ty, tc, config: PipelineConfig, seed: int) -> tuple
 def _predict_variables_jointly(
     config: PipelineConfig,
     tile: Tile,
-    ds,
+    ds,  # noqa: ANN001
     x: np.ndarray,
     x_core: np.ndarray,
     shape: tuple[int, ...],
 ) -> tuple[dict[str, np.ndarray], dict]:
-    """The multitask branch of predict_tile: rows with any variable observed, nearest first."""
-    columns = [read_window(config, tile, ds, v).reshape(-1) for v in config.variables]
-    values = np.stack(columns, axis=1)
-    rows = np.flatnonzero(np.isfinite(values).any(axis=1))
-    if config.model.type == "svgp":
-        used = rows
-    else:
-        limit = max(config.model.max_points // len(config.variables), MIN_OBSERVATIONS)
-        used = nearest_to_core(rows, tile, config.halo, limit, tile.index)
-    mean, std, info = predict_multitask(x[used], values[used], x_core, config, tile.index)
-    predictions = {}
-    for t, var in enumerate(config.variables):
-        predictions[var] = mean[:, t].reshape(shape)
-        predictions[std_name(var)] = std[:, t].reshape(shape)
-    info.update(status="ok", n_observed=[int(np.isfinite(c).sum()) for c in columns])
-    return predictions, info
+    """The multitask branch of predict_tile: predictions and per-variable diagnostics.
+
+    A variable with too few or constant observations is left NaN or predicted as its
+    constant, as in the apart path: the joint model standardises every variable by its
+    own observations and has nothing to learn from these. The others share one model,
+    on the rows where any of them is observed, nearest first; a single one left is
+    fitted alone, exactly as the apart path fits it.
+    """
+    predictions: dict[str, np.ndarray] = {}
+    diagnostics: dict = {}
+    fitted: dict[str, np.ndarray] = {}  # the window's values of the variables left to fit
+    for var in config.variables:
+        values, observed, info = _read_variable(config, tile, ds, var)
+        diagnostics[var] = info
+        without = _predict_without_gp(config, tile, var, values[observed], len(x_core), info)
+        if without is None:
+            fitted[var] = values
+        else:
+            predictions[var], predictions[std_name(var)] = (a.reshape(shape) for a in without)
+    if len(fitted) == 1:
+        ((var, values),) = fitted.items()
+        mean, std, fit_info = _fit_variable(config, tile, ds, x, x_core, var, values)
+        diagnostics[var].update(fit_info)
+        predictions[var], predictions[std_name(var)] = mean.reshape(shape), std.reshape(shape)
+    elif fitted:
+        values = np.stack(list(fitted.values()), axis=1)
+        rows = np.flatnonzero(np.isfinite(values).any(axis=1))
+        if config.model.type == "svgp":
+            used = rows
+        else:
+            limit = max(config.model.max_points // len(fitted), MIN_OBSERVATIONS)
+            order = nearest_first(rows, tile, config.halo, tile.index)
+            used = _keeping_every_variable(order[:limit], values, order)
+        mean, std, info = predict_multitask(x[used], values[used], x_core, config, tile.index)
+        for t, var in enumerate(fitted):
+            diagnostics[var].update(info, status="ok", joint_variables=list(fitted))
+            predictions[var] = mean[:, t].reshape(shape)
+            predictions[std_name(var)] = std[:, t].reshape(shape)
+    names = [n for v in config.variables for n in (v, std_name(v))]
+    return {n: predictions[n] for n in names}, diagnostics
 
 
 def predict_tile(config: PipelineConfig, tile: Tile) -> TileResult:
@@ -401,8 +456,9 @@ def predict_tile(config: PipelineConfig, tile: Tile) -> TileResult:
         predictions = {n: empty for v in config.variables for n in (v, std_name(v))}
         diagnostics["variables"] = dict.fromkeys(config.variables, {"status": "no target cells"})
     elif config.model.multitask:
-        predictions, info = _predict_variables_jointly(config, tile, ds, x, x_core, shape)
-        diagnostics["variables"] = dict.fromkeys(config.variables, info)
+        predictions, diagnostics["variables"] = _predict_variables_jointly(
+            config, tile, ds, x, x_core, shape
+        )
     else:
         predictions, diagnostics["variables"] = _predict_variables_apart(
             config, tile, ds, x, x_core, shape
@@ -425,62 +481,99 @@ def _predict_variables_apart(
     x_core: np.ndarray,
     shape: tuple[int, ...],
 ) -> tuple[dict[str, np.ndarray], dict]:
-    """One model per variable (kiss, exact or svgp by config and size): predictions and
-    per-variable diagnostics."""
+    """One model per variable (kiss, exact or svgp by config and size), none for too few or
+    constant observations: predictions and per-variable diagnostics."""
     predictions: dict[str, np.ndarray] = {}
     diagnostics: dict = {}
     for var in config.variables:
-        read_start = time.perf_counter()
-        values = read_window(config, tile, ds, var).reshape(-1)
-        observed = np.flatnonzero(np.isfinite(values))
-        info: dict = {
-            "n_observed": int(observed.size),
-            "read_seconds": time.perf_counter() - read_start,
-        }
-        constant = (
-            constant_observations(values[observed]) if observed.size >= MIN_OBSERVATIONS else None
-        )
-        if observed.size < MIN_OBSERVATIONS:
-            plural = "" if observed.size == 1 else "s"
-            info["skipped"] = f"{observed.size} observation{plural}, fewer than {MIN_OBSERVATIONS}"
-            info["status"] = f"skipped: {info['skipped']}"
-            mean = std = np.full(len(x_core), np.nan)
-        elif constant is not None:
-            fixed = (config.shared_hyperparameters or {}).get(var)
-            mean, std, how = predict_constant(values[observed], len(x_core), fixed)
-            info.update(degenerate=constant, status=f"degenerate: {constant}", model="constant")
-            warnings.warn(
-                f"tile {tile.index}, variable {var!r}: {constant}; predicted that mean "
-                f"{float(mean[0])!r} with std {float(std[0]):.3g} ({how}) instead of fitting a GP, "
-                "which has no variance to learn from",
-                DegenerateTileWarning,
-                stacklevel=2,
-            )
+        values, observed, info = _read_variable(config, tile, ds, var)
+        without = _predict_without_gp(config, tile, var, values[observed], len(x_core), info)
+        if without is None:
+            mean, std, fit_info = _fit_variable(config, tile, ds, x, x_core, var, values)
+            info.update(fit_info)
         else:
-            fixed = (config.shared_hyperparameters or {}).get(var)
-            use_svgp = config.model.type == "svgp" or (
-                config.model.type == "kiss" and observed.size > KISS_MAX_OBSERVATIONS
-            )
-            if use_svgp:
-                mean, std, fit_info = predict_svgp(
-                    x[observed], values[observed], x_core, config, tile.index
-                )
-                fit_info["model"] = "svgp"
-            elif config.model.type == "kiss":
-                lattice = window_lattice(window_axes(config, tile, ds), config.dims)
-                mean, std, fit_info = predict_kiss(
-                    x[observed], values[observed], x_core, lattice, config, tile.index, fixed
-                )
-            else:
-                used = nearest_to_core(
-                    observed, tile, config.halo, config.model.max_points, tile.index
-                )
-                mean, std, fit_info = predict_exact(
-                    x[used], values[used], x_core, config, tile.index, fixed
-                )
-            converged = fit_info["solver"].get("cg_converged", True)
-            info.update(fit_info, status="ok" if converged else "solve did not converge")
+            mean, std = without
         predictions[var] = mean.reshape(shape)
         predictions[std_name(var)] = std.reshape(shape)
         diagnostics[var] = info
     return predictions, diagnostics
+
+
+def _read_variable(
+    config: PipelineConfig,
+    tile: Tile,
+    ds,  # noqa: ANN001
+    var: str,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The window's values of `var` (flat, NaN where missing), the observed cells, and
+    the variable's diagnostics begun: how many were observed and how long the read took."""
+    read_start = time.perf_counter()
+    values = read_window(config, tile, ds, var).reshape(-1)
+    observed = np.flatnonzero(np.isfinite(values))
+    info = {"n_observed": int(observed.size), "read_seconds": time.perf_counter() - read_start}
+    return values, observed, info
+
+
+def _predict_without_gp(
+    config: PipelineConfig, tile: Tile, var: str, observations: np.ndarray, cells: int, info: dict
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Mean and std at `cells` targets for a variable no GP can learn from, or None when
+    one can.
+
+    Fewer than MIN_OBSERVATIONS `observations` (the finite values) give NaN and `info["skipped"]`;
+    (nearly) constant ones give their constant (predict_constant), `info["degenerate"]`
+    and a DegenerateTileWarning, since a GP would have no variance to standardise by.
+    """
+    if observations.size < MIN_OBSERVATIONS:
+        plural = "" if observations.size == 1 else "s"
+        info["skipped"] = f"{observations.size} observation{plural}, fewer than {MIN_OBSERVATIONS}"
+        info["status"] = f"skipped: {info['skipped']}"
+        return np.full(cells, np.nan), np.full(cells, np.nan)
+    constant = constant_observations(observations)
+    if constant is None:
+        return None
+    fixed = (config.shared_hyperparameters or {}).get(var)
+    mean, std, how = predict_constant(observations, cells, fixed)
+    info.update(degenerate=constant, status=f"degenerate: {constant}", model="constant")
+    warnings.warn(
+        f"tile {tile.index}, variable {var!r}: {constant}; predicted that mean "
+        f"{float(mean[0])!r} with std {float(std[0]):.3g} ({how}) instead of fitting a GP, "
+        "which has no variance to learn from",
+        DegenerateTileWarning,
+        stacklevel=3,
+    )
+    return mean, std
+
+
+def _fit_variable(
+    config: PipelineConfig,
+    tile: Tile,
+    ds,  # noqa: ANN001
+    x: np.ndarray,
+    x_core: np.ndarray,
+    var: str,
+    values: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Variable `var`'s GP on the window's `values` (flat, NaN where missing): svgp, kiss
+    or an exact GP on the observations nearest the core, by config and size, with the
+    run's shared hyperparameters where it has them; its mean and std at x_core and its
+    fit diagnostics, with the status."""
+    fixed = (config.shared_hyperparameters or {}).get(var)
+    observed = np.flatnonzero(np.isfinite(values))
+    use_svgp = config.model.type == "svgp" or (
+        config.model.type == "kiss" and observed.size > KISS_MAX_OBSERVATIONS
+    )
+    if use_svgp:
+        mean, std, info = predict_svgp(x[observed], values[observed], x_core, config, tile.index)
+        info["model"] = "svgp"
+    elif config.model.type == "kiss":
+        lattice = window_lattice(window_axes(config, tile, ds), config.dims)
+        mean, std, info = predict_kiss(
+            x[observed], values[observed], x_core, lattice, config, tile.index, fixed
+        )
+    else:
+        used = nearest_to_core(observed, tile, config.halo, config.model.max_points, tile.index)
+        mean, std, info = predict_exact(x[used], values[used], x_core, config, tile.index, fixed)
+    converged = info["solver"].get("cg_converged", True)
+    info["status"] = "ok" if converged else "solve did not converge"
+    return mean, std, info

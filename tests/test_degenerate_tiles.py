@@ -1,11 +1,13 @@
 """Tiles a GP cannot learn from: constant windows (a region of zero precipitation) are
 predicted as their constant, flagged and warned about; windows with too few observations
-give NaN and a `skipped` reason; white noise, whose fitted lengthscale collapses, is
-warned about and noted in the fit report. Underneath, a zero right-hand side solves to zero."""
+give NaN and a `skipped` reason, alone or in a multitask tile, whose other variables are
+still fitted; white noise, whose fitted lengthscale collapses, is warned about and noted
+in the fit report. Underneath, a zero right-hand side solves to zero."""
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -31,15 +33,17 @@ from pipeline.tasks import (
     fit_tile_hyperparameters,
     predict_tile,
 )
-from pipeline.tiling import plan_tiles
+from pipeline.tiling import TileResult, plan_tiles
 
 SHAPE = (2, 10, 8)
 DIMS = ("time", "lat", "lon")
 
 
-def _write(path: str, values: np.ndarray) -> str:
+def _write(path: str, values: np.ndarray, **others: np.ndarray) -> str:
+    """A store of `values` as `pr`, and of `others` under their names."""
+    fields = {"pr": values, **others}
     ds = xr.Dataset(
-        {"pr": (DIMS, values.astype(np.float32), {"units": "mm"})},
+        {name: (DIMS, v.astype(np.float32), {"units": "mm"}) for name, v in fields.items()},
         coords={
             "time": ("time", np.arange(SHAPE[0], dtype=float)),
             "lat": ("lat", 40.0 + 0.25 * np.arange(SHAPE[1])),
@@ -216,3 +220,115 @@ def test_white_noise_tile_notes_the_collapse_by_column_name(tmp_path) -> None:
     assert notes and any(
         n.startswith(("lengthscale of column lat", "lengthscale of column lon")) for n in notes
     )
+
+
+def _field(seed: int) -> np.ndarray:
+    """A smooth field with noise on the grid, 30% of the cells missing (seeded)."""
+    rng = np.random.default_rng(seed)
+    t, lat, lon = np.meshgrid(*(np.arange(n, dtype=float) for n in SHAPE), indexing="ij")
+    values = np.sin(lat / 3 + seed) + np.cos(lon / 4) + 0.3 * t
+    values = values + 0.05 * rng.standard_normal(SHAPE)
+    values[rng.random(SHAPE) < 0.3] = np.nan
+    return values
+
+
+def _multitask(path: str, model_type: str, variables: tuple[str, ...], **model) -> PipelineConfig:  # noqa: ANN003
+    """A multitask run (ICM for exact, LMC for svgp) over `variables`, on small budgets:
+    the tests compare fits, which need not be good."""
+    config = replace(_config(path, model_type), variables=variables)
+    budgets = {"max_iter": 10, "epochs": 1, "inducing": 32}
+    changes = {"multitask": True, **budgets, **model}
+    return replace(config, model=replace(config.model, **changes))
+
+
+def _alone(config: PipelineConfig, variable: str) -> PipelineConfig:
+    """The same run on `variable` only, one model per variable."""
+    return replace(config, variables=(variable,), model=replace(config.model, multitask=False))
+
+
+def _predict(config: PipelineConfig) -> TileResult:
+    (tile,) = plan_tiles(SHAPE, config.tile, config.halo)
+    return predict_tile(config, tile)
+
+
+def _assert_same(result: TileResult, reference: TileResult, variable: str) -> None:
+    for name in (variable, f"{variable}_std"):
+        assert np.isfinite(result.predictions[name]).all()
+        np.testing.assert_allclose(
+            result.predictions[name], reference.predictions[name], rtol=0, atol=1e-8
+        )
+
+
+@pytest.mark.parametrize(("model_type", "keep"), [("exact", 0), ("exact", 1), ("svgp", 1)])
+def test_multitask_tile_skips_a_variable_with_too_few_and_fits_the_other_alone(
+    tmp_path, model_type: str, keep: int
+) -> None:
+    few = _gappy(7.0, keep=keep)
+    path = _write(str(tmp_path / "few.zarr"), few, tas=_field(0))
+    config = _multitask(path, model_type, ("pr", "tas"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DegenerateTileWarning)
+        result = _predict(config)
+    info = result.diagnostics["variables"]["pr"]
+    noun = "observation" if keep == 1 else "observations"
+    assert info["skipped"] == f"{keep} {noun}, fewer than {MIN_OBSERVATIONS}"
+    assert info["n_observed"] == keep and "degenerate" not in info
+    assert np.isnan(result.predictions["pr"]).all() and np.isnan(result.predictions["pr_std"]).all()
+    assert result.diagnostics["variables"]["tas"]["status"] == "ok"
+    _assert_same(result, _predict(_alone(config, "tas")), "tas")
+
+
+@pytest.mark.parametrize("model_type", ["exact", "svgp"])
+def test_multitask_tile_predicts_a_constant_variable_as_its_constant(
+    tmp_path, model_type: str
+) -> None:
+    path = _write(str(tmp_path / "constant.zarr"), _gappy(5.0), tas=_field(0))
+    config = _multitask(path, model_type, ("pr", "tas"))
+    with pytest.warns(DegenerateTileWarning, match="tile 0, variable 'pr': constant"):
+        result = _predict(config)
+    info = result.diagnostics["variables"]["pr"]
+    assert info["degenerate"] == f"constant: all {info['n_observed']} observations equal 5.0"
+    assert info["model"] == "constant" and "skipped" not in info
+    np.testing.assert_array_equal(result.predictions["pr"], 5.0)
+    np.testing.assert_array_equal(result.predictions["pr_std"], float(np.spacing(np.float32(5))))
+    _assert_same(result, _predict(_alone(config, "tas")), "tas")
+
+
+@pytest.mark.parametrize("model_type", ["exact", "svgp"])
+def test_multitask_tile_fits_the_variables_left_jointly(tmp_path, model_type: str) -> None:
+    """One of three variables skipped: the other two are the two-variable multitask run."""
+    path = _write(str(tmp_path / "three.zarr"), _gappy(0.0, keep=1), tas=_field(0), tdps=_field(1))
+    config = _multitask(path, model_type, ("pr", "tas", "tdps"), rank=2)
+    result = _predict(config)
+    assert "skipped" in result.diagnostics["variables"]["pr"]
+    two = _predict(replace(config, variables=("tas", "tdps")))
+    for variable in ("tas", "tdps"):
+        assert result.diagnostics["variables"][variable]["joint_variables"] == ["tas", "tdps"]
+        _assert_same(result, two, variable)
+
+
+def test_multitask_tile_with_no_variable_to_fit_fits_nothing(tmp_path) -> None:
+    path = _write(str(tmp_path / "none.zarr"), _gappy(0.0, keep=2), tas=_gappy(3.0))
+    with pytest.warns(DegenerateTileWarning, match="variable 'tas': constant"):
+        result = _predict(_multitask(path, "exact", ("pr", "tas")))
+    assert np.isnan(result.predictions["pr"]).all()
+    np.testing.assert_array_equal(result.predictions["tas"], 3.0)
+    assert set(result.diagnostics["variables"]["tas"]) == {
+        "n_observed",
+        "read_seconds",
+        "degenerate",
+        "status",
+        "model",
+    }
+
+
+def test_multitask_subsets_keep_a_sparse_variable_observed(tmp_path) -> None:
+    """A variable observed in 4 cells: the nearest rows and the fit subsample, drawn over
+    all rows, would likely miss it; each keeps MIN_OBSERVATIONS of its observations."""
+    sparse = _gappy(0.0, keep=4)
+    sparse[np.isfinite(sparse)] = [1.0, 2.0, 0.5, 1.5]
+    path = _write(str(tmp_path / "sparse.zarr"), sparse, tas=_field(0))
+    result = _predict(_multitask(path, "exact", ("tas", "pr"), max_points=40, fit_points=10))
+    assert result.diagnostics["variables"]["pr"]["status"] == "ok"
+    for name in ("pr", "pr_std", "tas", "tas_std"):
+        assert np.isfinite(result.predictions[name]).all()
