@@ -43,13 +43,12 @@ def _fail(err: Exception) -> NoReturn:
 
 def _one_line(err: Exception) -> str:
     """`Type: message` of a failure; for one inside a Ray task, of the task's own error
-    (whose remote traceback stays in the log)."""
+    (the remote traceback, many lines long, stays in the log)."""
     from ray.exceptions import RayTaskError
 
     if isinstance(err, RayTaskError) and err.cause is not None:
         err = err.cause
-    lines = str(err).strip().splitlines() or [""]
-    return f"{type(err).__name__}: {lines[0]}" + (" ..." if len(lines) > 1 else "")
+    return f"{type(err).__name__}: {err}"
 
 
 def _write_traceback(err: Exception) -> Path:

@@ -15,8 +15,8 @@ import xarray as xr
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from pipeline.coordinates import coordinate_values, is_cftime
 from pipeline.errors import InputError
-from pipeline.inputs import coordinate_values, is_cftime
 from pipeline.store import std_name
 from pipeline.target import cftime_at
 

@@ -43,12 +43,12 @@ def validate_job(
 ) -> Validation:
     """Hold out cells (or the last forecast steps), rerun the job, and score the hidden cells."""
     folder = Path(f"{spec.output.path.rstrip('/')}.validate")
-    folder.mkdir(parents=True, exist_ok=True)
     if spec.target.kind == "forecast":
         return _backtest(spec, folder, address, progress)
     dims = spec.input.dims
     source = open_input(spec.input.path)[spec.input.variables]
     hold_out = choose_hold_out(source, spec.input.variables, dims, fraction, block, seed)
+    folder.mkdir(parents=True, exist_ok=True)  # after the arguments are checked
     hidden_path = folder / "input.zarr"
     shutil.rmtree(hidden_path, ignore_errors=True)
     with consolidated_v3_allowed():
@@ -69,6 +69,7 @@ def _backtest(spec: JobSpec, folder: Path, address: str | None, progress: bool) 
             f"a backtest of {steps} steps needs more than {steps + 1} steps of data along "
             f"{dim!r}; the input has {source.sizes[dim]}"
         )
+    folder.mkdir(parents=True, exist_ok=True)
     issue = source[dim].values[-steps - 1]
     issue_time = (
         pd.Timestamp(issue).isoformat()

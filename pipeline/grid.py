@@ -13,8 +13,8 @@ import xarray as xr
 
 from gpkernels import Lattice
 from pipeline.config import PipelineConfig
+from pipeline.coordinates import REGULAR_RTOL, coordinate_values, evenly_spaced
 from pipeline.errors import InputError
-from pipeline.inputs import REGULAR_RTOL, coordinate_values, evenly_spaced
 from pipeline.target import new_axes
 from pipeline.tiling import Tile
 

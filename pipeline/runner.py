@@ -26,11 +26,12 @@ from pipeline import __version__
 from pipeline.blend import Blender
 from pipeline.cluster import ensure_ray
 from pipeline.config import PipelineConfig
+from pipeline.coordinates import coordinate_values
 from pipeline.errors import InputError, ResourceUnavailableError, StorageError
 from pipeline.fingerprint import input_fingerprint, values_fingerprint
 from pipeline.grid import history as history_steps
 from pipeline.hyperparameters import pool, sample_tile_indices
-from pipeline.inputs import check_input, coordinate_values, open_input
+from pipeline.inputs import check_input, open_input
 from pipeline.journal import (
     RunLock,
     check_plan,
@@ -38,6 +39,7 @@ from pipeline.journal import (
     flagged_tiles,
     mark_complete,
     plan_of,
+    read_plan,
     read_shared,
     record_tile,
     reset,
@@ -53,6 +55,7 @@ from pipeline.output_guard import (
 from pipeline.store import create_output_store, finalize_store, write_tile
 from pipeline.target import FORECAST_COORDS, check_new_grid, resolve_forecast, target_dataset
 from pipeline.tiling import Tile, TileResult, plan_tiles
+from pipeline.value_scan import scan_input
 
 # Errors worth another try on another worker: storage or network hiccups.
 TRANSIENT_ERRORS = (OSError, TimeoutError, ConnectionError)
@@ -131,6 +134,8 @@ def run_pipeline(
     store_chunks = tuple(
         max(1, min(round(c * n / m), n)) for c, n, m in zip(chunks, shape, tiled, strict=True)
     )
+    if not _resumable(config, plan):  # a resume reads the data its first run checked
+        scan_input(ds, config.variables, config.input_path)
     ensure_ray()
     config = _placement(config, address)
     with RunLock(config.output_path):
@@ -299,6 +304,17 @@ def _warm_start(store_path: str, variables: tuple[str, ...]) -> dict:
             f"{sorted(shared)}): give a store made for these variables"
         )
     return {v: shared[v] for v in variables}
+
+
+def _resumable(config: PipelineConfig, plan: dict) -> bool:
+    """Whether the output holds finished tiles of this very plan (input fingerprint included)."""
+    path = config.output_path
+    return (
+        not config.overwrite
+        and Path(path).exists()
+        and read_plan(path) == plan
+        and bool(finished_tiles(path))
+    )
 
 
 def _fingerprint(config: PipelineConfig, ds) -> dict:  # noqa: ANN001

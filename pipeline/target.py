@@ -21,8 +21,8 @@ import xarray as xr
 import zarr
 
 from pipeline.config import PipelineConfig
+from pipeline.coordinates import coordinate_values, is_cftime
 from pipeline.errors import InputError
-from pipeline.inputs import coordinate_values, is_cftime
 from pipeline.journal import is_complete, read_plan
 
 FORECAST_COORDS = ("forecast_reference_time", "forecast_period")

@@ -39,9 +39,10 @@ from pipeline.grid import (
     window_inputs,
     window_lattice,
 )
-from pipeline.inputs import MIN_OBSERVATIONS, open_input
+from pipeline.inputs import open_input
 from pipeline.store import std_name
 from pipeline.tiling import Tile, TileResult
+from pipeline.value_scan import MIN_OBSERVATIONS
 
 KISS_CG_TOL = 1e-4  # relative residual of the mean solve: far below the noise in any field
 # Windows with more observations than this go to SVGP: the on-grid solve's vectors and

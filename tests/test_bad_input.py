@@ -73,12 +73,16 @@ def finished_run(folder: Path) -> Path:
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    """Every file's hash, less the run lock (it names the last process that held it)."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and not (p.name == "lock" and p.parent.suffix == ".gpgrid")
-    }
+    """Every folder and file under `folder`, files by their hash; the run lock only by its
+    presence (it names the last process that held it)."""
+    def state(path: Path) -> str:
+        if path.is_dir():
+            return "folder"
+        if path.name == "lock" and path.parent.suffix == ".gpgrid":
+            return "lock"
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    return {str(p.relative_to(folder)): state(p) for p in sorted(folder.rglob("*"))}
 
 
 # --- case builders: each prepares `folder` and returns the command's arguments ---------
@@ -289,7 +293,6 @@ class Case:
     build: Callable[[Path], list[str]]
     problem: str  # regex: what the message must name (field, file, variable)
     fix: str  # regex: the fix it must give
-    code: int = 2
 
 
 ALL_NAN = set_values("tas", lambda v: np.full_like(v, np.nan))
@@ -390,6 +393,14 @@ CASES = [
     # the data
     Case("input missing", run_with(input={"path": "gone.zarr"}), r"gone\.zarr", "input.path"),
     Case("unknown variable", run_with(input={"variables": ["pr"]}), "'pr'", "input.variables"),
+    Case(
+        "dims in another order than the data's",
+        with_data(lambda ds: ds.rename({"lat": "y"})),
+        "'lat'",
+        "input.dims",
+    ),
+    Case("hide too much", plain("validate", "SPEC", "--fraction", "0.7"), "--fraction 0.7", "0.05"),
+    Case("block on no dim", plain("validate", "SPEC", "--block", "depth=3"), "depth", "grid dims"),
     Case("all NaN", with_data(ALL_NAN), r"'tas'.* 0 ", "input.variables|fill value"),
     Case(
         "one observation",
@@ -421,7 +432,7 @@ CASES = [
         "divide",
     ),
     # reruns and finished stores
-    Case("changed input on resume", changed_input_on_resume, "'tas' data files", "overwrite"),
+    Case("changed input on resume", changed_input_on_resume, "'tas' data were rew", "overwrite"),
     Case(
         "changed spec on resume",
         changed_spec_on_resume,
@@ -463,7 +474,7 @@ def test_bad_input_is_refused_clearly_and_changes_nothing(case: Case, tmp_path, 
     before = snapshot(tmp_path)
     result = gpgrid(*args)
     message = result.stderr
-    assert result.exit_code == case.code, f"{result.exit_code}: {result.output}"
+    assert result.exit_code == 2, f"{result.exit_code}: {result.output}"
     assert message.startswith("gpgrid: bad input: "), message
     assert "Traceback" not in message
     assert len(message.splitlines()) <= 6, message

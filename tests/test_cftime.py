@@ -9,8 +9,9 @@ import pytest
 import xarray as xr
 
 from pipeline.config import Forecast, ModelConfig, PipelineConfig
+from pipeline.coordinates import coordinate_values
 from pipeline.errors import InputError
-from pipeline.inputs import check_input, coordinate_values, open_input
+from pipeline.inputs import check_input, open_input
 from pipeline.runner import run_pipeline
 from pipeline.target import forecast_stores, resolve_forecast
 

@@ -1,5 +1,5 @@
 """Bad input is refused on the driver, before the output store exists, by an InputError that
-names the coordinate, variable or file and the fix (pipeline.inputs.check_input)."""
+names the coordinate, variable or file and the fix (pipeline.inputs, .coordinates, .value_scan)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,12 @@ import pytest
 import xarray as xr
 
 from pipeline.config import ModelConfig, PipelineConfig
+from pipeline.coordinates import coordinate_values, is_regular
 from pipeline.errors import InputError
 from pipeline.grid import snapped
-from pipeline.inputs import (
-    MIN_OBSERVATIONS,
-    check_input,
-    coordinate_values,
-    is_regular,
-    open_input,
-    scan_variable,
-)
+from pipeline.inputs import check_input, open_input
 from pipeline.runner import run_pipeline
+from pipeline.value_scan import MIN_OBSERVATIONS, scan_input, scan_variable
 
 DIMS = ("time", "lat", "lon")
 SHAPE = (6, 5, 4)
@@ -52,9 +47,15 @@ def config(
     )
 
 
+def checked(ds: xr.Dataset, run: PipelineConfig) -> None:
+    """The driver's checks of a run's input: names and axes, then one pass over the values."""
+    check_input(ds, run)
+    scan_input(ds, run.variables, run.input_path)
+
+
 def refused(ds: xr.Dataset, model_type: str = "kiss") -> str:
     with pytest.raises(InputError) as error:
-        check_input(ds, config(model_type))
+        checked(ds, config(model_type))
     return str(error.value)
 
 
@@ -146,7 +147,7 @@ def test_scan_reads_every_chunk_once_and_counts(tmp_path) -> None:
     values = ds["tas"].values
     assert (counts.cells, counts.finite, counts.infinite) == (values.size, values.size - 3, 0)
     assert counts.minimum == np.nanmin(values) and counts.maximum == np.nanmax(values)
-    check_input(open_input(str(path)), config(path=str(path)))  # a clean store passes
+    checked(open_input(str(path)), config(path=str(path)))  # a clean store passes
 
 
 @pytest.mark.parametrize("observed", [0, 1])
@@ -177,4 +178,4 @@ def test_netcdf_scan_and_fill_value_read_as_data_warns(tmp_path) -> None:
     opened = open_input(str(path))
     assert scan_variable(opened, "tas", str(path)).finite == ds["tas"].size
     with pytest.warns(RuntimeWarning, match="1e\\+20 looks like a fill value read as data"):
-        check_input(opened, config(path=str(path)))
+        checked(opened, config(path=str(path)))

@@ -12,8 +12,8 @@ import xarray as xr
 
 from gpkernels import ExactGP, KissGP, Matern, Product, Scale, separable
 from pipeline.config import ModelConfig, PipelineConfig
+from pipeline.coordinates import coordinate_values
 from pipeline.errors import InputError, PlanMismatchError
-from pipeline.inputs import coordinate_values
 from pipeline.runner import run_pipeline
 from pipeline.scores import score_gap_cells
 from pipeline.synthetic import DIMS, SyntheticGrid, write_synthetic
