@@ -115,7 +115,8 @@ def check_new_grid(config: PipelineConfig, ds: xr.Dataset) -> None:
         if not np.issubdtype(source.dtype, np.number) or np.any(np.diff(source) <= 0):
             raise InputError(
                 f"target.grid for {dim!r} needs the input's {dim!r} coordinate to be numeric "
-                "and increasing"
+                f"and increasing: sort the input first (ds.sortby({dim!r})), or predict on "
+                "the input's own grid (target.kind: same_grid)"
             )
         low, high = float(source[0]), float(source[-1])
         slack = EDGE_SLACK * (values[1] - values[0] if len(values) > 1 else high - low)

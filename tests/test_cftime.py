@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from jobs.plots import _step_index
 from pipeline.config import Forecast, ModelConfig, PipelineConfig
 from pipeline.coordinates import coordinate_values
 from pipeline.errors import InputError
@@ -145,3 +146,13 @@ def test_a_360_day_issue_time_that_is_no_standard_date(stores) -> None:
     assert resolved.forecast.issue == "2000-02-30T00:00:00"
     assert resolved.forecast.history == 4 and resolved.forecast.step == 1.0
     assert resolved.output_path.endswith("20000230T000000Z.zarr")
+
+
+def test_plot_at_a_date_of_its_own_calendar() -> None:
+    """`gpgrid plot --at 2000-02-30` finds the step of a 360_day axis; a date outside is refused."""
+    time = xr.DataArray(cftime_days("360_day", DAYS), dims="time", name="time")
+    assert _step_index(time, "2000-02-30") == list(map(str, time.values)).index(
+        "2000-02-30 00:00:00"
+    )
+    with pytest.raises(InputError, match="outside 'time'"):
+        _step_index(time, "2003-01-01")
