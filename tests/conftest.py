@@ -25,3 +25,13 @@ def ray_cluster():
     )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def failure_logs(tmp_path_factory, monkeypatch):  # noqa: ANN201
+    """A fresh folder for the command's failure logs (GPGRID_LOG_DIR), outside any test's
+    own files; the embedded Ray, not a cluster named by RAY_ADDRESS."""
+    folder = tmp_path_factory.mktemp("logs")
+    monkeypatch.setenv("GPGRID_LOG_DIR", str(folder))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return folder

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 import xarray as xr
 import yaml
 import zarr
@@ -29,18 +28,7 @@ from pipeline.journal import journal_dir
 from pipeline.synthetic import SyntheticGrid, write_synthetic
 from tests.helpers import SMALL_SPEC
 
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(autouse=True)
-def logs_in_tmp(tmp_path_factory, monkeypatch) -> None:
-    monkeypatch.setenv("GPGRID_LOG_DIR", str(tmp_path_factory.mktemp("logs")))
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+pytestmark = pytest.mark.usefixtures("ray_cluster", "failure_logs")
 
 
 def gpgrid(*args: str):  # noqa: ANN201

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 import xarray as xr
 import yaml
 from typer.testing import CliRunner
@@ -26,19 +25,7 @@ from pipeline.journal import finished_tiles, journal_dir
 from pipeline.synthetic import SyntheticGrid, write_synthetic
 from tests.helpers import SMALL_SPEC
 
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(autouse=True)
-def logs_in_tmp(tmp_path_factory, monkeypatch) -> Path:
-    folder = tmp_path_factory.mktemp("logs")
-    monkeypatch.setenv("GPGRID_LOG_DIR", str(folder))
-    return folder
+pytestmark = pytest.mark.usefixtures("ray_cluster", "failure_logs")
 
 
 def job(folder: Path, shape: tuple[int, int, int], output: str, **model: object) -> Path:
@@ -97,7 +84,7 @@ def small_disk(tmp_path):  # noqa: ANN201
 
 
 def test_a_full_disk_names_the_path_keeps_finished_tiles_and_resumes(
-    tmp_path, small_disk, logs_in_tmp
+    tmp_path, small_disk, failure_logs
 ) -> None:
     disk = small_disk(120)  # room for the template and about half of the 16 tiles
     out = disk / "out.zarr"
@@ -108,7 +95,7 @@ def test_a_full_disk_names_the_path_keeps_finished_tiles_and_resumes(
     assert "free disk space" in result.stderr and "rerun to resume" in result.stderr
     assert result.stderr.startswith("gpgrid: failed: StorageError: ")
     assert "traceback in" in result.stderr
-    logs = list(logs_in_tmp.glob("*.log"))
+    logs = list(failure_logs.glob("*.log"))
     assert logs and "Traceback" in logs[0].read_text()
     kept = finished_tiles(str(out))
     assert 0 < len(kept) < 16
