@@ -7,6 +7,7 @@ Relative paths in a spec are resolved against the spec file's folder.
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import date, datetime
 from pathlib import Path
@@ -613,9 +614,9 @@ def parse_spec(
 
 
 def _resolve(path: str, base_dir: Path) -> str:
-    """A local path made absolute: `~` expanded, relative ones taken from the spec's folder."""
-    local = Path(path).expanduser()
-    return str(local if local.is_absolute() else (base_dir / local).resolve())
+    """A local path made absolute: `~` expanded, relative ones taken from the spec's folder
+    (links are kept as given, so the output is checked as what the user named)."""
+    return os.path.normpath(base_dir / Path(path).expanduser())
 
 
 class _SpecLoader(yaml.SafeLoader):

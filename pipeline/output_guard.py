@@ -54,6 +54,11 @@ def is_gpgrid_store(path: str) -> bool:
 def check_replaceable(path: str) -> None:
     """Refuse to overwrite an existing `path` that is not a gpgrid store."""
     target = Path(path)
+    if target.is_symlink():
+        raise InputError(
+            f"output.path {path!r} is a link: overwrite never removes through links; give "
+            "the store's real path, or another output.path"
+        )
     if not target.exists():
         return
     if target.is_file():

@@ -202,6 +202,12 @@ def output_is_a_file(overwrite: bool) -> Callable[[Path], list[str]]:
     return build
 
 
+def overwrite_through_a_link(folder: Path) -> list[str]:
+    finished_run(folder)
+    (folder / "link.zarr").symlink_to(folder / "out.zarr")
+    return ["run", str(spec_with(folder, output={"path": "link.zarr", "overwrite": True}))]
+
+
 def warm_start_is_output(folder: Path) -> list[str]:
     finished_run(folder)
     spec = spec_with(
@@ -374,6 +380,7 @@ CASES = [
     Case("output contains the input", output_contains_input, "contains the input", "holds"),
     Case("overwrite a file", output_is_a_file(True), r"out\.zarr.*is a file", "another output"),
     Case("output is a file", output_is_a_file(False), r"out\.zarr.*not made by", "another output"),
+    Case("overwrite through a link", overwrite_through_a_link, "is a link", "real path"),
     Case("warm start is the output", warm_start_is_output, "warm-start store", "another output"),
     # resources
     Case("too many CPUs", run_with(resources={"num_cpus": 64}), "num_cpus is 64", "at most 2"),
