@@ -23,9 +23,7 @@ def input_fingerprint(path: str, ds: xr.Dataset, variables: tuple[str, ...]) -> 
     """{name: {shape, dtype, chunks, files}} for each variable, and a digest of coordinates."""
     root = Path(path)
     single_file = root.is_file()
-    fingerprint: dict = {
-        "coordinates": _digest(_coordinate_bytes(ds[name]) for name in sorted(map(str, ds.coords)))
-    }
+    fingerprint: dict = {"coordinates": _coordinates_digest(ds)}
     for name in variables:
         var = ds[name]
         chunks = var.encoding.get("chunks") or var.encoding.get("chunksizes")
@@ -41,9 +39,7 @@ def input_fingerprint(path: str, ds: xr.Dataset, variables: tuple[str, ...]) -> 
 def values_fingerprint(ds: xr.Dataset, variables: tuple[str, ...]) -> dict:
     """Like input_fingerprint, from the values themselves: for a slice that is read whole
     anyway (a forecast's history), so data appended after it change nothing."""
-    fingerprint: dict = {
-        "coordinates": _digest(_coordinate_bytes(ds[name]) for name in sorted(map(str, ds.coords)))
-    }
+    fingerprint: dict = {"coordinates": _coordinates_digest(ds)}
     for name in variables:
         var = ds[name]
         fingerprint[name] = {
@@ -85,6 +81,10 @@ def _files_digest(path: Path) -> str:
             name = os.path.relpath(os.path.join(folder, file), path)
             entries.append(repr((name, stat.st_size, stat.st_mtime_ns)))
     return _digest(sorted(entries))
+
+
+def _coordinates_digest(ds: xr.Dataset) -> str:
+    return _digest(_coordinate_bytes(ds[name]) for name in sorted(map(str, ds.coords)))
 
 
 def _coordinate_bytes(coord: xr.DataArray) -> bytes:

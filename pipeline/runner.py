@@ -139,17 +139,11 @@ def run_pipeline(
     ensure_ray()
     config = _placement(config, address)
     with RunLock(config.output_path):
-        done: set[int] = set()
-        if Path(config.output_path).exists() and not config.overwrite:
-            check_plan(config.output_path, plan, is_gpgrid_store(config.output_path))
-            done = set(finished_tiles(config.output_path))
+        done = _finished_of_this_plan(config, plan)
         created = not done  # a store without finished tiles starts again from its template
         try:
             if created:
-                remove_store(config.output_path)
-                reset(config.output_path)
-                write_plan(config.output_path, plan)  # first: the store is known as ours
-                _create_store(config, target, store_chunks, inner)
+                _new_store(config, plan, target, store_chunks, inner)
             timings = {"setup": time.perf_counter() - start}
             attrs: dict = {}
             if config.model.hyperparameters == "shared":
@@ -199,6 +193,30 @@ def run_pipeline(
         timings=timings,
         flagged=flagged_tiles(records),
     )
+
+
+def _finished_of_this_plan(config: PipelineConfig, plan: dict) -> set[int]:
+    """The tiles an existing output already holds, refusing one made for another plan;
+    none when there is no store yet or it is to be overwritten."""
+    if not Path(config.output_path).exists() or config.overwrite:
+        return set()
+    check_plan(config.output_path, plan, is_gpgrid_store(config.output_path))
+    return set(finished_tiles(config.output_path))
+
+
+def _new_store(
+    config: PipelineConfig,
+    plan: dict,
+    target,  # noqa: ANN001
+    chunks: tuple[int, ...],
+    inner: tuple[int, ...] | None,
+) -> None:
+    """Replace whatever gpgrid store is there by a fresh template and journal; the plan is
+    written first, so a store interrupted while being created is still known as ours."""
+    remove_store(config.output_path)
+    reset(config.output_path)
+    write_plan(config.output_path, plan)
+    _create_store(config, target, chunks, inner)
 
 
 def _inner_chunks(config: PipelineConfig, chunks: tuple[int, ...]) -> tuple[int, ...] | None:
