@@ -43,7 +43,7 @@ def main() -> None:
                 args = [t.to(device, dtype) for t in (x, y, x_test)]
                 sync(device)
                 start = time.perf_counter()
-                report = model.fit(args[0], args[1], max_iter=50)
+                report = model.fit(args[0], args[1], max_iter=50).fit_report
                 sync(device)
                 fit_s = time.perf_counter() - start
                 start = time.perf_counter()

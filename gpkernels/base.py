@@ -134,6 +134,7 @@ class GPModel(nn.Module):
         self.trend: tuple[torch.Tensor, torch.Tensor] | None = None  # (centre, slopes)
         # Names of the input columns for messages (e.g. "lat"); callers that know them set it.
         self.column_names: Sequence[str] | None = None
+        self.fit_report: FitReport | None = None  # how the last `fit` went
 
     def _standardise(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         check_training_data(x, y)
@@ -191,12 +192,14 @@ class GPModel(nn.Module):
         floor = self.likelihood.noise_param.floor
         self.likelihood.noise = max(values["noise"] / variance, 1.01 * floor)
 
-    def _reviewed(self, report: FitReport, x: torch.Tensor) -> FitReport:
-        """`report` with a note, and a LengthscaleWarning, for each collapsed lengthscale."""
+    def _reviewed(self, report: FitReport, x: torch.Tensor) -> GPModel:
+        """Keep `report` as `fit_report`, with a note and a LengthscaleWarning for each
+        collapsed lengthscale; returns the model (what `fit` returns, as in scikit-learn)."""
         for message in collapsed_lengthscales(self.kernel, x, self.column_names):
             warnings.warn(f"{type(self).__name__}: {message}", LengthscaleWarning, stacklevel=3)
             report.notes.append(message)
-        return report
+        self.fit_report = report
+        return self
 
     def _check_prediction_input(self, cache: dict | None, x: torch.Tensor, ndim: int) -> None:
         check_prediction_input(cache, x, ndim)

@@ -146,7 +146,7 @@ class ExactGP(GPModel):
         max_iter: int = 100,
         init_from_data: bool = True,
         seed: int = 0,
-    ) -> FitReport:
+    ) -> ExactGP:
         """Learn hyperparameters by L-BFGS on the marginal likelihood, then condition on (x, y)."""
         start = time.perf_counter()
         z = self._standardise(x, y)

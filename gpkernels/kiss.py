@@ -295,7 +295,7 @@ class KissGP(GPModel):
         tol: float = 1e-4,
         init_from_data: bool = True,
         init_points: int = 400,
-    ) -> FitReport:
+    ) -> KissGP:
         """Learn hyperparameters by Adam on the marginal likelihood, then condition on (x, y).
 
         Starts from an exact GP fitted (L-BFGS) to at most `init_points` points, so

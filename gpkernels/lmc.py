@@ -42,6 +42,7 @@ class LMCSVGP(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        self.fit_report: FitReport | None = None  # how the last `fit` went
         self.kernels = nn.ModuleList(copy.deepcopy(kernel) for _ in range(num_latents))
         gen = torch.Generator().manual_seed(seed)
         self.mixing = nn.Parameter(torch.randn(num_outputs, num_latents, generator=gen).double())
@@ -153,7 +154,7 @@ class LMCSVGP(nn.Module):
         lr: float = 0.05,
         natgrad_lr: float = 0.1,
         every: int = 4,
-    ) -> FitReport:
+    ) -> LMCSVGP:
         """Minibatch epochs (Adam on kernels, W, noise every `every` batches, natural steps
         for q from every batch's statistics), then an exact conditioning pass."""
         start = time.perf_counter()
@@ -186,7 +187,7 @@ class LMCSVGP(nn.Module):
                     _, q_mean, q_cov = self._q_moments()
                     acc_p, acc_h = 0.0, 0.0
         self.condition(x, y)
-        return FitReport(
+        self.fit_report = FitReport(
             batch,
             True,
             f"{epochs} epochs done",
@@ -194,6 +195,7 @@ class LMCSVGP(nn.Module):
             0.0,
             time.perf_counter() - start,
         )
+        return self
 
     @torch.no_grad()
     def _init_mixing(self, z: torch.Tensor) -> None:

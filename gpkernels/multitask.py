@@ -103,6 +103,7 @@ class MultitaskExactGP(nn.Module):
         self.y_mean = torch.zeros(num_tasks)
         self.y_scale = torch.ones(num_tasks)
         self.jitter = 0.0
+        self.fit_report: FitReport | None = None  # how the last `fit` went
         self._cache: dict | None = None
 
     def _standardise(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -134,13 +135,13 @@ class MultitaskExactGP(nn.Module):
         rows, tasks = _observed_entries(z)
         return lml - self.y_scale.log()[tasks].sum()
 
-    def fit(self, x: torch.Tensor, y: torch.Tensor, max_iter: int = 100) -> FitReport:
+    def fit(self, x: torch.Tensor, y: torch.Tensor, max_iter: int = 100) -> MultitaskExactGP:
         """Learn kernel, task covariance and noise by L-BFGS, then condition on (x, y)."""
         start = time.perf_counter()
         z = self._standardise(x, y)
         result, max_jitter = maximise_dense_lml(self, x, z, int(torch.isfinite(z).sum()), max_iter)
         self.condition(x, y)
-        return FitReport(
+        self.fit_report = FitReport(
             result.iterations,
             result.converged,
             result.reason,
@@ -148,6 +149,7 @@ class MultitaskExactGP(nn.Module):
             max_jitter,
             time.perf_counter() - start,
         )
+        return self
 
     @torch.no_grad()
     def condition(self, x: torch.Tensor, y: torch.Tensor) -> MultitaskExactGP:

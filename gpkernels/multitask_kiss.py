@@ -60,6 +60,7 @@ class MultitaskKissGP(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        self.fit_report: FitReport | None = None  # how the last `fit` went
         self.kernel = kernel
         self.tasks = TaskCovariance(num_tasks, rank, seed)
         self.noise = PositiveParameter(torch.full((num_tasks,), 0.1), floor=1e-6)
@@ -154,7 +155,7 @@ class MultitaskKissGP(nn.Module):
         lr: float = 0.1,
         tol: float = 1e-4,
         init_points: int = 300,
-    ) -> FitReport:
+    ) -> MultitaskKissGP:
         """A MultitaskExactGP on `init_points` rows, then Adam on the full likelihood."""
         start = time.perf_counter()
         self._init_from_subsample(x, y, init_points)
@@ -169,7 +170,7 @@ class MultitaskKissGP(nn.Module):
             "MultitaskKissGP",
         )
         self.condition(x, y)
-        return FitReport(
+        self.fit_report = FitReport(
             result.iterations,
             result.converged,
             result.reason,
@@ -177,6 +178,7 @@ class MultitaskKissGP(nn.Module):
             0.0,
             time.perf_counter() - start,
         )
+        return self
 
     def _init_from_subsample(self, x: torch.Tensor, y: torch.Tensor, points: int) -> None:
         """Kernel, B and noise from an exact ICM fit (sharing the kernel module) on a subsample."""

@@ -250,7 +250,7 @@ class SVGP(GPModel):
         hyper_every: int = 4,
         init_from_data: bool = True,
         init_points: int = 400,
-    ) -> FitReport:
+    ) -> SVGP:
         """Learn hyperparameters on minibatch ELBOs for `epochs` passes, then condition.
 
         Every `hyper_every`-th batch, Adam (`lr`) steps the kernel and noise with q held

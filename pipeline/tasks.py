@@ -192,7 +192,9 @@ def predict_exact(
     def fit():  # noqa: ANN202
         if fixed is not None:
             return _condition_on_shared(model, fixed, tx, ty)
-        report = model.fit(tx[fit_idx], ty[fit_idx], max_iter=config.model.max_iter, seed=seed)
+        report = model.fit(
+            tx[fit_idx], ty[fit_idx], max_iter=config.model.max_iter, seed=seed
+        ).fit_report
         model.condition(tx, ty)
         return report
 
@@ -233,7 +235,7 @@ def predict_kiss(
             return _condition_on_shared(model, fixed, tx, ty)
         return model.fit(
             tx, ty, max_iter=config.model.refine_iter, init_points=config.model.fit_points
-        )
+        ).fit_report
 
     mean, std, info = _fit_and_predict(model, fit, tc, config)
     info.update(
@@ -294,7 +296,9 @@ def predict_svgp(
     model.column_names = config.input_columns
 
     def fit():  # noqa: ANN202
-        return model.fit(tx, ty, epochs=config.model.epochs, init_points=config.model.fit_points)
+        return model.fit(
+            tx, ty, epochs=config.model.epochs, init_points=config.model.fit_points
+        ).fit_report
 
     mean, std, info = _fit_and_predict(model, fit, tc, config)
     info.update(n_fit=len(y), n_conditioned=len(y), solver=dict(model.diagnostics))
@@ -342,7 +346,7 @@ def predict_multitask(
     fit_idx = _keeping_every_variable(order[: config.model.fit_points], values, order)
 
     def fit():  # noqa: ANN202
-        report = model.fit(tx[fit_idx], ty[fit_idx], max_iter=config.model.max_iter)
+        report = model.fit(tx[fit_idx], ty[fit_idx], max_iter=config.model.max_iter).fit_report
         model.condition(tx, ty)
         return report
 
@@ -380,7 +384,7 @@ def _predict_lmc(kernel, tx, ty, tc, config: PipelineConfig, seed: int) -> tuple
     )
 
     def fit():  # noqa: ANN202
-        return model.fit(tx, ty, epochs=config.model.epochs)
+        return model.fit(tx, ty, epochs=config.model.epochs).fit_report
 
     mean, std, info = _fit_and_predict(model, fit, tc, config)
     info.update(n_fit=ty.shape[0], n_conditioned=int(torch.isfinite(ty).sum()), solver={})

@@ -63,6 +63,7 @@ def finished_run(folder: Path) -> Path:
 def snapshot(folder: Path) -> dict[str, str]:
     """Every folder and file under `folder`, files by their hash; the run lock only by its
     presence (it names the last process that held it)."""
+
     def state(path: Path) -> str:
         if path.is_dir():
             return "folder"

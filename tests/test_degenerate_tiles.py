@@ -178,7 +178,7 @@ def test_white_noise_lengthscale_collapse_is_warned_and_noted(model_class: type)
     model = model_class(separable(["matern32", "matern32"]))
     model.column_names = ("lat", "lon")
     with pytest.warns(LengthscaleWarning, match="below a tenth of the data spacing 0.5") as caught:
-        report = model.fit(x, y)
+        report = model.fit(x, y).fit_report
     assert [n.split(" learned")[0] for n in report.notes] == [
         "lengthscale of column lat",
         "lengthscale of column lon",
@@ -205,7 +205,7 @@ def test_smooth_data_fit_without_a_collapse_note() -> None:
     model = KissGP(separable(["matern32", "matern32"]))
     with warnings.catch_warnings():
         warnings.simplefilter("error", LengthscaleWarning)
-        report = model.fit(x, y)
+        report = model.fit(x, y).fit_report
     assert report.notes == []
 
 

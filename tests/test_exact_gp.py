@@ -91,7 +91,7 @@ def test_fit_reaches_sklearn_optimum() -> None:
     """L-BFGS from data-driven starting values finds a marginal likelihood at least as high."""
     x, y, _ = make_data(n=200)
     model = ExactGP(Scale(Matern(2.5, [1.0, 1.0])))
-    report = model.fit(x, y)
+    report = model.fit(x, y).fit_report
     assert report.converged, report
     reference = GaussianProcessRegressor(
         sk.ConstantKernel(1.0) * sk.Matern([1.0, 1.0], nu=2.5) + sk.WhiteKernel(0.1),

@@ -197,7 +197,7 @@ def test_fit_on_grid_reaches_the_exact_optimum(device: str) -> None:
     exact = ExactGP(separable(["matern32", "matern32"]))
     exact.fit(x, y)
     kiss = KissGP(separable(["matern32", "matern32"]))
-    report = kiss.fit(x.to(device), y.to(device), max_iter=50)
+    report = kiss.fit(x.to(device), y.to(device), max_iter=50).fit_report
     assert report.iterations > 0
     reference = ExactGP(separable(["matern32", "matern32"]), normalize_y=True)
     reference.load_state_dict({k: v.cpu() for k, v in kiss.state_dict().items()})

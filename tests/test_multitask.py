@@ -155,7 +155,7 @@ def test_lmc_fit_on_partly_observed_outputs(device: str) -> None:
     x, y = (t.to(device) for t in lmc_data(1))
     model = LMCSVGP(Matern(1.5, 1.0), num_outputs=2, num_latents=2, num_inducing=40, batch_size=32)
     start = model.condition(x, y).elbo()
-    report = model.fit(x, y, epochs=100)
+    report = model.fit(x, y, epochs=100).fit_report
     assert report.stop_reason == "100 epochs done"
     assert model.elbo() > start
     x_test = torch.linspace(0.5, 9.5, 40, dtype=torch.float64, device=device)[:, None]

@@ -98,7 +98,7 @@ def test_fit_fills_a_block_from_the_other_task(device: str) -> None:
     y[block, 0] = float("nan")
     x, y, f, block = x.to(device), y.to(device), f.to(device), block.to(device)
     joint = MultitaskKissGP(Matern(2.5, 1.0), num_tasks=2, rank=1)
-    report = joint.fit(x, y, max_iter=30)
+    report = joint.fit(x, y, max_iter=30).fit_report
     mean, var = joint.predict(x[block])
     alone = ExactGP(separable(["matern52"]))
     alone.fit(x[~block], y[~block, 0])

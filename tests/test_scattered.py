@@ -146,7 +146,7 @@ def test_fit_on_a_large_grid_recovers_the_field() -> None:
     """A 60 x 60 grid (3,600 cells, past the dense limit): fit, then predict held-out points."""
     x, y = scattered_data(3000, seed=5)
     kiss = KissGP(separable(["matern32", "matern32"]), grid_shape=(60, 60), seed=1)
-    report = kiss.fit(x[:2500], y[:2500], max_iter=15)
+    report = kiss.fit(x[:2500], y[:2500], max_iter=15).fit_report
     assert kiss.diagnostics["path"].startswith("interpolated (W K_UU W^T, iterative)")
     mean, var = kiss.predict(x[2500:], include_noise=True)
     truth = torch.sin(6 * x[2500:, 0]) * torch.cos(5 * x[2500:, 1])

@@ -51,7 +51,7 @@ def test_minibatch_fit_learns_what_the_exact_gp_learns(device: str) -> None:
     exact = ExactGP(Scale(Matern(2.5, [1.0, 1.0])))
     exact.fit(x, y)
     svgp = SVGP(Scale(Matern(2.5, [1.0, 1.0])), num_inducing=200, batch_size=256)
-    report = svgp.fit(x, y, epochs=3)
+    report = svgp.fit(x, y, epochs=3).fit_report
     assert report.stop_reason == "3 epochs done"
     assert svgp.hyperparameters()["noise"] == pytest.approx(
         exact.hyperparameters()["noise"], rel=0.25
