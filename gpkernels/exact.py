@@ -12,10 +12,9 @@ from torch import nn
 from gpkernels.base import FitReport, GPModel
 from gpkernels.kernels import Kernel, stationary_factors
 from gpkernels.likelihoods import GaussianLikelihood
-from gpkernels.linalg import NumericalWarning, robust_cholesky
+from gpkernels.linalg import LOG_2PI, NumericalWarning, robust_cholesky
 from gpkernels.optim import LBFGSResult, lbfgs
 
-LOG_2PI = math.log(2.0 * math.pi)
 INIT_LENGTHSCALE_FRACTIONS = (0.03, 0.1, 0.3, 1.0)
 INIT_NOISE_FRACTIONS = (0.01, 0.1, 0.5)
 INIT_SUBSAMPLE = 500

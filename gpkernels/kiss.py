@@ -36,7 +36,7 @@ from gpkernels.kernels import (
     stationary_factors,
 )
 from gpkernels.likelihoods import GaussianLikelihood
-from gpkernels.linalg import NumericalWarning
+from gpkernels.linalg import LOG_2PI, NumericalWarning
 from gpkernels.local import local_variances
 from gpkernels.ongrid import (
     Lattice,
@@ -51,7 +51,6 @@ from gpkernels.solvers import rademacher
 from gpkernels.stationary_grid import condition_stationary_grid
 from gpkernels.structured import toeplitz
 
-LOG_2PI = math.log(2.0 * math.pi)
 # Default noise floor, in units of the data variance: iterative solves slow down as
 # noise / variance shrinks, and real data are never noise-free to 1e-4.
 NOISE_FLOOR = 1e-4

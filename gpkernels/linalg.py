@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
+
+LOG_2PI = math.log(2.0 * math.pi)  # the Gaussian log-density's constant, per dimension
 
 
 class NumericalWarning(UserWarning):

@@ -18,11 +18,11 @@ from torch import nn
 
 from gpkernels.base import FitReport, check_prediction_input
 from gpkernels.kernels import Kernel
-from gpkernels.linalg import robust_cholesky
+from gpkernels.linalg import LOG_2PI, robust_cholesky
 from gpkernels.multitask import standardise_columns
 from gpkernels.optim import Adam
 from gpkernels.params import PositiveParameter
-from gpkernels.svgp import LOG_2PI, inducing_locations, minibatches
+from gpkernels.svgp import inducing_locations, minibatches
 
 
 class LMCSVGP(nn.Module):

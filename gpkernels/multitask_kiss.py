@@ -13,7 +13,6 @@ the number of points: exact SKI likelihood, means and variances, gradients by au
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 
@@ -25,6 +24,7 @@ from gpkernels.initial import subsample_for_init
 from gpkernels.interpolation import Interpolation
 from gpkernels.kernels import Kernel, axis_column, product_factors
 from gpkernels.kiss import interpolation_lattice
+from gpkernels.linalg import LOG_2PI
 from gpkernels.multitask import (
     MultitaskExactGP,
     TaskCovariance,
@@ -37,7 +37,6 @@ from gpkernels.optim import adam_until_calm
 from gpkernels.params import PositiveParameter
 from gpkernels.structured import toeplitz
 
-LOG_2PI = math.log(2.0 * math.pi)
 HINT = "give a unit-variance product of one 1-D kernel per input column, e.g. Product([...])"
 
 

@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gpkernels.linalg import NumericalWarning
+from gpkernels.linalg import LOG_2PI, NumericalWarning
 from gpkernels.solvers import CGResult, pcg, slq_trace_log
 from gpkernels.structured import GridKernel, KroneckerEig, ObservedGrid
 
-LOG_2PI = math.log(2.0 * math.pi)
 MAX_REFINEMENTS = 4
 
 

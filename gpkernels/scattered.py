@@ -16,18 +16,16 @@ KissGP takes this path when the grid is too large for its dense m x m solve.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from gpkernels.interpolation import Interpolation
+from gpkernels.linalg import LOG_2PI
 from gpkernels.preconditioners import PivotedCholeskyPreconditioner, pivoted_cholesky
 from gpkernels.solvers import CGResult, gauss_quadrature_log, lanczos_basis, pcg
 from gpkernels.structured import KroneckerEig, axis_factor, kron_matmul
-
-LOG_2PI = math.log(2.0 * math.pi)
 
 
 def ski_cross(

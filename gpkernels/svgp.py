@@ -22,10 +22,9 @@ from gpkernels.base import FitReport, GPModel
 from gpkernels.initial import init_from_subsample
 from gpkernels.kernels import Kernel
 from gpkernels.likelihoods import GaussianLikelihood
-from gpkernels.linalg import NumericalWarning, robust_cholesky
+from gpkernels.linalg import LOG_2PI, NumericalWarning, robust_cholesky
 from gpkernels.optim import Adam
 
-LOG_2PI = math.log(2.0 * math.pi)
 KMEANS_SAMPLE_PER_CENTRE = 20
 KMEANS_ROUNDS = 10
 
