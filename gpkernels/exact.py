@@ -194,12 +194,8 @@ class ExactGP(GPModel):
             cross = self.kernel(xb, train_x)
             means.append(cross @ self._cache["alpha"])
             v = torch.linalg.solve_triangular(self._cache["factor"], cross.T, upper=False)
-            var = self.kernel.diag(xb) - (v * v).sum(0)
-            if include_noise:
-                var = var + self.likelihood.noise
-            variances.append(var.clamp_min(0.0))
-        mean = torch.cat(means) * self.y_scale + self._prior_mean(x)
-        return mean, torch.cat(variances) * self.y_scale**2
+            variances.append(self.kernel.diag(xb) - (v * v).sum(0))
+        return self._finish_prediction(means, variances, x, include_noise)
 
 
 def _set_lengthscales(factors: list, fraction: float, spans: torch.Tensor) -> None:

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from gpkernels.base import FitReport, check_prediction_input
+from gpkernels.columns import standardise_columns, to_output_units
 from gpkernels.kernels import Kernel
 from gpkernels.linalg import LOG_2PI, robust_cholesky
-from gpkernels.multitask import standardise_columns
 from gpkernels.optim import Adam
 from gpkernels.params import PositiveParameter
 from gpkernels.svgp import inducing_locations, minibatches
@@ -86,14 +86,13 @@ class LMCSVGP(nn.Module):
 
     # -- features ------------------------------------------------------------------
     def _whiteners(self) -> list[torch.Tensor]:
-        """L_q^-1 per latent (float64, differentiable)."""
+        """L_q^-1 per latent (float64; differentiable where grad is enabled), from one
+        factorisation of each K_ZZ (more only where it needs jitter)."""
         out = []
         for kernel in self.kernels:
             k_zz = kernel(self.z, self.z).double()
+            factor, _ = robust_cholesky(k_zz)
             eye = torch.eye(k_zz.shape[0], dtype=k_zz.dtype, device=k_zz.device)
-            with torch.no_grad():
-                _, jitter = robust_cholesky(k_zz.detach())
-            factor = torch.linalg.cholesky(k_zz + jitter * eye)
             out.append(torch.linalg.solve_triangular(factor, eye, upper=False))
         return out
 
@@ -113,14 +112,15 @@ class LMCSVGP(nn.Module):
         w = self.mixing[t].to(feats.dtype)
         return (w[:, None, None] * feats).reshape(-1, feats.shape[-1])
 
+    @torch.no_grad()
     def _statistics(self, feats: torch.Tensor, zb: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Sum over observed entries of Phi Phi^T / noise and Phi z / noise (float64)."""
-        noise = self.noise.value.detach()
+        noise = self.noise.value
         p = torch.zeros_like(self.precision)
         h = torch.zeros_like(self.shift)
         for t in range(self.num_outputs):
             seen = torch.isfinite(zb[:, t])
-            phi = self._output_features(feats, t)[:, seen].detach()
+            phi = self._output_features(feats, t)[:, seen]
             p += (phi @ phi.T).double() / float(noise[t])
             h += (phi @ zb[seen, t]).double() / float(noise[t])
         return p, h
@@ -155,47 +155,75 @@ class LMCSVGP(nn.Module):
         natgrad_lr: float = 0.1,
         every: int = 4,
     ) -> LMCSVGP:
-        """Minibatch epochs (Adam on kernels, W, noise every `every` batches, natural steps
-        for q from every batch's statistics), then an exact conditioning pass."""
+        """Minibatch epochs, then an exact conditioning pass; returns the model, with
+        `fit_report` (iterations: the batches seen).
+
+        Every `every`-th batch, Adam (`lr`) steps kernels, W and noise on the batch's
+        expected log-likelihood (the only batches that build an autograd graph); every
+        batch adds to q's statistics, and every `every` batches q takes a natural-gradient
+        step towards their optimum, of size max(`natgrad_lr`, 1/t) at its t-th step.
+        """
         start = time.perf_counter()
         z_all = self._standardise(x, y)
         self._place_inducing(x)
         self._init_mixing(z_all)
         optimizer = Adam([p for p in self.parameters() if p.requires_grad], lr=lr)
-        n_rows, batch, updates = x.shape[0], 0, 0
-        acc_p, acc_h = 0.0, 0.0
+        scale = x.shape[0] / (every * self.batch_size)
+        batch, updates, acc_p, acc_h = 0, 0, 0.0, 0.0
         _, q_mean, q_cov = self._q_moments()
+        whiteners = None  # L_q^-1 at the current hyperparameters, once a batch needs them
         for epoch in range(epochs):
             for xb, zb in minibatches(self.batch_size, self.seed, x, z_all, epoch=epoch):
                 batch += 1
-                optimizer.zero_grad()
-                whiteners = self._whiteners()
-                feats, rest = self._features(whiteners, xb)
                 if (batch - 1) % every == 0:
-                    loss = -self._expected_log_lik(feats, rest, zb, q_mean, q_cov) / xb.shape[0]
-                    loss.backward()
-                    optimizer.step()
+                    feats = self._hyper_step(optimizer, xb, zb, q_mean, q_cov)
+                    whiteners = None  # the step moved the kernels
+                else:
+                    with torch.no_grad():
+                        if whiteners is None:
+                            whiteners = self._whiteners()
+                        feats, _ = self._features(whiteners, xb)
                 p, h = self._statistics(feats, zb)
                 acc_p, acc_h = acc_p + p, acc_h + h
                 if batch % every == 0:
                     updates += 1
-                    rate = max(natgrad_lr, 1.0 / updates)
-                    scale = n_rows / (every * self.batch_size)
-                    eye = torch.eye(p.shape[0], dtype=torch.float64, device=p.device)
-                    self.precision = (1 - rate) * self.precision + rate * (eye + scale * acc_p)
-                    self.shift = (1 - rate) * self.shift + rate * scale * acc_h
-                    _, q_mean, q_cov = self._q_moments()
+                    q_mean, q_cov = self._natural_step(
+                        max(natgrad_lr, 1.0 / updates), scale, acc_p, acc_h
+                    )
                     acc_p, acc_h = 0.0, 0.0
         self.condition(x, y)
-        self.fit_report = FitReport(
-            batch,
-            True,
-            f"{epochs} epochs done",
-            self._cache["elbo"],
-            0.0,
-            time.perf_counter() - start,
-        )
+        elbo, seconds = self._cache["elbo"], time.perf_counter() - start
+        self.fit_report = FitReport(batch, True, f"{epochs} epochs done", elbo, 0.0, seconds)
         return self
+
+    def _hyper_step(
+        self,
+        optimizer: Adam,
+        xb: torch.Tensor,
+        zb: torch.Tensor,
+        q_mean: torch.Tensor,
+        q_cov: torch.Tensor,
+    ) -> torch.Tensor:
+        """One Adam step on the batch's expected log-likelihood (q fixed); returns the
+        batch's features at the hyperparameters before the step, detached."""
+        optimizer.zero_grad()
+        feats, rest = self._features(self._whiteners(), xb)
+        loss = -self._expected_log_lik(feats, rest, zb, q_mean, q_cov) / xb.shape[0]
+        loss.backward()
+        optimizer.step()
+        return feats.detach()
+
+    @torch.no_grad()
+    def _natural_step(
+        self, rate: float, scale: float, acc_p: torch.Tensor, acc_h: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Move q's natural parameters a fraction `rate` towards I + scale acc_p and
+        scale acc_h (the accumulated statistics scaled to all rows); q's new mean and cov."""
+        eye = torch.eye(acc_p.shape[0], dtype=torch.float64, device=acc_p.device)
+        self.precision = (1 - rate) * self.precision + rate * (eye + scale * acc_p)
+        self.shift = (1 - rate) * self.shift + rate * scale * acc_h
+        _, q_mean, q_cov = self._q_moments()
+        return q_mean, q_cov
 
     @torch.no_grad()
     def _init_mixing(self, z: torch.Tensor) -> None:
@@ -285,8 +313,5 @@ class LMCSVGP(nn.Module):
             ]
             means.append(torch.stack([m for m, _ in pairs], 1))
             variances.append(torch.stack([v for _, v in pairs], 1))
-        variance = torch.cat(variances).clamp_min(0.0)
-        if include_noise:
-            variance = variance + self.noise.value.detach().to(variance)
-        mean = torch.cat(means) * self.y_scale + self.y_mean
-        return mean, variance * self.y_scale**2
+        noise = self.noise.value if include_noise else None
+        return to_output_units(means, variances, noise, self.y_mean, self.y_scale, x.dtype)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from gpkernels.base import FitReport, check_prediction_input
+from gpkernels.columns import standardise_columns, to_output_units
 from gpkernels.exact import _GaussianLogDensity, maximise_dense_lml
 from gpkernels.kernels import Kernel
 from gpkernels.linalg import robust_cholesky
@@ -39,22 +40,6 @@ class TaskCovariance(nn.Module):
         b = self.matrix.detach()
         scale = b.diagonal().sqrt()
         return b / torch.outer(scale, scale)
-
-
-def standardise_columns(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each column of y (n, T, NaN where missing) to zero mean, unit variance; with the
-    means and scales. Every column needs at least 2 observations."""
-    observed = torch.isfinite(y)
-    counts = observed.sum(0)
-    if bool((counts < 2).any()):
-        raise ValueError(
-            f"every variable needs at least 2 observations; counts per variable {counts.tolist()}"
-        )
-    filled = torch.where(observed, y, torch.zeros_like(y))
-    mean = filled.sum(0) / counts
-    var = (torch.where(observed, y - mean, torch.zeros_like(y)) ** 2).sum(0) / (counts - 1)
-    scale = var.sqrt().clamp_min(1e-12)
-    return (y - mean) / scale, mean, scale
 
 
 def check_multitask_data(x: torch.Tensor, y: torch.Tensor, num_tasks: int) -> None:
@@ -187,10 +172,8 @@ class MultitaskExactGP(nn.Module):
                 var.append(b[t, t] * self.kernel.diag(xb) - (v * v).sum(0))
             means.append(torch.stack(mean, 1))
             variances.append(torch.stack(var, 1))
-        var = torch.cat(variances).clamp_min(0.0)
-        if include_noise:
-            var = var + self.noise.value.to(x.dtype)
-        return torch.cat(means) * self.y_scale + self.y_mean, var * self.y_scale**2
+        noise = self.noise.value if include_noise else None
+        return to_output_units(means, variances, noise, self.y_mean, self.y_scale, x.dtype)
 
     def hyperparameters(self) -> dict:
         return icm_hyperparameters(self)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from gpkernels.base import FitReport, check_prediction_input
+from gpkernels.columns import standardise_columns, to_output_units
 from gpkernels.initial import subsample_for_init
 from gpkernels.interpolation import Interpolation
 from gpkernels.kernels import Kernel, axis_column, product_factors
@@ -30,7 +31,6 @@ from gpkernels.multitask import (
     TaskCovariance,
     check_multitask_data,
     icm_hyperparameters,
-    standardise_columns,
 )
 from gpkernels.ongrid import Lattice
 from gpkernels.optim import adam_until_calm
@@ -226,11 +226,8 @@ class MultitaskKissGP(nn.Module):
                 var.append(torch.einsum("bi,bij,bj->b", weight, block, weight))
             means.append(torch.stack(mean, 1))
             variances.append(torch.stack(var, 1))
-        var = torch.cat(variances).clamp_min(0.0).to(x.dtype)
-        if include_noise:
-            var = var + self.noise.value.detach().to(x.dtype)
-        scale = self.y_scale.to(x.dtype)
-        return torch.cat(means).to(x.dtype) * scale + self.y_mean.to(x.dtype), var * scale**2
+        noise = self.noise.value if include_noise else None
+        return to_output_units(means, variances, noise, self.y_mean, self.y_scale, x.dtype)
 
     def hyperparameters(self) -> dict:
         return icm_hyperparameters(self)
