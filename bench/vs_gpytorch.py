@@ -24,6 +24,15 @@ Three cases:
       rank 1), MultitaskGaussianLikelihood, MultitaskMean, 10 Adam iterations at lr 0.1
       (it takes minutes per iteration). Ours: MultitaskKissGP(RBF, rank 1), 30 Adam
       iterations at lr 0.1 after its exact start on 300 points.
+  gappy2d  a 150 x 166 grid (spacing 1/149) of an exact draw of a Matern-3/2 field
+      (lengthscale 0.1 on both axes, outputscale 1) + N(0, 0.05^2), a third of the cells
+      missing in cloud-shaped gaps (the top third of a smooth RBF field of lengthscale
+      0.04: contiguous blobs, not random cells). Scored on the missing cells against the
+      TRUE field (latent variances, 95% coverage). Ours: KissGP(separable(["matern32"] * 2))
+      .fit(x, y) with its defaults (subsample init, then its own stopping rule). GPyTorch:
+      KISS-GP with MaternKernel(nu=1.5) on a GridInterpolationKernel over the same
+      150 x 166 grid, 30 Adam steps at lr 0.1. Reference (lib "exact", float64 only): the
+      dense Cholesky GP with the TRUE kernel and noise, no fitting.
 
 GPyTorch runs the standard KISS-GP recipe: ExactGP with a ConstantMean and
 ScaleKernel(GridInterpolationKernel(RBFKernel(ard_num_dims=d), grid_size=choose_grid_size(x, 1.0),
@@ -54,6 +63,9 @@ scale ** (1 / d)):
     .venv/bin/python bench/vs_gpytorch.py --scale 0.02
 
 Choose what to run with --cases 1d,2d,3d --libs ours,gpytorch --dtypes float32,float64.
+The gappy 2-D case alone, with its dense reference:
+
+    .venv/bin/python bench/vs_gpytorch.py --cases gappy2d --dtypes float32,float64
 """
 
 from __future__ import annotations
@@ -87,13 +99,19 @@ LEARNING_RATE = 0.1
 SEED = 0
 HOLDOUT = 0.3
 RESULT_TAG = "RESULT "
-CASES = ("1d", "2d", "3d", "svgp1d", "mt2")
+CASES = ("1d", "2d", "3d", "svgp1d", "mt2", "gappy2d")
 SVGP_INDUCING = 500
 SVGP_BATCH = 1024
 SVGP_EPOCHS = 3
 SVGP_LEARNING_RATE = 0.01
 MT_GPYTORCH_ITERATIONS = 10
-LIBS = ("ours", "gpytorch")
+LIBS = ("ours", "gpytorch", "exact")
+# The gappy 2-D case: true field, noise and the cloud field that cuts its gaps.
+GAPPY_SHAPE = (150, 166)
+GAPPY_LENGTHSCALE = 0.1
+GAPPY_NOISE_SD = 0.05
+GAPPY_CLOUD_LENGTHSCALE = 0.04
+GAPPY_MISSING = 1 / 3
 DTYPES = ("float32", "float64")
 
 
@@ -109,6 +127,8 @@ class Data:
     x_test: torch.Tensor
     y_test: torch.Tensor
     shape: str
+    latent: bool = False  # y_test is the noise-free field: score with latent variances
+    lattice: tuple[int, ...] | None = None  # grid sides, where the data lie on a grid
 
 
 def make_1d(scale: float) -> Data:
@@ -195,12 +215,38 @@ def make_mt2(scale: float) -> Data:
     return Data(x, y, x_test, y_test, f"2 tasks, n={n:,}, test={n_test:,}")
 
 
+def make_gappy2d(scale: float) -> Data:
+    """An exact Matern-3/2 draw on a 150 x 166 grid, a third of it missing in cloud blobs."""
+    from gpkernels import make_kernel, sample_separable_grid
+
+    gen = torch.Generator().manual_seed(SEED + 5)
+    shape = tuple(max(12, round(n * math.sqrt(scale))) for n in GAPPY_SHAPE)
+    h = 1.0 / (shape[0] - 1)
+
+    def draw(name: str, lengthscale: float) -> torch.Tensor:
+        kernels = [make_kernel(name) for _ in shape]
+        for kernel in kernels:
+            kernel.lengthscale = lengthscale
+        return sample_separable_grid(kernels, shape, (h, h), 1.0, gen).reshape(-1)
+
+    field = draw("matern32", GAPPY_LENGTHSCALE)
+    clouds = draw("rbf", GAPPY_CLOUD_LENGTHSCALE)
+    missing = clouds > torch.quantile(clouds, 1.0 - GAPPY_MISSING)
+    axes = [h * torch.arange(n, dtype=torch.float64) for n in shape]
+    x = torch.stack([m.reshape(-1) for m in torch.meshgrid(*axes, indexing="ij")], dim=1)
+    y = field + GAPPY_NOISE_SD * torch.randn(field.shape[0], generator=gen, dtype=torch.float64)
+    n_missing = int(missing.sum())
+    text = f"grid {shape[0]} x {shape[1]}, observed={len(y) - n_missing:,}, gaps={n_missing:,}"
+    return Data(x[~missing], y[~missing], x[missing], field[missing], text, True, shape)
+
+
 MAKERS: dict[str, Callable[[float], Data]] = {
     "1d": make_1d,
     "2d": make_2d,
     "3d": make_3d,
     "svgp1d": make_1d,
     "mt2": make_mt2,
+    "gappy2d": make_gappy2d,
 }
 
 
@@ -486,6 +532,130 @@ def run_gpytorch_multitask(data: Data, dtype: torch.dtype, status: dict) -> dict
     }
 
 
+def lengthscales_of(model) -> list[float]:  # noqa: ANN001
+    """Our separable model's per-axis lengthscales, in the inputs' units."""
+    factors = model.hyperparameters()["kernel"]["base"]["factors"]
+    return [float(v) for f in factors for v in f["lengthscale"]]
+
+
+def run_ours_gappy(data: Data, dtype: torch.dtype, status: dict) -> dict:
+    """gpkernels.KissGP with its default fit (subsample init, its own stopping rule)."""
+    from gpkernels import KissGP, separable
+
+    x, y, x_test = (t.to(DEVICE, dtype) for t in (data.x, data.y, data.x_test))
+    status["stage"] = "train"
+    start = time.perf_counter()
+    model = KissGP(separable(["matern32", "matern32"])).fit(x, y)
+    synchronize()
+    train_s = time.perf_counter() - start
+    report = model.fit_report
+
+    (mean, var), predict_s = timed_predict(status, lambda: model.predict(x_test))
+    return {
+        "train_s": train_s,
+        "predict_s": predict_s,
+        "iterations": int(report.iterations),
+        "stop": report.stop_reason,
+        "losses": [float(report.log_marginal_likelihood)],
+        "mean": mean.detach().cpu(),
+        "var": var.detach().cpu(),
+        "noise": float(model.hyperparameters()["noise"]),
+        "lengthscales": lengthscales_of(model),
+        "diagnostics": model.diagnostics,
+    }
+
+
+def run_gpytorch_gappy(data: Data, dtype: torch.dtype, status: dict) -> dict:
+    """GPyTorch's KISS-GP with a Matern-3/2 kernel on a grid of the data's own sides."""
+    import gpytorch
+
+    x, y, x_test = (t.to(DEVICE, dtype) for t in (data.x, data.y, data.x_test))
+    grid_size = list(data.lattice)
+    status["grid"] = " x ".join(str(n) for n in grid_size)
+
+    class KissExactGP(gpytorch.models.ExactGP):
+        def __init__(self, likelihood: gpytorch.likelihoods.GaussianLikelihood) -> None:
+            super().__init__(x, y, likelihood)
+            self.mean_module = gpytorch.means.ConstantMean()
+            base = gpytorch.kernels.MaternKernel(nu=1.5, ard_num_dims=2)
+            grid = gpytorch.kernels.GridInterpolationKernel(base, grid_size, num_dims=2)
+            self.covar_module = gpytorch.kernels.ScaleKernel(grid)
+
+        def forward(self, inputs: torch.Tensor) -> gpytorch.distributions.MultivariateNormal:
+            return gpytorch.distributions.MultivariateNormal(
+                self.mean_module(inputs), self.covar_module(inputs)
+            )
+
+    status["stage"] = "train"
+    start = time.perf_counter()
+    likelihood = gpytorch.likelihoods.GaussianLikelihood().to(DEVICE, dtype)
+    model = KissExactGP(likelihood).to(DEVICE, dtype)
+    losses = train_gpytorch_exact(model, likelihood, x, y, ITERATIONS)
+    train_s = time.perf_counter() - start
+
+    (mean, var), predict_s = timed_predict(
+        status, lambda: gpytorch_moments(model, likelihood, x_test, fast=True)
+    )
+    lengthscale = model.covar_module.base_kernel.base_kernel.lengthscale
+    return {
+        "train_s": train_s,
+        "predict_s": predict_s,
+        "iterations": ITERATIONS,
+        "stop": f"max_iter={ITERATIONS} reached",
+        "losses": losses,
+        "mean": mean,
+        "var": var,
+        "noise": float(likelihood.noise.item()),
+        "lengthscales": lengthscale.detach().cpu().reshape(-1).tolist(),
+        "diagnostics": {"grid": status["grid"]},
+    }
+
+
+def matern32_product(a: torch.Tensor, b: torch.Tensor, lengthscale: float) -> torch.Tensor:
+    """prod over columns of the 1-D Matern-3/2 kernel between the rows of a and b (dense)."""
+    out = None
+    for dim in range(a.shape[1]):
+        s = (a[:, dim, None] - b[None, :, dim]).abs_().mul_(math.sqrt(3.0) / lengthscale)
+        k = torch.exp(-s).mul_(s.add_(1.0))  # (1 + s) exp(-s), two n x m buffers at most
+        del s
+        out = k if out is None else out.mul_(k)
+    return out
+
+
+def run_exact_gappy(data: Data, dtype: torch.dtype, status: dict) -> dict:
+    """Dense float64 Cholesky GP with the TRUE kernel and noise: the accuracy reference."""
+    x, y, x_test = (t.to(DEVICE, torch.float64) for t in (data.x, data.y, data.x_test))
+    status["stage"] = "train"
+    start = time.perf_counter()
+    gram = matern32_product(x, x, GAPPY_LENGTHSCALE)
+    gram.diagonal().add_(GAPPY_NOISE_SD**2)
+    factor = torch.linalg.cholesky(gram)
+    del gram
+    alpha = torch.cholesky_solve(y[:, None], factor)
+    synchronize()
+    train_s = time.perf_counter() - start
+
+    def predict() -> tuple[torch.Tensor, torch.Tensor]:
+        cross = matern32_product(x, x_test, GAPPY_LENGTHSCALE)
+        mean = (cross.T @ alpha)[:, 0]
+        projected = torch.linalg.solve_triangular(factor, cross, upper=False)
+        return mean.cpu(), (1.0 - (projected * projected).sum(0)).cpu()
+
+    (mean, var), predict_s = timed_predict(status, predict)
+    return {
+        "train_s": train_s,
+        "predict_s": predict_s,
+        "iterations": 0,
+        "stop": "true hyperparameters, no fit",
+        "losses": [],
+        "mean": mean,
+        "var": var,
+        "noise": GAPPY_NOISE_SD**2,
+        "lengthscales": [GAPPY_LENGTHSCALE, GAPPY_LENGTHSCALE],
+        "diagnostics": {},
+    }
+
+
 KISS_RUNNERS = {"ours": run_ours, "gpytorch": run_gpytorch}
 RUNNERS: dict[str, dict[str, Callable[[Data, torch.dtype, dict], dict]]] = {
     "1d": KISS_RUNNERS,
@@ -493,16 +663,28 @@ RUNNERS: dict[str, dict[str, Callable[[Data, torch.dtype, dict], dict]]] = {
     "3d": KISS_RUNNERS,
     "svgp1d": {"ours": run_ours_svgp, "gpytorch": run_gpytorch_svgp},
     "mt2": {"ours": run_ours_multitask, "gpytorch": run_gpytorch_multitask},
+    "gappy2d": {"ours": run_ours_gappy, "gpytorch": run_gpytorch_gappy, "exact": run_exact_gappy},
 }
+
+
+def runs(case: str, lib: str, dtype_name: str) -> bool:
+    """Whether the case has this library, and the dense reference runs in float64 only."""
+    return lib in RUNNERS[case] and (lib != "exact" or dtype_name == "float64")
 
 
 # ----------------------------------------------------------------------------- child
 
 
-def score(raw: dict, y_test: torch.Tensor) -> dict:
-    """RMSE and NLPD of the noisy test targets, NaN flags, in float64."""
+def score(raw: dict, y_test: torch.Tensor, latent: bool = False) -> dict:
+    """RMSE, NLPD and 95% coverage of the test targets, NaN flags, in float64.
+
+    Noisy targets are scored under N(mean, var + noise); `latent` (noise-free) ones under
+    N(mean, var)."""
     mean, var = raw["mean"].double().cpu(), raw["var"].double().cpu()
     total_var = var + torch.as_tensor(raw["noise"], dtype=torch.float64)  # per task if a list
+    if latent:
+        total_var = var.clamp_min(1e-300)
+    inside = (y_test - mean).abs() <= 1.959964 * total_var.sqrt()
     rmse = float(torch.sqrt(torch.mean((mean - y_test) ** 2)))
     nlpd = float(
         torch.mean(
@@ -514,7 +696,13 @@ def score(raw: dict, y_test: torch.Tensor) -> dict:
         or bool(torch.isnan(mean).any())
         or bool(torch.isnan(var).any())
     )
-    return {"rmse": rmse, "nlpd": nlpd, "nan": nan_seen, "negative_var": int((var < 0).sum())}
+    return {
+        "rmse": rmse,
+        "nlpd": nlpd,
+        "coverage": float(inside.double().mean()),
+        "nan": nan_seen,
+        "negative_var": int((var < 0).sum()),
+    }
 
 
 def peak_rss_mb() -> float:
@@ -578,7 +766,8 @@ def child(case: str, lib: str, dtype_name: str, scale: float, mem_limit_gb: floa
         row["status"] = "ok"
         row.update({k: raw[k] for k in ("train_s", "predict_s", "iterations", "stop", "noise")})
         row["diagnostics"] = raw["diagnostics"]
-        row.update(score(raw, data.y_test))
+        row["lengthscales"] = raw.get("lengthscales")
+        row.update(score(raw, data.y_test, data.latent))
     return row
 
 
@@ -643,7 +832,8 @@ def nan_flag(row: dict) -> str:
 def print_table(rows: list[dict]) -> None:
     print(
         f"\n{'case':7}{'lib':10}{'dtype':9}{'status':>7}{'iters':>6}{'train s':>9}"
-        f"{'predict s':>10}{'peak MB':>9}{'RMSE':>9}{'NLPD':>9}{'noise':>11}{'NaN':>5}"
+        f"{'predict s':>10}{'peak MB':>9}{'RMSE':>9}{'NLPD':>9}{'cover95':>8}{'noise':>11}"
+        f"{'NaN':>5}"
     )
     for r in rows:
         print(
@@ -651,7 +841,7 @@ def print_table(rows: list[dict]) -> None:
             f"{fmt(r.get('iterations'), 'd', 6)}{fmt(r.get('train_s'), '.2f', 9)}"
             f"{fmt(r.get('predict_s'), '.2f', 10)}{fmt(r.get('peak_rss_mb'), '.0f', 9)}"
             f"{fmt(r.get('rmse'), '.4f', 9)}{fmt(r.get('nlpd'), '.3f', 9)}"
-            f"{fmt_noise(r.get('noise'))}{nan_flag(r):>5}"
+            f"{fmt(r.get('coverage'), '.3f', 8)}{fmt_noise(r.get('noise'))}{nan_flag(r):>5}"
         )
 
 
@@ -675,6 +865,8 @@ def print_notes(rows: list[dict]) -> None:
             print(f"{label} diagnostics {json.dumps(r['diagnostics'], default=str)}")
         if isinstance(r.get("noise"), list):
             print(f"{label} noise per task {[f'{v:.3e}' for v in r['noise']]} (* in the table)")
+        if r.get("lengthscales"):
+            print(f"{label} lengthscales {[f'{v:.4g}' for v in r['lengthscales']]}")
         if r.get("negative_var"):
             print(f"{label} {r['negative_var']} negative predictive variances")
         for message in r.get("warnings", [])[:3]:
@@ -758,6 +950,8 @@ def main(argv: list[str] | None = None) -> None:
     for case in args.cases:
         for lib in args.libs:
             for dtype_name in args.dtypes:
+                if not runs(case, lib, dtype_name):
+                    continue
                 print(f"  running {case} {lib} {dtype_name} ...", end=" ", flush=True)
                 start = time.perf_counter()
                 rows.append(spawn(case, lib, dtype_name, args))
