@@ -53,6 +53,7 @@ class LMCSVGP(nn.Module):
         self.z: torch.Tensor | None = None
         self.precision: torch.Tensor | None = None
         self.shift: torch.Tensor | None = None
+        self.jitter = 0.0  # the most any K_ZZ needed since the inducing points were placed
         self.y_mean = torch.zeros(num_outputs)
         self.y_scale = torch.ones(num_outputs)
         self._cache: dict | None = None
@@ -80,6 +81,7 @@ class LMCSVGP(nn.Module):
     def _place_inducing(self, x: torch.Tensor) -> None:
         inducing = "kmeans" if self.inducing is None else self.inducing
         self.z = inducing_locations(x, inducing, self.num_inducing, self.seed)
+        self.jitter = 0.0
         size = self.num_latents * self.z.shape[0]
         self.precision = torch.eye(size, dtype=torch.float64, device=x.device)
         self.shift = torch.zeros(size, dtype=torch.float64, device=x.device)
@@ -91,7 +93,8 @@ class LMCSVGP(nn.Module):
         out = []
         for kernel in self.kernels:
             k_zz = kernel(self.z, self.z).double()
-            factor, _ = robust_cholesky(k_zz)
+            factor, jitter = robust_cholesky(k_zz)
+            self.jitter = max(self.jitter, jitter)
             eye = torch.eye(k_zz.shape[0], dtype=k_zz.dtype, device=k_zz.device)
             out.append(torch.linalg.solve_triangular(factor, eye, upper=False))
         return out
@@ -156,7 +159,7 @@ class LMCSVGP(nn.Module):
         every: int = 4,
     ) -> LMCSVGP:
         """Minibatch epochs, then an exact conditioning pass; returns the model, with
-        `fit_report` (iterations: the batches seen).
+        `fit_report` (iterations: the batches seen; max_jitter: the most K_ZZ needed).
 
         Every `every`-th batch, Adam (`lr`) steps kernels, W and noise on the batch's
         expected log-likelihood (the only batches that build an autograd graph); every
@@ -193,7 +196,8 @@ class LMCSVGP(nn.Module):
                     acc_p, acc_h = 0.0, 0.0
         self.condition(x, y)
         elbo, seconds = self._cache["elbo"], time.perf_counter() - start
-        self.fit_report = FitReport(batch, True, f"{epochs} epochs done", elbo, 0.0, seconds)
+        report = FitReport(batch, True, f"{epochs} epochs done", elbo, self.jitter, seconds)
+        self.fit_report = report
         return self
 
     def _hyper_step(

@@ -121,7 +121,8 @@ class MultitaskExactGP(nn.Module):
         return lml - self.y_scale.log()[tasks].sum()
 
     def fit(self, x: torch.Tensor, y: torch.Tensor, max_iter: int = 100) -> MultitaskExactGP:
-        """Learn kernel, task covariance and noise by L-BFGS, then condition on (x, y)."""
+        """Learn kernel, task covariance and noise by up to `max_iter` L-BFGS steps, then
+        condition on (x, y). Returns the model; `fit_report` tells how L-BFGS stopped."""
         start = time.perf_counter()
         z = self._standardise(x, y)
         result, max_jitter = maximise_dense_lml(self, x, z, int(torch.isfinite(z).sum()), max_iter)

@@ -154,10 +154,15 @@ class MultitaskKissGP(nn.Module):
         lr: float = 0.1,
         tol: float = 1e-4,
         init_points: int = 300,
+        init_iter: int = 50,
     ) -> MultitaskKissGP:
-        """A MultitaskExactGP on `init_points` rows, then Adam on the full likelihood."""
+        """A MultitaskExactGP on `init_points` rows (up to `init_iter` L-BFGS steps), then
+        Adam on the full likelihood (up to `max_iter` steps, or until calm to `tol`).
+
+        Returns the model; `fit_report` tells how Adam stopped (iterations: its steps).
+        """
         start = time.perf_counter()
-        self._init_from_subsample(x, y, init_points)
+        self._init_from_subsample(x, y, init_points, init_iter)
         data = self._prepare(x, y)
         total = float(data["counts"].sum())
         result = adam_until_calm(
@@ -179,11 +184,14 @@ class MultitaskKissGP(nn.Module):
         )
         return self
 
-    def _init_from_subsample(self, x: torch.Tensor, y: torch.Tensor, points: int) -> None:
-        """Kernel, B and noise from an exact ICM fit (sharing the kernel module) on a subsample."""
+    def _init_from_subsample(
+        self, x: torch.Tensor, y: torch.Tensor, points: int, max_iter: int
+    ) -> None:
+        """Kernel, B and noise from an exact ICM fit (sharing the kernel module) of up to
+        `max_iter` L-BFGS steps on a subsample of `points` rows."""
         idx = subsample_for_init(x, points, self.seed)
         exact = MultitaskExactGP(self.kernel, self.num_tasks, self.rank, self.seed)
-        exact.fit(x[idx], y[idx], max_iter=50)
+        exact.fit(x[idx], y[idx], max_iter=max_iter)
         self.tasks.load_state_dict(exact.tasks.state_dict())
         self.noise.load_state_dict(exact.noise.state_dict())
 

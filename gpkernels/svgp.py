@@ -15,6 +15,7 @@ import math
 import time
 import warnings
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -27,6 +28,25 @@ from gpkernels.optim import Adam
 
 KMEANS_SAMPLE_PER_CENTRE = 20
 KMEANS_ROUNDS = 10
+
+
+@dataclass(frozen=True)
+class SVGPDiagnostics:
+    """What an SVGP's last conditioning used (inducing points, jitter on K_ZZ, how variances
+    are computed) and, once `fit` ran, its training: batches, hyperparameter steps, epochs
+    and batch size (None before, and left out of `as_dict`)."""
+
+    inducing: int
+    jitter: float
+    variance: str = "exact under q (no sampling)"
+    batches: int | None = None
+    hyper_steps: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+
+    def as_dict(self) -> dict:
+        """A plain JSON-able dict of the fields that are set."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 def kmeans_centres(x: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
@@ -111,7 +131,7 @@ class SVGP(GPModel):
         self.precision: torch.Tensor | None = None  # P of q(v), (M, M), float64
         self.shift: torch.Tensor | None = None  # h = P m, (M,), float64
         self.jitter = 0.0
-        self.diagnostics: dict = {}
+        self.diagnostics: SVGPDiagnostics | None = None  # set by `condition` (and `fit`)
         self._cache: dict | None = None
 
     # -- structure -----------------------------------------------------------------
@@ -249,26 +269,58 @@ class SVGP(GPModel):
         hyper_every: int = 4,
         init_from_data: bool = True,
         init_points: int = 400,
+        init_iter: int = 50,
     ) -> SVGP:
         """Learn hyperparameters on minibatch ELBOs for `epochs` passes, then condition.
+
+        Starts from an exact GP fitted by up to `init_iter` L-BFGS steps on `init_points`
+        points unless `init_from_data` is False; `_train` says what a pass does. Returns
+        the model; `fit_report` counts the batches, `diagnostics` also the Adam steps.
+        """
+        start = time.perf_counter()
+        z_all = self._standardise(x, y)
+        if init_from_data:
+            init_from_subsample(self, x, y, init_points, self.seed, max_iter=init_iter)
+        self._place_inducing(x)
+        batches, hyper_steps = self._train(
+            x, z_all, epochs, lr, natgrad_lr, natgrad_every, hyper_every
+        )
+        self.condition(x, y)
+        self.diagnostics = replace(
+            self.diagnostics,
+            batches=batches,
+            hyper_steps=hyper_steps,
+            epochs=epochs,
+            batch_size=self.batch_size,
+        )
+        seconds = time.perf_counter() - start
+        elbo = self._cache["elbo"]
+        report = FitReport(batches, True, f"{epochs} epochs done", elbo, self.jitter, seconds)
+        return self._reviewed(report, x)
+
+    def _train(
+        self,
+        x: torch.Tensor,
+        z_all: torch.Tensor,
+        epochs: int,
+        lr: float,
+        natgrad_lr: float,
+        natgrad_every: int,
+        hyper_every: int,
+    ) -> tuple[int, int]:
+        """`epochs` shuffled passes over (x, z_all); returns (batches, Adam steps).
 
         Every `hyper_every`-th batch, Adam (`lr`) steps the kernel and noise with q held
         fixed; every batch adds to q's statistics, and every `natgrad_every` batches q
         takes a natural-gradient step towards the optimum for them, of size
         max(`natgrad_lr`, 1/t) at its t-th step (a running mean at first). A hyperparameter
         step costs about four plain batches (the M x M factorisation and its gradient), so
-        `hyper_every` > 1 trades steps for speed. Starts from an exact GP on
-        `init_points` points unless `init_from_data` is False.
+        `hyper_every` > 1 trades steps for speed.
         """
-        start = time.perf_counter()
-        z_all = self._standardise(x, y)
-        if init_from_data:
-            init_from_subsample(self, x, y, init_points, self.seed)
-        self._place_inducing(x)
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = Adam(params, lr=lr)
-        n, step, updates, hyper_steps = x.shape[0], 0, 0, 0
-        target_p, target_h, seen = 0.0, 0.0, 0
+        optimizer = Adam([p for p in self.parameters() if p.requires_grad], lr=lr)
+        scale = x.shape[0] / (natgrad_every * self.batch_size)
+        step, updates, hyper_steps = 0, 0, 0
+        target_p, target_h = 0.0, 0.0
         with torch.no_grad():
             _, q_mean, q_excess = self._q_moments()
         whitener = None
@@ -285,23 +337,14 @@ class SVGP(GPModel):
                         a = self._projection(whitener, xb)
                 with torch.no_grad():
                     batch_p, batch_h = self._natural_target(a, zb)
-                    target_p, target_h, seen = target_p + batch_p, target_h + batch_h, seen + 1
-                    if seen == natgrad_every:
+                    target_p, target_h = target_p + batch_p, target_h + batch_h
+                    if step % natgrad_every == 0:
                         updates += 1
                         rate = max(natgrad_lr, 1.0 / updates)
-                        scale = n / (seen * self.batch_size)
                         self._natural_step(rate, scale * target_p, scale * target_h)
                         _, q_mean, q_excess = self._q_moments()
-                        target_p, target_h, seen = 0.0, 0.0, 0
-        self.condition(x, y)
-        elbo = self._cache["elbo"]
-        self.diagnostics.update(
-            batches=step, hyper_steps=hyper_steps, epochs=epochs, batch_size=self.batch_size
-        )
-        report = FitReport(
-            step, True, f"{epochs} epochs done", elbo, self.jitter, time.perf_counter() - start
-        )
-        return self._reviewed(report, x)
+                        target_p, target_h = 0.0, 0.0
+        return step, hyper_steps
 
     @torch.no_grad()
     def condition(self, x: torch.Tensor, y: torch.Tensor) -> SVGP:
@@ -326,9 +369,11 @@ class SVGP(GPModel):
             "elbo": elbo,
             "ndim": x.shape[1],
         }
-        self.diagnostics.update(
-            inducing=self.z.shape[0], jitter=self.jitter, variance="exact under q (no sampling)"
-        )
+        used = {"inducing": self.z.shape[0], "jitter": self.jitter}
+        if self.diagnostics is None:
+            self.diagnostics = SVGPDiagnostics(**used)
+        else:  # a fit's training record stays
+            self.diagnostics = replace(self.diagnostics, **used)
         return self
 
     def elbo(self) -> float:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from gpkernels import ExactGP, MultitaskExactGP, MultitaskKissGP, separable
+from gpkernels.initial import subsample_for_init
 from gpkernels.interpolation import Interpolation
 from gpkernels.kernels import Matern
 from gpkernels.structured import toeplitz
@@ -115,3 +116,21 @@ def test_wrong_shapes_are_refused_with_the_fix() -> None:
     x, y, _ = two_tasks(50)
     with pytest.raises(ValueError, match=r"y \(n, 3\) with NaN where a task is missing"):
         MultitaskKissGP(Matern(1.5, 0.2), 3).fit(x, y)
+
+
+@pytest.mark.parametrize("init_iter", [1, 3])
+def test_init_iter_bounds_the_subsample_fit(init_iter: int) -> None:
+    """With no Adam steps (max_iter=0) the fit keeps what the subsample's exact ICM fit
+    found: the oracle is that MultitaskExactGP fitted with max_iter=init_iter on the same
+    rows (it was 50 L-BFGS steps whatever the caller asked)."""
+    x, y, _ = two_tasks(200)
+    model = MultitaskKissGP(Matern(1.5, 0.5), 2, grid_shape=(60,))
+    report = model.fit(x, y, max_iter=0, init_points=80, init_iter=init_iter).fit_report
+    idx = subsample_for_init(x, 80, model.seed)
+    oracle = MultitaskExactGP(Matern(1.5, 0.5), 2).fit(x[idx], y[idx], max_iter=init_iter)
+    assert oracle.fit_report.iterations == init_iter  # not converged that early
+    assert report.iterations == 0
+    assert float(model.kernel.lengthscale) == pytest.approx(float(oracle.kernel.lengthscale))
+    b, b_oracle = model.tasks.matrix.detach(), oracle.tasks.matrix.detach()
+    assert torch.allclose(b, b_oracle, rtol=1e-12, atol=0)
+    assert torch.allclose(model.noise.value, oracle.noise.value, rtol=1e-12, atol=0)
