@@ -72,7 +72,7 @@ def child(size: str, folder: str) -> dict:
     import xarray as xr
 
     from pipeline.cluster import ensure_ray
-    from pipeline.config import ModelConfig, PipelineConfig
+    from pipeline.config import AxisKernel, ModelConfig, PipelineConfig
     from pipeline.runner import run_pipeline
     from pipeline.synthetic import DIMS
 
@@ -90,7 +90,7 @@ def child(size: str, folder: str) -> dict:
         output_path=str(Path(folder) / "output.zarr"),
         tile=TILE,
         halo=HALO,
-        model=ModelConfig(kernels=("matern32",) * 3, hyperparameters="shared"),
+        model=ModelConfig(kernels=(AxisKernel("matern32"),) * 3, hyperparameters="shared"),
         max_in_flight=2 * WORKERS,
     )
     summary = run_pipeline(config, progress=False)

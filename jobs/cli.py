@@ -107,8 +107,7 @@ def run(
         job, text = load_spec(spec)
         output = job.output.path if job.target.kind != "forecast" else None
         check_paths(job, spec)  # before Ray starts: a wrong output.path is refused at once
-        _start_ray(address)
-        from jobs.run import run_job
+        from jobs.run import run_job  # run_pipeline starts or joins Ray, once
 
         summary = run_job(job, text, address=address, progress=progress, issue_time=issue_time)
     except KeyboardInterrupt:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime
 
 from jobs.cron import CronSchedule
 from jobs.schedule import Clock, Scheduler, SystemClock, format_issue_time
 from jobs.spec import JobSpec
-from pipeline.cluster import ensure_ray
 from pipeline.errors import InputError
 from pipeline.runner import RunSummary, run_pipeline
 from pipeline.target import forecast_stores
@@ -24,14 +22,11 @@ def run_job(
     """Run on the Ray cluster at `address`, or on an embedded local Ray when None.
 
     `issue_time` (ISO 8601) overrides a forecast's target.issue_time."""
-    config = spec.to_pipeline_config(spec_text)
-    if issue_time is not None:
-        if config.forecast is None:
-            raise InputError(
-                f"--issue-time is for forecasts: the spec's target.kind is {spec.target.kind}"
-            )
-        config = replace(config, forecast=replace(config.forecast, issue_time=issue_time))
-    ensure_ray(address)
+    if issue_time is not None and spec.target.kind != "forecast":
+        raise InputError(
+            f"--issue-time is for forecasts: the spec's target.kind is {spec.target.kind}"
+        )
+    config = spec.to_pipeline_config(spec_text, issue_time=issue_time)
     return run_pipeline(config, progress=progress, address=address)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import fields
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Literal
@@ -17,17 +18,21 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     StrictBool,
     StrictFloat,
     StrictInt,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
-from pipeline.config import Forecast, ModelConfig, PipelineConfig, parse_axis_kernel
+from pipeline.config import AxisKernel, Forecast, ModelConfig, PipelineConfig
 from pipeline.errors import InputError
 
 
@@ -54,18 +59,25 @@ def _local(path: str) -> str:
 LocalPath = Annotated[str, AfterValidator(_local)]
 
 
-def _axis_kernel(text: str) -> str:
-    parse_axis_kernel(text)
-    return text
+def _axis_kernel(value: object) -> AxisKernel:
+    """Kernel text parsed into its value, once, when the spec is read."""
+    if isinstance(value, AxisKernel):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("string_type", "Input should be a valid string")
+    return AxisKernel.parse(value)
 
 
-AxisKernel = Annotated[
-    str,
-    AfterValidator(_axis_kernel),
-    Field(
-        description="rbf, matern12, matern32 or matern52, optionally plus a repeating cycle: "
-        "'matern32 + periodic(365.25)' (period in the column's units, days for times)"
-    ),
+KERNEL_TEXT = (
+    "rbf, matern12, matern32 or matern52, optionally plus a repeating cycle: "
+    "'matern32 + periodic(365.25)' (period in the column's units, days for times)"
+)
+KernelField = Annotated[
+    AxisKernel,
+    BeforeValidator(_axis_kernel),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "description": KERNEL_TEXT}),
+    Field(description=KERNEL_TEXT),
 ]
 WHOLE_DIM = 2**31 - 1  # a tile size that spans any dim
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -185,45 +197,67 @@ class ScheduleSpec(Strict):
         return value
 
 
+MODEL_FIELDS = frozenset(f.name for f in fields(ModelConfig))
+
+
+def _default(name: str) -> object:
+    """ModelConfig's default for a field: model defaults are written down once, there."""
+    return ModelConfig.__dataclass_fields__[name].default
+
+
 class ModelSpec(Strict):
     type: Literal["auto", "kiss", "exact", "svgp"] = Field(
         "auto",
         description="auto: kiss on grids, svgp for stations; kiss: exact structured solve over "
         "every observed cell; exact: dense; svgp: stochastic variational",
     )
-    kernel: dict[str, AxisKernel] = Field(
+    kernel: dict[str, KernelField] = Field(
         description="one kernel per input column (each dim, or a station dim's coords), "
         "e.g. {time: matern32 + periodic(365.25), lat: matern32, lon: matern32}"
     )
     fit_points: StrictInt = Field(
-        400, ge=10, le=5000, description="observations used to learn hyperparameters"
+        _default("fit_points"),
+        ge=10,
+        le=5000,
+        description="observations used to learn hyperparameters",
     )
     max_points: StrictInt = Field(
-        2000, ge=10, le=20000, description="exact only: observations a tile conditions on"
+        _default("max_points"),
+        ge=10,
+        le=20000,
+        description="exact only: observations a tile conditions on",
     )
-    max_iter: StrictInt = Field(100, ge=1, description="L-BFGS iterations at most")
+    max_iter: StrictInt = Field(_default("max_iter"), ge=1, description="L-BFGS iterations at most")
     refine_iter: StrictInt = Field(
-        0, ge=0, description="kiss only: Adam steps on the whole window after the subsample fit"
+        _default("refine_iter"),
+        ge=0,
+        description="kiss only: Adam steps on the whole window after the subsample fit",
     )
     neighbours: StrictInt = Field(
-        128, ge=16, le=4096, description="kiss only: observations each variance conditions on"
+        _default("neighbours"),
+        ge=16,
+        le=4096,
+        description="kiss only: observations each variance conditions on",
     )
-    dtype: Literal["float32", "float64"] = "float64"
+    dtype: Literal["float32", "float64"] = _default("dtype")
     multitask: StrictBool = Field(
-        False,
+        _default("multitask"),
         description="exact: one ICM model over all variables per tile; svgp: one LMC model",
     )
     rank: StrictInt = Field(
-        1, ge=0, le=8, description="multitask: rank of the variables' covariance (svgp: latents)"
+        _default("rank"),
+        ge=0,
+        le=8,
+        description="multitask: rank of the variables' covariance (svgp: latents)",
     )
     inducing: StrictInt = Field(
-        256, ge=4, le=4096, description="svgp only: inducing points per tile"
+        _default("inducing"), ge=4, le=4096, description="svgp only: inducing points per tile"
     )
     epochs: StrictInt = Field(
-        3, ge=1, le=100, description="svgp only: minibatch passes over a tile"
+        _default("epochs"), ge=1, le=100, description="svgp only: minibatch passes over a tile"
     )
     hyperparameters: Literal["per_tile", "shared"] = Field(
-        "per_tile",
+        _default("hyperparameters"),
         description="per_tile: each tile learns its own; shared: learned on a sample of tiles "
         "first, then used by every tile (kiss and exact, one model per variable)",
     )
@@ -237,12 +271,12 @@ class ModelSpec(Strict):
         "model.kernel entries must name the same kernel",
     )
     mean: Literal["constant", "linear"] = Field(
-        "constant",
+        _default("mean"),
         description="prior mean: a constant, or a linear trend in the input columns "
         "(least squares per tile)",
     )
     calibrate_variance: StrictBool = Field(
-        False,
+        _default("calibrate_variance"),
         description="kiss only: after fitting, scale the variances so that 95% intervals "
         "cover 95% of observed cells hidden under the tile's own gaps, moved (conformal)",
     )
@@ -252,6 +286,17 @@ class ModelSpec(Strict):
         if self.type != "auto":
             return self.type
         return "svgp" if stations else "kiss"
+
+    def to_model_config(self, columns: list[str], stations: bool) -> ModelConfig:
+        """The pipeline's model config: the fields the two share, copied by name, plus the
+        kernels in column order and the resolved type."""
+        shared = MODEL_FIELDS - {"kernels", "type", "isotropic"}
+        return ModelConfig(
+            **self.model_dump(include=shared),
+            kernels=tuple(self.kernel[c] for c in columns),
+            type=self.resolved_type(stations),
+            isotropic=tuple(self.isotropic),
+        )
 
 
 class TilingSpec(Strict):
@@ -432,7 +477,7 @@ class JobSpec(Strict):
             raise ValueError(
                 "a schedule issues forecasts: set target.kind: forecast (and target.steps)"
             )
-        periodic = [c for c, k in self.model.kernel.items() if parse_axis_kernel(k)[1]]
+        periodic = [c for c, k in self.model.kernel.items() if k.period is not None]
         if periodic and (self.model.hyperparameters == "shared" or model_type == "svgp"):
             raise ValueError(
                 f"model.kernel {periodic} has a periodic part, which needs kiss or exact models "
@@ -459,7 +504,7 @@ class JobSpec(Strict):
             raise ValueError(
                 f"model.isotropic {chosen}: name two or more of the input columns {columns}"
             )
-        if len(kernels) != 1 or parse_axis_kernel(next(iter(kernels)))[1] is not None:
+        if None in kernels or len(kernels) != 1 or next(iter(kernels)).period is not None:
             raise ValueError(
                 f"model.isotropic {chosen} share one kernel, but model.kernel gives them "
                 f"{sorted(str(k) for k in kernels)}: name the same kernel, without a periodic part"
@@ -493,7 +538,11 @@ class JobSpec(Strict):
                 "drop those"
             )
 
-    def to_pipeline_config(self, spec_text: str = "") -> PipelineConfig:
+    def to_pipeline_config(
+        self, spec_text: str = "", issue_time: str | None = None
+    ) -> PipelineConfig:
+        """The pipeline's config for this spec; `issue_time` (ISO 8601) overrides a
+        forecast's target.issue_time."""
         dims = tuple(self.input.dims)
         stations = self.input.stations
         return PipelineConfig(
@@ -512,24 +561,7 @@ class JobSpec(Strict):
             if self.tiling.chunks
             else (),
             halo_lengthscales=self.tiling.halo_lengthscales,
-            model=ModelConfig(
-                kernels=tuple(self.model.kernel[c] for c in self.input.columns),
-                type=self.model.resolved_type(stations is not None),
-                refine_iter=self.model.refine_iter,
-                neighbours=self.model.neighbours,
-                fit_points=self.model.fit_points,
-                max_points=self.model.max_points,
-                max_iter=self.model.max_iter,
-                dtype=self.model.dtype,
-                multitask=self.model.multitask,
-                rank=self.model.rank,
-                inducing=self.model.inducing,
-                epochs=self.model.epochs,
-                hyperparameters=self.model.hyperparameters,
-                isotropic=tuple(self.model.isotropic),
-                mean=self.model.mean,
-                calibrate_variance=self.model.calibrate_variance,
-            ),
+            model=self.model.to_model_config(self.input.columns, stations is not None),
             num_cpus=self.resources.num_cpus,
             num_gpus=self.resources.num_gpus,
             max_in_flight=self.resources.max_in_flight,
@@ -539,7 +571,9 @@ class JobSpec(Strict):
             spec_text=spec_text or self.to_yaml(),
             station_dim=stations.dim if stations else None,
             station_coords=tuple(stations.coords) if stations else (),
-            forecast=Forecast(self.target.dim, self.target.steps, self.target.issue_time)
+            forecast=Forecast(
+                self.target.dim, self.target.steps, issue_time or self.target.issue_time
+            )
             if self.target.kind == "forecast"
             else None,
             never_observed_along=self.target.never_observed_along,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+
+import numpy as np
 
 AXIS_KERNELS = ("rbf", "matern12", "matern32", "matern52")
 _AXIS_KERNEL = re.compile(
@@ -11,17 +13,30 @@ _AXIS_KERNEL = re.compile(
 )
 
 
-def parse_axis_kernel(text: str) -> tuple[str, float | None]:
-    """A column's kernel, `matern32` or `matern32 + periodic(365.25)`: (base name, period in
-    the column's units, days for datetimes, or None)."""
-    found = _AXIS_KERNEL.match(text)
-    period = float(found["period"]) if found and found["period"] else None
-    if not found or found["base"] not in AXIS_KERNELS or period == 0:
-        raise ValueError(
-            f"kernel {text!r} is not one of {', '.join(AXIS_KERNELS)}, optionally plus a "
-            "positive period, e.g. 'matern32 + periodic(365.25)'"
-        )
-    return found["base"], period
+@dataclass(frozen=True)
+class AxisKernel:
+    """One input column's kernel: a stationary `base` (rbf, matern12/32/52), times a repeating
+    cycle of `period` (the column's units, days for datetimes) where one is given."""
+
+    base: str
+    period: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> AxisKernel:
+        """`matern32` or `matern32 + periodic(365.25)`; the one place kernel text is read."""
+        found = _AXIS_KERNEL.match(text)
+        period = float(found["period"]) if found and found["period"] else None
+        if not found or found["base"] not in AXIS_KERNELS or period == 0:
+            raise ValueError(
+                f"kernel {text!r} is not one of {', '.join(AXIS_KERNELS)}, optionally plus a "
+                "positive period, e.g. 'matern32 + periodic(365.25)'"
+            )
+        return cls(found["base"], period)
+
+    def __str__(self) -> str:
+        if self.period is None:
+            return self.base
+        return f"{self.base} + periodic({np.format_float_positional(self.period, trim='-')})"
 
 
 @dataclass(frozen=True)
@@ -40,7 +55,7 @@ class ModelConfig:
     `mean` is the prior mean, a constant or a linear trend fitted per tile.
     """
 
-    kernels: tuple[str, ...]  # one per input column (see PipelineConfig.input_columns)
+    kernels: tuple[AxisKernel, ...]  # one per input column (see PipelineConfig.input_columns)
     type: str = "kiss"
     fit_points: int = 400
     max_points: int = 2000
@@ -110,12 +125,7 @@ class PipelineConfig:
     std_includes_noise: bool = False
     # cells never observed along this dim (land in a sea-surface field) are left NaN
     never_observed_along: str | None = None
-    # Phase 1's pooled hyperparameters per variable (set by the runner, or from a warm start)
-    shared_hyperparameters: dict | None = None
     warm_start: str | None = None  # a previous output store whose shared hyperparameters to use
-    # Fault injection, for tests only: (tile index, marker file): the worker running that
-    # tile dies once (the marker records that it did), so retries can be tested.
-    crash_once: tuple[int, str] | None = None
 
     @property
     def input_columns(self) -> tuple[str, ...]:
@@ -124,6 +134,3 @@ class PipelineConfig:
         for dim in self.dims:
             columns.extend(self.station_coords if dim == self.station_dim else (dim,))
         return tuple(columns)
-
-    def as_dict(self) -> dict:
-        return asdict(self)

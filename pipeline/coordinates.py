@@ -113,12 +113,9 @@ def evenly_spaced(values: np.ndarray) -> np.ndarray | None:
 
 
 def is_regular(values: np.ndarray) -> bool:
-    """Whether an axis is a lattice: evenly spaced (to float32 rounding), or with every step
-    within REGULAR_RTOL of the first (grid.window_lattice's test)."""
-    if values.size < 3 or evenly_spaced(values) is not None:
-        return True
-    steps = np.diff(values)
-    return bool(np.allclose(steps, steps[0], rtol=REGULAR_RTOL, atol=0))
+    """Whether an axis is a lattice: evenly spaced to float32 rounding (`evenly_spaced`, the
+    one definition the input check and grid.window_lattice share)."""
+    return evenly_spaced(values) is not None
 
 
 def _irregular_message(coord: xr.DataArray, values: np.ndarray) -> str:
@@ -137,11 +134,21 @@ def _irregular_message(coord: xr.DataArray, values: np.ndarray) -> str:
         steps, multiples * step, rtol=REGULAR_RTOL, atol=0
     )
     if not (count and gappy):
-        uneven = int(np.argmax(~np.isclose(steps, steps[0], rtol=REGULAR_RTOL, atol=0)))
+        uneven = ~np.isclose(steps, steps[0], rtol=REGULAR_RTOL, atol=0)
+        if not uneven.any():  # every step close to the first, yet the cells drift off
+            drift = values - np.linspace(values[0], values[-1], values.size)
+            worst = int(np.argmax(np.abs(drift)))
+            return (
+                f"coordinate {coord.name!r} is not regularly spaced: its cells drift up to "
+                f"{abs(drift[worst] / (values[1] - values[0])):.3g} steps from an even spacing "
+                f"(at position {worst}, {_label(coord.values[worst])}): {fix} (e.g. "
+                "interpolate onto one)"
+            )
+        first = int(np.argmax(uneven))
         return (
             f"coordinate {coord.name!r} is not regularly spaced: steps from {step:g} to "
-            f"{steps.max():g}{unit}, the first uneven one after position {uneven} "
-            f"({_label(coord.values[uneven])}): {fix} (e.g. interpolate onto one)"
+            f"{steps.max():g}{unit}, the first uneven one after position {first} "
+            f"({_label(coord.values[first])}): {fix} (e.g. interpolate onto one)"
         )
     missing = list(itertools.islice(_missing_steps(coord.values, multiples), LISTED))
     more = f" and {count - len(missing):,} more" if count > len(missing) else ""

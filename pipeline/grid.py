@@ -12,26 +12,20 @@ import numpy as np
 import xarray as xr
 
 from gpkernels import Lattice
-from pipeline.config import PipelineConfig
-from pipeline.coordinates import REGULAR_RTOL, coordinate_values, evenly_spaced
+from pipeline.coordinates import coordinate_values, evenly_spaced
 from pipeline.errors import InputError
 from pipeline.target import new_axes
 from pipeline.tiling import Tile
+from pipeline.work import WindowSource
 
 
-def history(config: PipelineConfig, dim: str) -> int:
-    """Steps of data before the target along `dim` (a forecast's history; otherwise 0)."""
-    forecast = config.forecast
-    return forecast.history if forecast is not None and forecast.dim == dim else 0
-
-
-def _selection(config: PipelineConfig, region: tuple[slice, ...], ds: xr.Dataset) -> dict:
+def _selection(source: WindowSource, region: tuple[slice, ...], ds: xr.Dataset) -> dict:
     """Input indices per dim for a region of the target grid (the part inside the data)."""
     out = {}
-    for dim, part in zip(config.dims, region, strict=True):
+    for dim, part in zip(source.dims, region, strict=True):
         n = ds.sizes[dim]
-        if config.forecast is not None and dim == config.forecast.dim:
-            past = history(config, dim)
+        if source.forecast is not None and dim == source.forecast.dim:
+            past = source.history(dim)
             out[dim] = slice(part.start + past, min(part.stop, 0) + past)
         elif part.start < 0 or part.stop > n:
             out[dim] = np.arange(part.start, part.stop) % n
@@ -40,19 +34,19 @@ def _selection(config: PipelineConfig, region: tuple[slice, ...], ds: xr.Dataset
     return out
 
 
-def _future_cells(config: PipelineConfig, region: tuple[slice, ...]) -> tuple[int, int]:
+def _future_cells(source: WindowSource, region: tuple[slice, ...]) -> tuple[int, int]:
     """(axis, cells) of a region that lie after the data along the forecast dim."""
-    if config.forecast is None:
+    if source.forecast is None:
         return 0, 0
-    axis = config.dims.index(config.forecast.dim)
+    axis = source.dims.index(source.forecast.dim)
     part = region[axis]
     return axis, max(part.stop, 0) - max(part.start, 0)
 
 
-def read_window(config: PipelineConfig, tile: Tile, ds: xr.Dataset, var: str) -> np.ndarray:
+def read_window(source: WindowSource, tile: Tile, ds: xr.Dataset, var: str) -> np.ndarray:
     """The window's values of `var` in the run's dim order, NaN where the forecast predicts."""
-    values = ds[var].isel(_selection(config, tile.window, ds)).transpose(*config.dims).values
-    axis, future = _future_cells(config, tile.window)
+    values = ds[var].isel(_selection(source, tile.window, ds)).transpose(*source.dims).values
+    axis, future = _future_cells(source, tile.window)
     if future:
         shape = list(values.shape)
         shape[axis] = future
@@ -60,25 +54,25 @@ def read_window(config: PipelineConfig, tile: Tile, ds: xr.Dataset, var: str) ->
     return values
 
 
-def never_observed(config: PipelineConfig, tile: Tile, ds: xr.Dataset, var: str) -> np.ndarray:
+def never_observed(source: WindowSource, tile: Tile, ds: xr.Dataset, var: str) -> np.ndarray:
     """Cells of the tile's output region with no observation anywhere along
     `never_observed_along` (all of its data, e.g. every month): land in a sea field."""
-    along = config.never_observed_along
-    selection = _selection(config, tile.output_region, ds)
-    past = history(config, along)
+    along = source.never_observed_along
+    selection = _selection(source, tile.output_region, ds)
+    past = source.history(along)
     selection[along] = slice(0, past) if past else slice(None)
-    seen = ds[var].isel(selection).transpose(*config.dims).notnull().any(along).values
-    return np.broadcast_to(np.expand_dims(~seen, config.dims.index(along)), tile.output_shape)
+    seen = ds[var].isel(selection).transpose(*source.dims).notnull().any(along).values
+    return np.broadcast_to(np.expand_dims(~seen, source.dims.index(along)), tile.output_shape)
 
 
-def axis_coordinates(config: PipelineConfig, ds: xr.Dataset, dim: str, window: slice) -> np.ndarray:
+def axis_coordinates(source: WindowSource, ds: xr.Dataset, dim: str, window: slice) -> np.ndarray:
     """A dim's coordinates over a window (days for datetimes). Past the end of a wrapped dim
     they continue by its period, and into a forecast by its step, so the window stays regular."""
     values = coordinate_values(ds[dim])
-    past = history(config, dim)
+    past = source.history(dim)
     if past:
         index = np.arange(window.start, window.stop) + past
-        extrapolated = values[past - 1] + config.forecast.step * (index - past + 1)
+        extrapolated = values[past - 1] + source.forecast.step * (index - past + 1)
         return np.where(index < past, values[np.minimum(index, past - 1)], extrapolated)
     n = len(values)
     if window.start >= 0 and window.stop <= n:
@@ -95,23 +89,23 @@ def snapped(values: np.ndarray) -> np.ndarray:
     return values if even is None else even
 
 
-def window_axes(config: PipelineConfig, tile: Tile, ds: xr.Dataset) -> list[np.ndarray]:
+def window_axes(source: WindowSource, tile: Tile, ds: xr.Dataset) -> list[np.ndarray]:
     """Physical coordinates of the window along each dim (days for datetimes)."""
     return [
-        snapped(axis_coordinates(config, ds, dim, window))
-        for dim, window in zip(config.dims, tile.window, strict=True)
+        snapped(axis_coordinates(source, ds, dim, window))
+        for dim, window in zip(source.dims, tile.window, strict=True)
     ]
 
 
-def window_inputs(config: PipelineConfig, tile: Tile, ds: xr.Dataset) -> np.ndarray:
+def window_inputs(source: WindowSource, tile: Tile, ds: xr.Dataset) -> np.ndarray:
     """GP inputs of every window cell in C order over the dims (columns: input_columns)."""
     per_dim = []
-    for dim, window in zip(config.dims, tile.window, strict=True):
-        if dim == config.station_dim:
-            positions = [coordinate_values(ds[c])[window] for c in config.station_coords]
+    for dim, window in zip(source.dims, tile.window, strict=True):
+        if dim == source.station_dim:
+            positions = [coordinate_values(ds[c])[window] for c in source.station_coords]
             per_dim.append(np.stack(positions, axis=1))
         else:
-            per_dim.append(snapped(axis_coordinates(config, ds, dim, window))[:, None])
+            per_dim.append(snapped(axis_coordinates(source, ds, dim, window))[:, None])
     index = np.meshgrid(*[np.arange(len(v)) for v in per_dim], indexing="ij")
     return np.concatenate([v[i.reshape(-1)] for v, i in zip(per_dim, index, strict=True)], 1)
 
@@ -123,43 +117,41 @@ def window_lattice(axes: list[np.ndarray], dims: tuple[str, ...]) -> Lattice:
     `Lattice` turns into the same nodes in ascending order."""
     starts, spacings = [], []
     for dim, values in zip(dims, axes, strict=True):
-        steps = np.diff(values)
-        step = float(steps[0]) if steps.size else 1.0
-        if steps.size and not np.allclose(steps, step, rtol=REGULAR_RTOL, atol=0):
+        even = evenly_spaced(values)
+        if even is None:
+            steps = np.diff(values)
             raise InputError(
                 f"coordinate {dim!r} is not regularly spaced (steps from {steps.min()} to "
                 f"{steps.max()}): the kiss model needs a regular grid; set model.type: exact"
             )
-        starts.append(float(values[0]))
-        spacings.append(step)
+        starts.append(float(even[0]))
+        spacings.append(float(even[1] - even[0]) if even.size > 1 else 1.0)
     return Lattice(tuple(starts), tuple(spacings), tuple(len(v) for v in axes))
 
 
-def target_region(config: PipelineConfig, tile: Tile, ds: xr.Dataset) -> tuple[slice, ...]:
+def target_region(source: WindowSource, tile: Tile, ds: xr.Dataset) -> tuple[slice, ...]:
     """The cells of a new target grid that this tile owns: along each regridded dim those
     whose coordinate falls in the tile core's cells (halfway to the neighbouring cells;
     the first and last tiles take everything beyond)."""
-    new = new_axes(config)
+    new = new_axes(source.regrid)
     region = []
-    for dim, core in zip(config.dims, tile.core, strict=True):
+    for dim, core in zip(source.dims, tile.core, strict=True):
         if dim not in new:
             region.append(core)
             continue
-        source = coordinate_values(ds[dim])
-        low = -np.inf if core.start == 0 else (source[core.start - 1] + source[core.start]) / 2
-        high = (
-            np.inf if core.stop == len(source) else (source[core.stop - 1] + source[core.stop]) / 2
-        )
+        old = coordinate_values(ds[dim])
+        low = -np.inf if core.start == 0 else (old[core.start - 1] + old[core.start]) / 2
+        high = np.inf if core.stop == len(old) else (old[core.stop - 1] + old[core.stop]) / 2
         first, stop = np.searchsorted(new[dim], [low, high], side="left")
         region.append(slice(int(first), int(stop)))
     return tuple(region)
 
 
-def target_inputs(config: PipelineConfig, region: tuple[slice, ...], ds: xr.Dataset) -> np.ndarray:
+def target_inputs(source: WindowSource, region: tuple[slice, ...], ds: xr.Dataset) -> np.ndarray:
     """GP inputs of a new grid's cells over `region`, in C order over the dims."""
-    new = new_axes(config)
+    new = new_axes(source.regrid)
     per_dim = [
-        new[dim][part] if dim in new else snapped(axis_coordinates(config, ds, dim, part))
-        for dim, part in zip(config.dims, region, strict=True)
+        new[dim][part] if dim in new else snapped(axis_coordinates(source, ds, dim, part))
+        for dim, part in zip(source.dims, region, strict=True)
     ]
     return np.stack(np.meshgrid(*per_dim, indexing="ij"), -1).reshape(-1, len(per_dim))

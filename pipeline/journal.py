@@ -24,7 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO
 
-from pipeline.config import PipelineConfig
+from pipeline.config import Forecast, PipelineConfig
 from pipeline.errors import InputError, PlanMismatchError, RunInProgressError
 from pipeline.fingerprint import changes as fingerprint_changes
 
@@ -34,10 +34,12 @@ def journal_dir(store_path: str) -> Path:
     return Path(f"{store_path.rstrip('/')}.gpgrid")
 
 
-def plan_of(config: PipelineConfig, shape: tuple[int, ...], fingerprint: dict) -> dict:
+def plan_of(
+    config: PipelineConfig, forecast: Forecast | None, shape: tuple[int, ...], fingerprint: dict
+) -> dict:
     """Everything that decides the output's values (not resources, progress or provenance),
-    the input's content `fingerprint` included, as plain JSON values so that it compares
-    equal to the stored copy."""
+    the resolved `forecast` and the input's content `fingerprint` included, as plain JSON
+    values so that it compares equal to the stored copy (kernels as their text)."""
     plan = {
         "input_path": config.input_path,
         "input_fingerprint": fingerprint,
@@ -50,11 +52,11 @@ def plan_of(config: PipelineConfig, shape: tuple[int, ...], fingerprint: dict) -
         "halo_lengthscales": config.halo_lengthscales,
         "wrap": list(config.wrap),
         "chunks": list(config.chunks),
-        "model": asdict(config.model),
+        "model": {**asdict(config.model), "kernels": [str(k) for k in config.model.kernels]},
         "station_dim": config.station_dim,
         "station_coords": list(config.station_coords),
         "warm_start": config.warm_start,
-        "forecast": asdict(config.forecast) if config.forecast else None,
+        "forecast": asdict(forecast) if forecast else None,
         "regrid": [list(axis) for axis in config.regrid],
         "never_observed_along": config.never_observed_along,
         "std_includes_noise": config.std_includes_noise,

@@ -20,10 +20,11 @@ import pandas as pd
 import xarray as xr
 import zarr
 
-from pipeline.config import PipelineConfig
+from pipeline.config import Forecast
 from pipeline.coordinates import coordinate_values, is_cftime
 from pipeline.errors import InputError
 from pipeline.journal import is_complete, read_plan
+from pipeline.work import WindowSource
 
 FORECAST_COORDS = ("forecast_reference_time", "forecast_period")
 MIN_HISTORY = 2
@@ -32,9 +33,11 @@ EDGE_SLACK = 1e-3  # of a step: a new grid may touch the data's ends to rounding
 REAL_CALENDARS = ("standard", "gregorian", "proleptic_gregorian")
 
 
-def resolve_forecast(config: PipelineConfig, ds: xr.Dataset) -> PipelineConfig:
-    """Fix the forecast's issue time, history and step from the data, and its store's path."""
-    forecast = config.forecast
+def resolve_forecast(
+    forecast: Forecast, output_folder: str, ds: xr.Dataset
+) -> tuple[Forecast, str]:
+    """The forecast with its issue time, history and step fixed from the data, and its
+    store's path in `output_folder`."""
     times = ds[forecast.dim]
     values = coordinate_values(times)
     if np.any(np.diff(values) <= 0):
@@ -52,8 +55,7 @@ def resolve_forecast(config: PipelineConfig, ds: xr.Dataset) -> PipelineConfig:
     # The resolved issue time replaces how it was asked for (ISO with or without a zone,
     # from a schedule or the command line), so the plan of one issue time is one plan.
     resolved = replace(forecast, issue_time=None, issue=_label(issue), history=history, step=step)
-    store = Path(config.output_path) / f"{_stamp(issue)}.zarr"
-    return replace(config, forecast=resolved, output_path=str(store))
+    return resolved, str(Path(output_folder) / f"{_stamp(issue)}.zarr")
 
 
 def _issue_value(issue_time: str | None, times: xr.DataArray) -> np.generic:
@@ -102,15 +104,15 @@ def _stamp(value: np.generic | cftime.datetime) -> str:
     return np.format_float_positional(float(value), trim="-")
 
 
-def new_axes(config: PipelineConfig) -> dict[str, np.ndarray]:
+def new_axes(regrid: tuple[tuple[str, float, float, int], ...]) -> dict[str, np.ndarray]:
     """The coordinates of a new target grid, by dim (only the dims given new ones)."""
-    return {dim: start + step * np.arange(size) for dim, start, step, size in config.regrid}
+    return {dim: start + step * np.arange(size) for dim, start, step, size in regrid}
 
 
-def check_new_grid(config: PipelineConfig, ds: xr.Dataset) -> None:
+def check_new_grid(regrid: tuple[tuple[str, float, float, int], ...], ds: xr.Dataset) -> None:
     """A new grid must lie within the data along increasing numeric coordinates (no
     extrapolation), so every target cell has data around it."""
-    for dim, values in new_axes(config).items():
+    for dim, values in new_axes(regrid).items():
         source = ds[dim].values
         if not np.issubdtype(source.dtype, np.number) or np.any(np.diff(source) <= 0):
             raise InputError(
@@ -127,13 +129,13 @@ def check_new_grid(config: PipelineConfig, ds: xr.Dataset) -> None:
             )
 
 
-def target_dataset(config: PipelineConfig, ds: xr.Dataset) -> xr.Dataset:
+def target_dataset(source: WindowSource, ds: xr.Dataset) -> xr.Dataset:
     """A lazy stand-in for the output grid: its coordinates and the variables' attributes."""
-    if config.regrid:
-        return _regridded(config, ds)
-    if config.forecast is None:
+    if source.regrid:
+        return _regridded(source, ds)
+    if source.forecast is None:
         return ds
-    forecast = config.forecast
+    forecast = source.forecast
     dim = forecast.dim
     past = ds[dim].values[: forecast.history]
     steps = np.arange(1, forecast.steps + 1)
@@ -150,8 +152,8 @@ def target_dataset(config: PipelineConfig, ds: xr.Dataset) -> xr.Dataset:
         future = past[-1] + steps * forecast.step
         issue = np.float64(forecast.issue)
         lead = future - issue
-    coords = {d: ds[d] for d in config.dims if d != dim and d in ds.coords}
-    coords.update({name: ds[name] for name in config.station_coords})
+    coords = {d: ds[d] for d in source.dims if d != dim and d in ds.coords}
+    coords.update({name: ds[name] for name in source.station_coords})
     coords[dim] = xr.Variable(dim, future, ds[dim].attrs)
     coords["forecast_reference_time"] = xr.Variable(
         (), issue, {"standard_name": "forecast_reference_time", "long_name": "issue time"}
@@ -159,26 +161,26 @@ def target_dataset(config: PipelineConfig, ds: xr.Dataset) -> xr.Dataset:
     coords["forecast_period"] = xr.Variable(
         dim, lead, {"standard_name": "forecast_period", "long_name": "lead time"}
     )
-    return _template(config, ds, coords, {dim: forecast.steps})
+    return _template(source, ds, coords, {dim: forecast.steps})
 
 
-def _regridded(config: PipelineConfig, ds: xr.Dataset) -> xr.Dataset:
-    axes = new_axes(config)
+def _regridded(source: WindowSource, ds: xr.Dataset) -> xr.Dataset:
+    axes = new_axes(source.regrid)
     coords = {
         d: xr.Variable(d, axes[d], ds[d].attrs) if d in axes else ds[d]
-        for d in config.dims
+        for d in source.dims
         if d in ds.coords
     }
-    return _template(config, ds, coords, {d: len(values) for d, values in axes.items()})
+    return _template(source, ds, coords, {d: len(values) for d, values in axes.items()})
 
 
-def _template(config: PipelineConfig, ds: xr.Dataset, coords: dict, sizes: dict) -> xr.Dataset:
+def _template(source: WindowSource, ds: xr.Dataset, coords: dict, sizes: dict) -> xr.Dataset:
     """The output grid's stand-in: lazy zeros with the variables' attributes; dims in
     `sizes` take those lengths, the others the input's."""
-    shape = tuple(sizes.get(d, ds.sizes[d]) for d in config.dims)
+    shape = tuple(sizes.get(d, ds.sizes[d]) for d in source.dims)
     data_vars = {
-        var: xr.Variable(config.dims, da.zeros(shape, dtype=np.float32), ds[var].attrs)
-        for var in config.variables
+        var: xr.Variable(source.dims, da.zeros(shape, dtype=np.float32), ds[var].attrs)
+        for var in source.variables
     }
     return xr.Dataset(data_vars, coords=coords)
 

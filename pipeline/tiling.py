@@ -78,6 +78,47 @@ def plan_tiles(
     blend = tuple(blend) if blend else (0,) * len(shape)
     wrap = tuple(wrap) if wrap else (False,) * len(shape)
     history = tuple(history) if history else (0,) * len(shape)
+    _check_plan(shape, tile, halo, blend, wrap)
+    starts = [range(0, n, t) for n, t in zip(shape, tile, strict=True)]
+    tiles = []
+    for index, corner in enumerate(itertools.product(*starts)):
+        core = tuple(slice(s, min(s + t, n)) for s, t, n in zip(corner, tile, shape, strict=True))
+        window = tuple(
+            _window_along(c, h, n, wraps, past)
+            for c, h, n, wraps, past in zip(core, halo, shape, wrap, history, strict=True)
+        )
+        output = None
+        if any(blend):
+            output = tuple(
+                slice(c.start - b, c.stop + b)
+                if wraps
+                else slice(max(c.start - b, 0), min(c.stop + b, n))
+                for c, b, n, wraps in zip(core, blend, shape, wrap, strict=True)
+            )
+        tiles.append(Tile(index, core, window, output))
+    return tiles
+
+
+def _window_along(core: slice, halo: int, n: int, wraps: bool, past: int) -> slice:
+    """A window along one dim: the core grown by the halo, clipped to the grid, except
+    around a wrapped dim and back into a forecast's `past` steps of history."""
+    if wraps:
+        return slice(core.start - halo, core.stop + halo)
+    if past:
+        return slice(-min(halo, past), min(core.stop + halo, n))
+    return slice(max(core.start - halo, 0), min(core.stop + halo, n))
+
+
+def _check_plan(
+    shape: Sequence[int],
+    tile: Sequence[int],
+    halo: Sequence[int],
+    blend: tuple[int, ...],
+    wrap: tuple[bool, ...],
+) -> None:
+    """Refuse a plan whose entries disagree in length, tiles or halos out of range, blend
+    margins wider than the halo or cores too small to blend, and wrapped dims the window
+    would overlap itself around."""
     if not (len(shape) == len(tile) == len(halo) == len(blend) == len(wrap)):
         raise ValueError(
             f"shape {shape}, tile {tile}, halo {halo} and blend {blend} need one entry per dim"
@@ -100,28 +141,6 @@ def plan_tiles(
                 + (f" and {ragged} (wrapped)" if ragged else "")
                 + ": use a smaller blend or a tile size that divides the dim"
             )
-    starts = [range(0, n, t) for n, t in zip(shape, tile, strict=True)]
-    tiles = []
-    for index, corner in enumerate(itertools.product(*starts)):
-        core = tuple(slice(s, min(s + t, n)) for s, t, n in zip(corner, tile, shape, strict=True))
-        window = tuple(
-            slice(c.start - h, c.stop + h)
-            if wraps
-            else slice(-min(h, past), min(c.stop + h, n))
-            if past
-            else slice(max(c.start - h, 0), min(c.stop + h, n))
-            for c, h, n, wraps, past in zip(core, halo, shape, wrap, history, strict=True)
-        )
-        output = None
-        if any(blend):
-            output = tuple(
-                slice(c.start - b, c.stop + b)
-                if wraps
-                else slice(max(c.start - b, 0), min(c.stop + b, n))
-                for c, b, n, wraps in zip(core, blend, shape, wrap, strict=True)
-            )
-        tiles.append(Tile(index, core, window, output))
-    return tiles
 
 
 @dataclass

@@ -1,10 +1,27 @@
-"""Shared by the command-line tests: a small valid job spec and the `gpgrid` command."""
+"""Shared by the command-line and cluster tests: a small valid job spec, the `gpgrid`
+command, and a real `ray start --head` cluster."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
+
+import requests
+
+from pipeline.config import PipelineConfig
+from pipeline.inputs import open_input
+from pipeline.resolved import resolve_run
+from pipeline.work import TileWork
 
 # A 3-tile-deep job over a synthetic (time, lat, lon) store at in.zarr, writing out.zarr.
 SMALL_SPEC = {
@@ -18,9 +35,130 @@ SMALL_SPEC = {
 }
 
 
+def tile_work(config: PipelineConfig, shared: dict | None = None) -> TileWork:
+    """What a tile task of `config` receives (on CPU, with `shared` hyperparameters per
+    variable or none), resolved against its input as a run does: to call tasks directly."""
+    return resolve_run(config, open_input(config.input_path)).work("cpu", shared=shared)
+
+
 def gpgrid(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run the installed `gpgrid` command in `cwd`, capturing its output."""
     script = Path(sys.executable).parent / "gpgrid"
     return subprocess.run(
         [str(script), *args], cwd=cwd, capture_output=True, text=True, timeout=600
     )
+
+
+VENV_BIN = Path(sys.executable).parent
+HEAD_PORTS = (
+    "port",
+    "dashboard-port",
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "runtime-env-agent-port",
+    "metrics-export-port",
+    "ray-client-server-port",
+    "node-manager-port",
+    "object-manager-port",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class RayHead:
+    """A started head: its job server's URL and its GCS address (what ray.init joins)."""
+
+    url: str
+    gcs: str
+
+
+@contextmanager
+def ray_head(auth_mode: str) -> Iterator[RayHead]:
+    """A real `ray start --head` in its own process group."""
+    if auth_mode == "token":
+        # the head needs a token: make the default one (~/.ray/auth_token) if there is none,
+        # as ray.init() does for the other test modules
+        subprocess.run(
+            [str(VENV_BIN / "ray"), "get-auth-token", "--generate"], check=True, capture_output=True
+        )
+    temp_dir = tempfile.mkdtemp(prefix="rts", dir="/tmp")  # socket paths must stay short
+    ports = {name: free_port() for name in HEAD_PORTS}
+    env = {
+        **os.environ,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",  # job entrypoints run `gpgrid`
+        "RAY_AUTH_MODE": auth_mode,
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",  # stop at once when the test ends
+    }
+    for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):  # a head, not a client
+        env.pop(name, None)
+    options = "--head --block --num-cpus 2 --include-dashboard true --dashboard-host 127.0.0.1"
+    command = [str(VENV_BIN / "ray"), "start", *options.split(), "--temp-dir", temp_dir]
+    command += ["--disable-usage-stats"]
+    command += [arg for name, port in ports.items() for arg in (f"--{name}", str(port))]
+    log = Path(temp_dir) / "head.log"
+    with log.open("w") as out:
+        head = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    address = f"http://127.0.0.1:{ports['dashboard-port']}"
+    try:
+        # the job server answers first; its node agent (which runs jobs) once the node is up
+        for url in (address, f"http://127.0.0.1:{ports['dashboard-agent-listen-port']}"):
+            wait_until_answering(url, head, log)
+        yield RayHead(address, f"127.0.0.1:{ports['port']}")
+    finally:
+        stop_head(head, temp_dir)
+
+
+def wait_until_answering(url: str, head: subprocess.Popen, log: Path) -> None:
+    """Wait for any HTTP answer from `url` (401 with token auth still means it is up)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert head.poll() is None, f"ray start exited {head.returncode}:\n{log.read_text()}"
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    raise AssertionError(f"nothing answers at {url} after 60 s:\n{log.read_text()}")
+
+
+def stop_head(head: subprocess.Popen, temp_dir: str) -> None:
+    """End our head's process group, then kill what is left of it (workers still starting)."""
+    os.killpg(head.pid, signal.SIGTERM)
+    head.wait(timeout=60)
+    for pid in processes_after(5, head.pid, temp_dir):
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+    assert not processes_after(5, head.pid, temp_dir), "Ray processes survived SIGKILL"
+
+
+def processes_after(seconds: float, group: int, temp_dir: str) -> list[int]:
+    """Our processes still alive after waiting up to `seconds` for them to end."""
+    deadline = time.monotonic() + seconds
+    while (left := our_processes(group, temp_dir)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def our_processes(group: int, temp_dir: str) -> list[int]:
+    """Live processes in the head's group, or run from its temp dir (job drivers: their cwd)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            state, _, pgid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if state != "Z" and (int(pgid) == group or temp_dir in cmdline or temp_dir in cwd):
+            found.append(int(proc.name))
+    return found

@@ -17,9 +17,32 @@ def test_weights_are_a_partition_of_unity_and_one_inside_cores() -> None:
     total = np.zeros(SHAPE)
     for tile in tiles:
         w = weights(tile, SHAPE, BLEND)
-        assert w.shape == tile.output_shape and (w >= 0).all() and (w <= 1).all()
+        assert w.shape == tile.output_shape
+        inner = tuple(
+            slice(c.start - o.start + b, c.stop - o.start - b)
+            for c, o, b in zip(tile.core, tile.output_region, BLEND, strict=True)
+        )
+        np.testing.assert_array_equal(w[inner], 1.0)  # a core less the ramps: the tile alone
         total[tile.output_region] += w
     np.testing.assert_allclose(total, 1.0, atol=1e-12)
+
+
+def test_weights_at_known_cells_are_the_hand_computed_ramps() -> None:
+    """Across the lon edge at 16 between tiles 0 and 1 (blend 4): cell p has centre p + 0.5,
+    the left tile's weight is (20 - (p + 0.5)) / 8 and the right one's (p + 0.5 - 12) / 8;
+    at the grid's own edges nothing ramps; a corner is the product over dims."""
+    tiles = plan_tiles(SHAPE, TILE, HALO, BLEND)
+    left, right = tiles[0], tiles[1]  # cores lon 0:16 and 16:32, both lat 0:16
+    assert left.output_region[2] == slice(0, 20) and right.output_region[2] == slice(12, 36)
+    w_left, w_right = weights(left, SHAPE, BLEND), weights(right, SHAPE, BLEND)
+    lon = [12, 15, 16, 19]
+    np.testing.assert_allclose(w_left[0, 0, lon], [0.9375, 0.5625, 0.4375, 0.0625])
+    np.testing.assert_allclose(
+        w_right[0, 0, [p - 12 for p in lon]], [0.0625, 0.4375, 0.5625, 0.9375]
+    )
+    np.testing.assert_array_equal(w_left[:, 0, 0], 1.0)  # time is not blended; lon 0 is an edge
+    # lat 15, lon 15 of tile 0: both its edges ramp, (4.5 / 8) ** 2
+    assert w_left[0, 15, 15] == pytest.approx(0.31640625, abs=1e-15)
 
 
 def test_chunks_under_a_tile_match_a_brute_force_search() -> None:

@@ -9,12 +9,14 @@ import pytest
 import xarray as xr
 
 from jobs.plots import _step_index
-from pipeline.config import Forecast, ModelConfig, PipelineConfig
+from pipeline.config import AxisKernel, Forecast, ModelConfig, PipelineConfig
 from pipeline.coordinates import coordinate_values
 from pipeline.errors import InputError
 from pipeline.inputs import check_input, open_input
 from pipeline.runner import run_pipeline
 from pipeline.target import forecast_stores, resolve_forecast
+
+MATERN32 = (AxisKernel("matern32"),)
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -22,7 +24,7 @@ DIMS = ("time", "lat", "lon")
 DAYS = 8
 # Both cross the end of February, where the calendars differ from the standard one.
 STARTS = {"360_day": "2000-02-27", "noleap": "2000-02-25"}
-MODEL = ModelConfig(kernels=("matern32",) * 3, fit_points=200, max_iter=30)
+MODEL = ModelConfig(kernels=MATERN32 * 3, fit_points=200, max_iter=30)
 
 
 def cftime_days(calendar: str, days: int = DAYS) -> np.ndarray:
@@ -142,10 +144,10 @@ def test_a_forecast_steps_on_in_the_360_day_calendar(stores, tmp_path) -> None:
 def test_a_360_day_issue_time_that_is_no_standard_date(stores) -> None:
     forecast = Forecast("time", steps=2, issue_time="2000-02-30")
     ds = open_input(stores["360_day"])
-    resolved = resolve_forecast(config_for(stores["360_day"], "f", forecast=forecast), ds)
-    assert resolved.forecast.issue == "2000-02-30T00:00:00"
-    assert resolved.forecast.history == 4 and resolved.forecast.step == 1.0
-    assert resolved.output_path.endswith("20000230T000000Z.zarr")
+    resolved, output_path = resolve_forecast(forecast, "f", ds)
+    assert resolved.issue == "2000-02-30T00:00:00"
+    assert resolved.history == 4 and resolved.step == 1.0
+    assert output_path.endswith("20000230T000000Z.zarr")
 
 
 def test_plot_at_a_date_of_its_own_calendar() -> None:

@@ -22,7 +22,7 @@ def with_change(section: str, key: str, value) -> dict:
 
 def test_good_spec_maps_dims_in_order(tmp_path) -> None:
     config = parse_spec(GOOD, base_dir=tmp_path).to_pipeline_config()
-    assert config.model.kernels == ("matern32", "matern32", "matern52")
+    assert [str(k) for k in config.model.kernels] == ["matern32", "matern32", "matern52"]
     assert config.model.isotropic == () and config.model.mean == "constant"
     assert config.tile == (3, 10, 10) and config.halo == (1, 3, 3)
     assert config.input_path == str(tmp_path / "in.zarr")

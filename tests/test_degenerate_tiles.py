@@ -25,7 +25,7 @@ from gpkernels import (
 )
 from gpkernels.base import collapsed_lengthscales
 from gpkernels.solvers import pcg
-from pipeline.config import ModelConfig, PipelineConfig
+from pipeline.config import AxisKernel, ModelConfig, PipelineConfig
 from pipeline.store import consolidated_v3_allowed
 from pipeline.tasks import (
     MIN_OBSERVATIONS,
@@ -34,6 +34,9 @@ from pipeline.tasks import (
     predict_tile,
 )
 from pipeline.tiling import TileResult, plan_tiles
+from tests.helpers import tile_work
+
+MATERN32 = (AxisKernel("matern32"),)
 
 SHAPE = (2, 10, 8)
 DIMS = ("time", "lat", "lon")
@@ -74,7 +77,7 @@ def _config(path: str, model_type: str, **changes) -> PipelineConfig:  # noqa: A
         output_path="unused.zarr",
         tile=SHAPE,
         halo=(0, 0, 0),
-        model=ModelConfig(kernels=("matern32",) * 3, type=model_type),
+        model=ModelConfig(kernels=MATERN32 * 3, type=model_type),
         **changes,
     )
 
@@ -88,7 +91,7 @@ def test_constant_window_is_predicted_flagged_and_warned(
     config = _config(path, model_type)
     (tile,) = plan_tiles(SHAPE, config.tile, config.halo)
     with pytest.warns(DegenerateTileWarning, match=rf"observations equal {value!r}") as caught:
-        result = predict_tile(config, tile)
+        result = predict_tile(tile_work(config), tile)
     info = result.diagnostics["variables"]["pr"]
     n = info["n_observed"]
     assert info["degenerate"] == f"constant: all {n} observations equal {value!r}"
@@ -102,10 +105,10 @@ def test_constant_window_is_predicted_flagged_and_warned(
 def test_constant_window_with_shared_hyperparameters_takes_their_noise_std(tmp_path) -> None:
     path = _write(str(tmp_path / "constant.zarr"), _gappy(0.0))
     shared = {"pr": {"lengthscales": [1.0, 1.0, 1.0], "outputscale": 2.0, "noise": 0.09}}
-    config = _config(path, "kiss", shared_hyperparameters=shared)
+    config = _config(path, "kiss")
     (tile,) = plan_tiles(SHAPE, config.tile, config.halo)
     with pytest.warns(DegenerateTileWarning, match="shared noise std"):
-        result = predict_tile(config, tile)
+        result = predict_tile(tile_work(config, shared), tile)
     np.testing.assert_array_equal(result.predictions["pr"], 0.0)
     np.testing.assert_allclose(result.predictions["pr_std"], 0.3)
 
@@ -114,7 +117,7 @@ def test_a_constant_tile_gives_no_hyperparameters_to_pool(tmp_path) -> None:
     path = _write(str(tmp_path / "constant.zarr"), _gappy(5.0))
     config = _config(path, "kiss")
     (tile,) = plan_tiles(SHAPE, config.tile, config.halo)
-    assert fit_tile_hyperparameters(config, tile) == {"pr": None}
+    assert fit_tile_hyperparameters(tile_work(config), tile) == {"pr": None}
 
 
 @pytest.mark.parametrize("keep", [0, 1, MIN_OBSERVATIONS - 1])
@@ -126,7 +129,7 @@ def test_too_few_observations_give_nan_and_a_skipped_reason(tmp_path, keep: int)
     (tile,) = plan_tiles(SHAPE, config.tile, config.halo)
     with warnings.catch_warnings():
         warnings.simplefilter("error", DegenerateTileWarning)
-        result = predict_tile(config, tile)
+        result = predict_tile(tile_work(config), tile)
     info = result.diagnostics["variables"]["pr"]
     noun = "observation" if keep == 1 else "observations"
     assert info["skipped"] == f"{keep} {noun}, fewer than {MIN_OBSERVATIONS}"
@@ -215,7 +218,7 @@ def test_white_noise_tile_notes_the_collapse_by_column_name(tmp_path) -> None:
     config = _config(path, "kiss")
     (tile,) = plan_tiles(SHAPE, config.tile, config.halo)
     with pytest.warns(LengthscaleWarning, match="lengthscale of column"):
-        result = predict_tile(config, tile)
+        result = predict_tile(tile_work(config), tile)
     notes = result.diagnostics["variables"]["pr"]["fit"]["notes"]
     assert notes and any(
         n.startswith(("lengthscale of column lat", "lengthscale of column lon")) for n in notes
@@ -248,7 +251,7 @@ def _alone(config: PipelineConfig, variable: str) -> PipelineConfig:
 
 def _predict(config: PipelineConfig) -> TileResult:
     (tile,) = plan_tiles(SHAPE, config.tile, config.halo)
-    return predict_tile(config, tile)
+    return predict_tile(tile_work(config), tile)
 
 
 def _assert_same(result: TileResult, reference: TileResult, variable: str) -> None:

@@ -18,11 +18,15 @@ import torch
 import xarray as xr
 
 from gpkernels import ExactGP, KissGP, Lattice, Scale, make_kernel, separable
-from pipeline.config import ModelConfig, PipelineConfig
+from pipeline.config import AxisKernel, ModelConfig, PipelineConfig
+from pipeline.models import KISS_CG_TOL
 from pipeline.store import consolidated_v3_allowed
 from pipeline.synthetic import DIMS, SyntheticGrid, make_synthetic_dataset
-from pipeline.tasks import KISS_CG_TOL, predict_tile
+from pipeline.tasks import predict_tile
 from pipeline.tiling import plan_tiles
+from tests.helpers import tile_work
+
+MATERN32 = (AxisKernel("matern32"),)
 
 NY, NX, H = 18, 15, 0.5  # cells per axis and spacing (degrees)
 NEIGHBOURS = 40  # far fewer than the observations: local kriging really is local
@@ -119,11 +123,11 @@ def stores(tmp_path_factory) -> tuple[str, str]:
 
 
 MODELS = {
-    "kiss separable": ModelConfig(kernels=("matern32",) * 3, fit_points=1000, neighbours=48),
+    "kiss separable": ModelConfig(kernels=MATERN32 * 3, fit_points=1000, neighbours=48),
     "kiss isotropic": ModelConfig(
-        kernels=("matern32",) * 3, fit_points=1000, neighbours=48, isotropic=("lat", "lon")
+        kernels=MATERN32 * 3, fit_points=1000, neighbours=48, isotropic=("lat", "lon")
     ),
-    "exact": ModelConfig(kernels=("matern32",) * 3, type="exact", fit_points=1000),
+    "exact": ModelConfig(kernels=MATERN32 * 3, type="exact", fit_points=1000),
 }
 
 
@@ -142,8 +146,8 @@ def test_predict_tile_descending_lat_equals_ascending(stores: tuple[str, str], n
     tiles = plan_tiles((3, 16, 12), config.tile, config.halo)
     assert len(tiles) == 2
     # The ascending store's southern tile is the descending store's second tile, flipped.
-    result = predict_tile(config, tiles[0])
-    result_d = predict_tile(replace(config, input_path=descending), tiles[1])
+    result = predict_tile(tile_work(config), tiles[0])
+    result_d = predict_tile(tile_work(replace(config, input_path=descending)), tiles[1])
     # The isotropic path's mean is an iterative (CG) solve stopped at relative residual
     # KISS_CG_TOL, whose rounding differs with the cell order; every other output is direct.
     data_std = float(np.nanstd(xr.open_zarr(ascending)["tas"].values))

@@ -145,25 +145,15 @@ def test_tiles_shorter_than_the_forecast_all_read_the_history(tmp_path) -> None:
 
 def test_numeric_issue_times_keep_every_digit() -> None:
     """A numeric time axis: the issue time is recorded and named in full, not rounded."""
-    from pipeline.config import Forecast, ModelConfig, PipelineConfig
+    from pipeline.config import Forecast
     from pipeline.target import resolve_forecast
 
     times = 1_234_560.0 + np.arange(10)
     ds = xr.Dataset({"v": (("time",), np.zeros(10))}, coords={"time": times})
-    config = PipelineConfig(
-        "in.zarr",
-        ("v",),
-        ("time",),
-        "fc",
-        (3,),
-        (5,),
-        ModelConfig(("matern32",)),
-        forecast=Forecast("time", 3, "1234566"),
-    )
-    resolved = resolve_forecast(config, ds)
-    assert resolved.forecast.issue == "1234566.0" and resolved.forecast.history == 7
-    assert resolved.output_path.endswith("fc/1234566.zarr")
-    assert resolved.forecast.issue_time is None  # the plan keeps the resolved time only
+    resolved, output_path = resolve_forecast(Forecast("time", 3, "1234566"), "fc", ds)
+    assert resolved.issue == "1234566.0" and resolved.history == 7
+    assert output_path.endswith("fc/1234566.zarr")
+    assert resolved.issue_time is None  # the plan keeps the resolved time only
 
 
 def test_an_interrupted_forecast_resumes_after_data_are_appended(tmp_path) -> None:

@@ -11,19 +11,23 @@ import torch
 import xarray as xr
 
 from gpkernels import ExactGP, KissGP, Matern, Product, Scale, separable
-from pipeline.config import ModelConfig, PipelineConfig
+from pipeline.config import AxisKernel, ModelConfig, PipelineConfig
 from pipeline.coordinates import coordinate_values
 from pipeline.errors import InputError, PlanMismatchError
+from pipeline.models import KISS_CG_TOL
 from pipeline.runner import run_pipeline
 from pipeline.scores import score_gap_cells
 from pipeline.synthetic import DIMS, SyntheticGrid, write_synthetic
-from pipeline.tasks import KISS_CG_TOL, predict_tile
+from pipeline.tasks import predict_tile
 from pipeline.tiling import plan_tiles
+from tests.helpers import tile_work
+
+MATERN32 = (AxisKernel("matern32"),)
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 RECIPE = SyntheticGrid(shape=(6, 30, 30), seed=11)
-MODEL = ModelConfig(kernels=("matern32",) * 3, fit_points=300, max_points=800)
+MODEL = ModelConfig(kernels=MATERN32 * 3, fit_points=300, max_points=800)
 
 
 @pytest.fixture(scope="module")
@@ -97,10 +101,14 @@ def test_single_tile_equals_the_model_run_directly(source, tmp_path, model_type)
     assert observed.sum() < MODEL.fit_points  # all observations used for fit and predict
     tx, ty = torch.as_tensor(x[observed]), torch.as_tensor(y[observed], dtype=torch.float64)
     if model_type == "exact":
-        model = ExactGP(separable(MODEL.kernels))
+        model = ExactGP(separable([k.base for k in MODEL.kernels]))
         model.fit(tx, ty, max_iter=MODEL.max_iter, seed=0)
     else:
-        model = KissGP(separable(MODEL.kernels), neighbours=MODEL.neighbours, cg_tol=KISS_CG_TOL)
+        model = KissGP(
+            separable([k.base for k in MODEL.kernels]),
+            neighbours=MODEL.neighbours,
+            cg_tol=KISS_CG_TOL,
+        )
         model.fit(tx, ty, max_iter=0, init_points=MODEL.fit_points)
     mean, var = model.predict(torch.as_tensor(x))
     result = xr.open_zarr(out)
@@ -143,7 +151,8 @@ def test_tiles_are_deterministic(source, tmp_path) -> None:
     input_path, _ = source
     config = config_for(input_path, str(tmp_path / "unused.zarr"))
     tile = plan_tiles(RECIPE.shape, config.tile, config.halo)[3]
-    first, second = predict_tile(config, tile), predict_tile(config, tile)
+    work = tile_work(config)
+    first, second = predict_tile(work, tile), predict_tile(work, tile)
     for name in first.predictions:
         np.testing.assert_array_equal(first.predictions[name], second.predictions[name])
 

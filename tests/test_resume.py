@@ -19,11 +19,14 @@ import ray
 import xarray as xr
 import zarr
 
-from pipeline.config import ModelConfig, PipelineConfig
+from pipeline.config import AxisKernel, ModelConfig, PipelineConfig
 from pipeline.errors import PlanMismatchError, ResourceUnavailableError, RunInProgressError
+from pipeline.faults import CRASH_ONCE_ENV
 from pipeline.journal import finished_tiles
 from pipeline.runner import run_pipeline
 from pipeline.synthetic import DIMS, SyntheticGrid, write_synthetic
+
+MATERN32 = (AxisKernel("matern32"),)
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -46,7 +49,7 @@ def config_for(input_path: str, output_path: str, **changes) -> PipelineConfig: 
         output_path=output_path,
         tile=(3, 16, 16),
         halo=(1, 4, 4),
-        model=ModelConfig(kernels=("matern32",) * 3, type="exact", max_points=700),
+        model=ModelConfig(kernels=MATERN32 * 3, type="exact", max_points=700),
         max_in_flight=1,
     )
     return PipelineConfig(**{**base, **changes})
@@ -111,7 +114,7 @@ def test_rerun_after_a_killed_driver_computes_only_the_missing_tiles(
 
 def test_a_resumed_shared_run_reuses_phase_one_and_matches(source, tmp_path) -> None:
     """Shared hyperparameters are journalled: the rerun after a kill uses the same ones."""
-    model = ModelConfig(kernels=("matern32",) * 3, type="exact", max_points=700)
+    model = ModelConfig(kernels=MATERN32 * 3, type="exact", max_points=700)
     shared = replace(model, hyperparameters="shared")
     expected = str(tmp_path / "expected.zarr")
     run_pipeline(config_for(source, expected, model=shared), progress=False)
@@ -144,9 +147,10 @@ def test_a_resumed_blended_run_recomputes_neighbours_and_matches(source, tmp_pat
     assert_identical_stores(out, expected)
 
 
-def test_a_worker_dying_mid_tile_is_retried(source, reference, tmp_path) -> None:
+def test_a_worker_dying_mid_tile_is_retried(source, reference, tmp_path, monkeypatch) -> None:
     marker = tmp_path / "crashed"
-    config = config_for(source, str(tmp_path / "out.zarr"), crash_once=(5, str(marker)))
+    monkeypatch.setenv(CRASH_ONCE_ENV, f"5:{marker}")  # the worker running tile 5 dies once
+    config = config_for(source, str(tmp_path / "out.zarr"))
     summary = run_pipeline(config, progress=False)
     assert marker.exists(), "the fault was not injected"
     assert summary.tiles == TILES

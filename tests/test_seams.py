@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from pipeline.config import ModelConfig, PipelineConfig
+from pipeline.config import AxisKernel, ModelConfig, PipelineConfig
 from pipeline.runner import run_pipeline
 from pipeline.synthetic import DIMS, SyntheticGrid, write_synthetic
+
+MATERN32 = (AxisKernel("matern32"),)
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -26,7 +28,7 @@ BOUNDARIES = [15, 31, 47]  # index i: the jump between cells i and i + 1 crosses
 
 
 def config_for(input_path: str, output_path: str, **changes) -> PipelineConfig:  # noqa: ANN003
-    model = ModelConfig(kernels=("matern32",) * 3, hyperparameters="shared")
+    model = ModelConfig(kernels=MATERN32 * 3, hyperparameters="shared")
     base = dict(
         input_path=input_path,
         variables=("tas",),
@@ -98,7 +100,7 @@ def per_tile_runs(runs, tmp_path_factory) -> dict[str, np.ndarray]:
     whole domain fitted as one tile."""
     folder = tmp_path_factory.mktemp("per_tile")
     source = str(Path(runs[0]).parent / "in.zarr")
-    model = ModelConfig(kernels=("matern32",) * 3)
+    model = ModelConfig(kernels=MATERN32 * 3)
     out = {}
     for name, changes in (
         ("whole", {"tile": SHAPE, "halo": (0, 0, 0)}),

@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 
 from jobs.spec import SpecError, parse_spec
-from pipeline.config import ModelConfig, PipelineConfig
+from pipeline.config import AxisKernel, ModelConfig, PipelineConfig
 from pipeline.runner import run_pipeline
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -73,7 +73,7 @@ def block_rmse(path: str, f: np.ndarray) -> float:
     return float(np.sqrt(np.mean((out["temp"].values[BLOCK] - f[BLOCK]) ** 2)))
 
 
-KERNELS = ("matern32", "matern32", "matern32")
+KERNELS = (AxisKernel("matern32"),) * 3
 
 
 def test_svgp_fills_every_station_reading_with_mean_and_std(stations, tmp_path) -> None:

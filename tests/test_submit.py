@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 import xarray as xr
 import yaml
 from typer.testing import CliRunner, Result
@@ -25,21 +18,9 @@ from jobs.cli import app
 from jobs.spec import load_spec
 from jobs.submit import default_submission_id, resolve_address
 from pipeline.synthetic import SyntheticGrid, write_synthetic
-from tests.helpers import SMALL_SPEC
+from tests.helpers import SMALL_SPEC, free_port, ray_head
 
 SPEC = SMALL_SPEC
-VENV_BIN = Path(sys.executable).parent
-HEAD_PORTS = (
-    "port",
-    "dashboard-port",
-    "dashboard-agent-listen-port",
-    "dashboard-agent-grpc-port",
-    "runtime-env-agent-port",
-    "metrics-export-port",
-    "ray-client-server-port",
-    "node-manager-port",
-    "object-manager-port",
-)
 
 
 def gpgrid(*args: str) -> Result:
@@ -47,103 +28,10 @@ def gpgrid(*args: str) -> Result:
     return CliRunner().invoke(app, list(args))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def ray_head(auth_mode: str) -> Iterator[str]:
-    """A real `ray start --head` in its own process group; yields its job server's URL."""
-    if auth_mode == "token":
-        # the head needs a token: make the default one (~/.ray/auth_token) if there is none,
-        # as ray.init() does for the other test modules
-        subprocess.run(
-            [str(VENV_BIN / "ray"), "get-auth-token", "--generate"], check=True, capture_output=True
-        )
-    temp_dir = tempfile.mkdtemp(prefix="rts", dir="/tmp")  # socket paths must stay short
-    ports = {name: free_port() for name in HEAD_PORTS}
-    env = {
-        **os.environ,
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",  # job entrypoints run `gpgrid`
-        "RAY_AUTH_MODE": auth_mode,
-        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",  # stop at once when the test ends
-    }
-    for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):  # a head, not a client
-        env.pop(name, None)
-    options = "--head --block --num-cpus 2 --include-dashboard true --dashboard-host 127.0.0.1"
-    command = [str(VENV_BIN / "ray"), "start", *options.split(), "--temp-dir", temp_dir]
-    command += ["--disable-usage-stats"]
-    command += [arg for name, port in ports.items() for arg in (f"--{name}", str(port))]
-    log = Path(temp_dir) / "head.log"
-    with log.open("w") as out:
-        head = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    address = f"http://127.0.0.1:{ports['dashboard-port']}"
-    try:
-        # the job server answers first; its node agent (which runs jobs) once the node is up
-        for url in (address, f"http://127.0.0.1:{ports['dashboard-agent-listen-port']}"):
-            wait_until_answering(url, head, log)
-        yield address
-    finally:
-        stop_head(head, temp_dir)
-
-
-def wait_until_answering(url: str, head: subprocess.Popen, log: Path) -> None:
-    """Wait for any HTTP answer from `url` (401 with token auth still means it is up)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert head.poll() is None, f"ray start exited {head.returncode}:\n{log.read_text()}"
-        try:
-            requests.get(url, timeout=1)
-            return
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    raise AssertionError(f"nothing answers at {url} after 60 s:\n{log.read_text()}")
-
-
-def stop_head(head: subprocess.Popen, temp_dir: str) -> None:
-    """End our head's process group, then kill what is left of it (workers still starting)."""
-    os.killpg(head.pid, signal.SIGTERM)
-    head.wait(timeout=60)
-    for pid in processes_after(5, head.pid, temp_dir):
-        with suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    shutil.rmtree(temp_dir, ignore_errors=True)
-    assert not processes_after(5, head.pid, temp_dir), "Ray processes survived SIGKILL"
-
-
-def processes_after(seconds: float, group: int, temp_dir: str) -> list[int]:
-    """Our processes still alive after waiting up to `seconds` for them to end."""
-    deadline = time.monotonic() + seconds
-    while (left := our_processes(group, temp_dir)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return left
-
-
-def our_processes(group: int, temp_dir: str) -> list[int]:
-    """Live processes in the head's group, or run from its temp dir (job drivers: their cwd)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            state, _, pgid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:3]
-            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
-            cwd = os.readlink(proc / "cwd")
-        except OSError:
-            continue
-        if state != "Z" and (int(pgid) == group or temp_dir in cmdline or temp_dir in cwd):
-            found.append(int(proc.name))
-    return found
-
-
 @pytest.fixture(scope="module")
 def head() -> Iterator[str]:
-    with ray_head("token") as address:
-        yield address
+    with ray_head("token") as started:
+        yield started.url
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +111,8 @@ def test_submit_and_stop_on_a_head_without_token_auth(job, monkeypatch) -> None:
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the client then sends no token
     spec = job[0].with_name("plain.yaml")
     spec.write_text(yaml.safe_dump({**SPEC, "output": {"path": "plain.zarr"}}))
-    with ray_head("disabled") as address:
+    with ray_head("disabled") as started:
+        address = started.url
         submitted = gpgrid("submit", str(spec), "--address", address)
         stopped = gpgrid("stop", job_id(spec), "--address", address)
     assert submitted.exit_code == 0, submitted.output

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from pipeline.config import ModelConfig, PipelineConfig
+from pipeline.config import AxisKernel, ModelConfig, PipelineConfig
 from pipeline.runner import run_pipeline
 from pipeline.tiling import plan_tiles
+
+MATERN32 = (AxisKernel("matern32"),)
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -44,7 +46,7 @@ def run(ds: xr.Dataset, folder, name: str, wrap: bool, blend=()) -> xr.Dataset: 
         output_path=str(folder / f"{name}.zarr"),
         tile=(3, 24, 24),
         halo=(0, 6, 12),
-        model=ModelConfig(kernels=("matern32",) * 3, max_points=900),
+        model=ModelConfig(kernels=MATERN32 * 3, max_points=900),
         max_in_flight=2,
         wrap=("lon",) if wrap else (),
         blend=blend,

@@ -1,0 +1,69 @@
+"""What a tile task receives: how to read its window, the model plan, and the device.
+
+Plain picklable values, built once per run by the driver (see resolved.py) and shipped
+to every tile task; none holds the run's whole config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.config import Forecast, ModelConfig
+
+
+@dataclass(frozen=True)
+class WindowSource:
+    """How to read a tile's window from the input: the store, the variables and dims, the
+    station layout, a resolved forecast (its history and step), a new target grid
+    (`regrid`: (dim, start, step, size) per dim given new coordinates) and the dim along
+    which never-observed cells are left NaN."""
+
+    input_path: str
+    variables: tuple[str, ...]
+    dims: tuple[str, ...]
+    station_dim: str | None = None
+    station_coords: tuple[str, ...] = ()
+    forecast: Forecast | None = None
+    regrid: tuple[tuple[str, float, float, int], ...] = ()
+    never_observed_along: str | None = None
+
+    def history(self, dim: str) -> int:
+        """Steps of data before the target along `dim` (a forecast's history; otherwise 0)."""
+        forecast = self.forecast
+        return forecast.history if forecast is not None and forecast.dim == dim else 0
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        """Names of the GP's input columns: each dim's coordinate, a station dim's positions."""
+        columns: list[str] = []
+        for dim in self.dims:
+            columns.extend(self.station_coords if dim == self.station_dim else (dim,))
+        return tuple(columns)
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """What the per-tile GP needs beyond the data: the model config, the input columns'
+    names, the halo (distances from the core are measured in its units), the shared
+    hyperparameters per variable (None: each tile learns its own), whether the std
+    includes the noise, and whether targets lie off the input's lattice (a new grid)."""
+
+    model: ModelConfig
+    columns: tuple[str, ...]
+    halo: tuple[int, ...]
+    shared: dict[str, dict] | None = None
+    std_includes_noise: bool = False
+    off_lattice: bool = False
+
+    def fixed(self, var: str) -> dict | None:
+        """The shared hyperparameters of `var`, or None when the tile learns its own."""
+        return (self.shared or {}).get(var)
+
+
+@dataclass(frozen=True)
+class TileWork:
+    """Everything a tile task uses besides its Tile: `device` is "cuda" or "cpu"."""
+
+    source: WindowSource
+    plan: ModelPlan
+    device: str = "cpu"
