@@ -14,12 +14,12 @@ from gpkernels.kernels import (
     separable,
 )
 from gpkernels.kiss import KissGP
+from gpkernels.lattice import Lattice
 from gpkernels.likelihoods import GaussianLikelihood
 from gpkernels.linalg import NumericalWarning, robust_cholesky
 from gpkernels.lmc import LMCSVGP
 from gpkernels.multitask import MultitaskExactGP, TaskCovariance
 from gpkernels.multitask_kiss import MultitaskKissGP
-from gpkernels.ongrid import Lattice
 from gpkernels.sampling import sample_separable_grid
 from gpkernels.svgp import SVGP
 
@@ -37,7 +37,6 @@ __all__ = [
     "Lattice",
     "LengthscaleWarning",
     "Kernel",
-    "KissGP",
     "Matern",
     "NumericalWarning",
     "Product",

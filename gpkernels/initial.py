@@ -9,7 +9,7 @@ import warnings
 
 import torch
 
-from gpkernels.base import GPModel, LengthscaleWarning
+from gpkernels.base import FitReport, GPModel, LengthscaleWarning
 from gpkernels.exact import ExactGP
 from gpkernels.kernels import stationary_factors
 from gpkernels.linalg import NumericalWarning
@@ -35,21 +35,28 @@ def subsample_for_init(x: torch.Tensor, points: int, seed: int) -> torch.Tensor:
 
 
 def init_from_subsample(
-    model: GPModel, x: torch.Tensor, y: torch.Tensor, points: int, seed: int
-) -> None:
-    """Set `model`'s hyperparameters to an exact GP's (sharing its modules) on a subsample.
+    model: GPModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    points: int,
+    seed: int,
+    max_iter: int = 50,
+) -> FitReport | None:
+    """Set `model`'s hyperparameters to an exact GP's (sharing its modules) fitted by up to
+    `max_iter` L-BFGS steps on a subsample; returns that fit's report (None when the kernel
+    has no stationary part to fit and nothing ran).
 
     Half the subsample is spread at random over the data (long-range structure), half
     is one compact cluster of nearest neighbours (short range and the noise, which
     sparse random points cannot tell apart).
     """
     if not stationary_factors(model.kernel):
-        return
+        return None
     idx = subsample_for_init(x, points, seed)
     exact = ExactGP(model.kernel, model.likelihood, model.normalize_y, model.mean)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NumericalWarning)
-        exact.fit(x[idx], y[idx], max_iter=50)
+        report = exact.fit(x[idx], y[idx], max_iter=max_iter).fit_report
     if model.normalize_y:  # the subsample was standardised by its own variance, not y's
         ratio = (exact.y_scale / max(model._target_scaling(x, y)[1], 1e-30)) ** 2
         with torch.no_grad():
@@ -69,3 +76,4 @@ def init_from_subsample(
             NumericalWarning,
             stacklevel=3,
         )
+    return report

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from gpkernels.lattice import c_strides
+
 KEYS_A = -0.5
 
 
@@ -57,9 +59,7 @@ class Interpolation:
                 )
             per_dim_weight.append(keys_weights(s - base))
             per_dim_index.append(base.long()[:, None] + torch.arange(-1, 3, device=x.device))
-        strides = [1] * len(shape)
-        for dim in range(len(shape) - 2, -1, -1):
-            strides[dim] = strides[dim + 1] * shape[dim + 1]
+        strides = c_strides(shape)
         indices, weights = [], []
         for combo in itertools.product(range(4), repeat=len(shape)):
             flat = sum(per_dim_index[d][:, c] * strides[d] for d, c in enumerate(combo))

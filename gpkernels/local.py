@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
+
+from gpkernels.lattice import c_strides
 
 BLOCK_EDGE = 4  # cells per side of a block along axes longer than this
 BATCH_BLOCKS = 64
@@ -60,102 +63,134 @@ def _radius(
     return [min(math.ceil(hi * ell), n) for ell, n in zip(lengthscale_cells, shape, strict=True)]
 
 
-def local_variances(
-    table: torch.Tensor,
-    outputscale: torch.Tensor,
-    noise: torch.Tensor,
-    observed: torch.Tensor,
-    lengthscale_cells: Sequence[float],
-    neighbours: int = 256,
-    targets: torch.Tensor | None = None,
-    period_cells: Sequence[float | None] | None = None,
-) -> torch.Tensor:
-    """Latent posterior variance of grid cells, flattened in C order (NaN where not asked).
+@dataclass(frozen=True)
+class KrigingInputs:
+    """What local kriging reads: the kernel (unit outputscale) at every non-negative lag of the
+    grid (`kernels.lag_table`; any stationary kernel, isotropic ones included), outputscale
+    and noise, a boolean grid of observed cells, each axis's lengthscale in cells (it shapes
+    the neighbourhoods), how many observations each block of cells conditions on, and each
+    axis's period in cells where its kernel has a periodic part (None elsewhere)."""
 
-    `table` holds the kernel (unit outputscale) at every non-negative lag of the grid
-    (`kernels.lag_table`; any stationary kernel, isotropic ones included), `observed` a
-    boolean grid of observed cells, `lengthscale_cells` each axis's lengthscale in
-    cells (it shapes the neighbourhoods), `neighbours` how many observations each
-    block of cells conditions on, `targets` the flat indices of the cells wanted (all when None).
-    Along axes with a `period_cells` (a periodic kernel part) the neighbourhood also reaches
-    whole periods away, and neighbours are the observations that covary most with the block
-    (not the nearest), so a forecast's variance sees the same season of earlier cycles.
+    table: torch.Tensor
+    outputscale: float
+    noise: float
+    observed: torch.Tensor
+    lengthscale_cells: tuple[float, ...]
+    neighbours: int = 256
+    period_cells: tuple[float | None, ...] | None = None
+
+
+class LocalKriging:
+    """Latent posterior variances of grid cells, each block of cells conditioned on its
+    `neighbours` nearest observations (module docstring).
+
+    Built once per conditioning: the block shape, the window of candidate offsets and the
+    kernel between window positions are the same for every block, so they are tabulated
+    here and every `variances` call (one per prediction block) only gathers and factorises.
+    Along axes with a period the neighbourhood also reaches whole periods away, and
+    neighbours are the observations that covary most with the block (not the nearest), so a
+    forecast's variance sees the same season of earlier cycles.
     """
-    device = observed.device
-    shape = tuple(observed.shape)
-    table = table.detach().double()  # stationary: K[i, j] = table[|i - j|]
-    scale, nugget = float(outputscale), float(noise)
-    prior = scale * float(table.reshape(-1)[0])
-    n_obs = int(observed.sum())
-    neighbours = min(neighbours, n_obs)
-    block = _block_shape(shape, lengthscale_cells)
-    fraction = n_obs / observed.numel()
-    periods = list(period_cells or [None] * len(shape))
-    if neighbours == n_obs:  # every block sees the whole grid: exact variances
-        radius, periods = list(shape), [None] * len(shape)
-    else:
-        budget = 3.0 * neighbours / max(fraction, 1e-3)
-        radius = _radius(shape, block, lengthscale_cells, budget, periods)
-    window = [
-        _axis_offsets(b, r, n, p, device)
-        for b, r, n, p in zip(block, radius, shape, periods, strict=True)
-    ]
-    offsets = torch.cartesian_prod(*window).reshape(-1, len(shape))
-    inner = torch.cartesian_prod(*[torch.arange(b, device=device) for b in block]).reshape(
-        -1, len(shape)
-    )
-    # Kernel values between window positions are the same for every block: tabulate them.
-    offset_table = (
-        _pair_kernel(table, scale, offsets, offsets)
-        if offsets.shape[0] <= MAX_TABLE_OFFSETS
-        else None
-    )
-    inner_table = _pair_kernel(table, scale, offsets, inner)  # (W, T)
-    # With a periodic axis, neighbours are the offsets that covary most with the block (the
-    # same season of other cycles counts); this ranking is the same for every block.
-    covariance_rank = -inner_table.max(1).values if any(periods) else None
-    dims = torch.tensor(shape, device=device)
-    block_t = torch.tensor(block, device=device)
-    scales = torch.tensor(
-        [max(e, 1e-6) for e in lengthscale_cells], device=device, dtype=torch.float64
-    )
-    out = torch.full(shape, float("nan"), dtype=torch.float64, device=device)
-    eye = torch.eye(neighbours, dtype=torch.float64, device=device)
-    for batch in torch.split(_block_starts(shape, block, targets, device), BATCH_BLOCKS):
-        cand = batch[:, None, :] + offsets[None]  # (B, W, d)
-        inside = ((cand >= 0) & (cand < dims)).all(-1)
-        clipped = torch.minimum(cand.clamp_min(0), dims - 1)
-        valid = inside & observed[tuple(clipped.unbind(-1))]
-        if covariance_rank is not None:
-            dist = covariance_rank.expand(batch.shape[0], -1)
+
+    def __init__(self, inputs: KrigingInputs) -> None:
+        self.inputs = inputs
+        observed = inputs.observed
+        device = observed.device
+        self.shape = tuple(observed.shape)
+        self.table = inputs.table.detach().double()  # stationary: K[i, j] = table[|i - j|]
+        self.scale, self.nugget = float(inputs.outputscale), float(inputs.noise)
+        self.prior = self.scale * float(self.table.reshape(-1)[0])
+        n_obs = int(observed.sum())
+        self.neighbours = min(inputs.neighbours, n_obs)
+        self.block = _block_shape(self.shape, inputs.lengthscale_cells)
+        self.offsets, periodic = self._window(n_obs)
+        self.inner = torch.cartesian_prod(
+            *[torch.arange(b, device=device) for b in self.block]
+        ).reshape(-1, len(self.shape))
+        self.offset_table = (
+            _pair_kernel(self.table, self.scale, self.offsets, self.offsets)
+            if self.offsets.shape[0] <= MAX_TABLE_OFFSETS
+            else None
+        )
+        self.inner_table = _pair_kernel(self.table, self.scale, self.offsets, self.inner)  # (W, T)
+        # With a periodic axis, neighbours are the offsets that covary most with the block (the
+        # same season of other cycles counts); this ranking is the same for every block.
+        self.covariance_rank = -self.inner_table.max(1).values if periodic else None
+        self.dims = torch.tensor(self.shape, device=device)
+        self.block_t = torch.tensor(self.block, device=device)
+        self.scales = torch.tensor(
+            [max(e, 1e-6) for e in inputs.lengthscale_cells], device=device, dtype=torch.float64
+        )
+        self.eye = torch.eye(self.neighbours, dtype=torch.float64, device=device)
+
+    def _window(self, n_obs: int) -> tuple[torch.Tensor, bool]:
+        """Candidate offsets (W, d) around a block's first cell; whether any axis is periodic."""
+        inputs, shape = self.inputs, self.shape
+        periods = list(inputs.period_cells or [None] * len(shape))
+        if self.neighbours == n_obs:  # every block sees the whole grid: exact variances
+            radius, periods = list(shape), [None] * len(shape)
+        else:
+            budget = 3.0 * self.neighbours / max(n_obs / inputs.observed.numel(), 1e-3)
+            radius = _radius(shape, self.block, inputs.lengthscale_cells, budget, periods)
+        window = [
+            _axis_offsets(b, r, n, p, inputs.observed.device)
+            for b, r, n, p in zip(self.block, radius, shape, periods, strict=True)
+        ]
+        return torch.cartesian_prod(*window).reshape(-1, len(shape)), any(periods)
+
+    def variances(self, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Latent posterior variance of the cells `targets` (flat C-order indices; all when
+        None), on the grid flattened in C order, NaN where not asked."""
+        device = self.inputs.observed.device
+        out = torch.full(self.shape, float("nan"), dtype=torch.float64, device=device)
+        for batch in torch.split(
+            _block_starts(self.shape, self.block, targets, device), BATCH_BLOCKS
+        ):
+            cells, var = self._batch(batch)
+            out[tuple(cells.unbind(-1))] = var
+        return out.reshape(-1)
+
+    def _neighbours(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For blocks starting at `batch` (B, d): the offset rows of their neighbours (B, k),
+        and which of them are real observations (blocks near a corner see fewer than k)."""
+        cand = batch[:, None, :] + self.offsets[None]  # (B, W, d)
+        inside = ((cand >= 0) & (cand < self.dims)).all(-1)
+        clipped = torch.minimum(cand.clamp_min(0), self.dims - 1)
+        valid = inside & self.inputs.observed[tuple(clipped.unbind(-1))]
+        if self.covariance_rank is not None:
+            dist = self.covariance_rank.expand(batch.shape[0], -1)
         else:
             below = (batch[:, None, :] - cand).clamp_min(0)
-            above = (cand - (batch[:, None, :] + block_t - 1)).clamp_min(0)
-            dist = (((below + above).double() / scales) ** 2).sum(-1)
+            above = (cand - (batch[:, None, :] + self.block_t - 1)).clamp_min(0)
+            dist = (((below + above).double() / self.scales) ** 2).sum(-1)
         dist = torch.where(valid, dist, torch.full_like(dist, float("inf")))
-        dist, pick = torch.topk(dist, neighbours, dim=1, largest=False)  # (B, k) offset rows
-        usable = torch.isfinite(dist)
-        if offset_table is not None:
-            k_nn = offset_table[pick[:, :, None], pick[:, None, :]]
+        dist, pick = torch.topk(dist, self.neighbours, dim=1, largest=False)
+        return pick, torch.isfinite(dist)
+
+    def _batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cells (N, d) of the blocks starting at `batch` that lie on the grid, and their
+        variances."""
+        pick, usable = self._neighbours(batch)
+        if self.offset_table is not None:
+            k_nn = self.offset_table[pick[:, :, None], pick[:, None, :]]
         else:
-            near = offsets[pick]
-            k_nn = _pair_kernel(table, scale, near[:, :, None, :], near[:, None, :, :])
-        k_tn = inner_table[pick]  # (B, k, T)
+            near = self.offsets[pick]
+            k_nn = _pair_kernel(self.table, self.scale, near[:, :, None, :], near[:, None, :, :])
+        k_tn = self.inner_table[pick]  # (B, k, T)
         if usable.all():
-            k_nn.diagonal(dim1=1, dim2=2).add_(nugget)
-        else:  # blocks near a corner see fewer than k observations: unit rows for the rest
+            k_nn.diagonal(dim1=1, dim2=2).add_(self.nugget)
+        else:  # unit rows for the missing neighbours
             pair = usable[:, :, None] & usable[:, None, :]
-            diagonal = torch.where(usable, torch.full_like(dist, nugget), torch.ones_like(dist))
-            k_nn = torch.where(pair, k_nn, torch.zeros_like(k_nn)) + eye * diagonal[:, :, None]
+            ones = torch.ones_like(usable, dtype=torch.float64)
+            diagonal = torch.where(usable, torch.full_like(ones, self.nugget), ones)
+            k_nn = torch.where(pair, k_nn, torch.zeros_like(k_nn)) + self.eye * diagonal[:, :, None]
             k_tn = torch.where(usable[:, :, None], k_tn, torch.zeros_like(k_tn))
         chol = torch.linalg.cholesky(k_nn)
         v = torch.linalg.solve_triangular(chol, k_tn, upper=False)
-        var = (prior - (v * v).sum(1)).clamp_min(0.0)  # (B, T)
-        cells = batch[:, None, :] + inner[None]  # (B, T, d)
-        keep = (cells < dims).all(-1).reshape(-1)
-        flat_targets = cells.reshape(-1, len(shape))[keep]
-        out[tuple(flat_targets.unbind(-1))] = var.reshape(-1)[keep]
-    return out.reshape(-1)
+        var = (self.prior - (v * v).sum(1)).clamp_min(0.0)  # (B, T)
+        cells = batch[:, None, :] + self.inner[None]  # (B, T, d)
+        keep = (cells < self.dims).all(-1).reshape(-1)
+        return cells.reshape(-1, len(self.shape))[keep], var.reshape(-1)[keep]
 
 
 def _pair_kernel(
@@ -184,14 +219,6 @@ def _block_starts(
     else:
         coords = torch.unravel_index(targets, tuple(shape))
         per_axis = [c // b for c, b in zip(coords, block, strict=True)]
-        ids = torch.unique(sum(c * s for c, s in zip(per_axis, _strides(counts), strict=True)))
+        ids = torch.unique(sum(c * s for c, s in zip(per_axis, c_strides(counts), strict=True)))
     starts = torch.stack(torch.unravel_index(ids, tuple(counts)), dim=1)
     return starts * torch.tensor(block, device=device)
-
-
-def _strides(counts: Sequence[int]) -> list[int]:
-    """C-order strides of an array of shape `counts`."""
-    strides = [1] * len(counts)
-    for axis in range(len(counts) - 2, -1, -1):
-        strides[axis] = strides[axis + 1] * counts[axis + 1]
-    return strides

@@ -1,17 +1,32 @@
-"""Pivoted-Cholesky preconditioner for K_hat + noise I when K_hat has no grid structure to invert.
+"""Preconditioners for CG: anything with `solve(v)` ~ A^-1 v.
 
-A rank-k pivoted Cholesky factor L (n x k) of K_hat needs only its diagonal and k of
-its columns. P = L L^T + noise I is then solved (Woodbury), has an exact
-log-determinant (determinant lemma), and can be sampled from, which is what CG,
-stochastic log-determinants and their gradients need.
+- `PivotedCholeskyPreconditioner`, for K_hat + noise I when K_hat has no grid structure to
+  invert: a rank-k pivoted Cholesky factor L (n x k) of K_hat needs only its diagonal and
+  k of its columns. P = L L^T + noise I is then solved (Woodbury), has an exact
+  log-determinant (determinant lemma), and can be sampled from, which is what CG,
+  stochastic log-determinants and their gradients need.
+- `CirculantPreconditioner`, for observations on a grid under any stationary kernel: the
+  inverse of the doubled grid's circulant, restricted to the observed cells.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 import torch
+
+from gpkernels.solvers import rademacher
+
+if TYPE_CHECKING:
+    from gpkernels.structured import ToeplitzGrid
+
+
+class Preconditioner(Protocol):
+    """P^-1 applied to a block of vectors (n, b)."""
+
+    def solve(self, v: torch.Tensor) -> torch.Tensor: ...
 
 
 def pivoted_cholesky(
@@ -88,6 +103,32 @@ class PivotedCholeskyPreconditioner:
     def sample(self, t: int, generator: torch.Generator) -> torch.Tensor:
         """t probes P^1/2 u with Rademacher u (n, t), so E[z z^T] = P; drawn on the CPU so seeds
         agree everywhere. Rademacher rather than Gaussian u: a lower-variance trace estimate."""
-        n = self.factor.shape[0]
-        signs = torch.randint(0, 2, (n, t), generator=generator).to(self.factor.dtype) * 2 - 1
-        return self.power(signs.to(self.factor.device), 0.5)
+        return self.power(rademacher(self.factor.shape[0], t, generator, self.factor), 0.5)
+
+
+class CirculantPreconditioner:
+    """P^-1 = S (C + noise I)^-1 S^T for the observed-cell system S K S^T + noise I, with C the
+    circulant of the doubled grid (the kernel wrapped on a torus twice the grid's size).
+
+    Exact for a complete grid when the torus is large against the correlation length;
+    with gaps it still captures the grid's spectrum, so CG needs far fewer iterations.
+    Negative eigenvalues of the wrapped kernel (it need not be positive definite) are
+    clamped to zero.
+    """
+
+    def __init__(self, grid: ToeplitzGrid, observed: torch.Tensor, noise: float) -> None:
+        self.grid = grid
+        self.observed = observed
+        eigenvalues = float(grid.outputscale) * grid.spectrum.real.clamp_min(0.0)
+        self._inverse = 1.0 / (eigenvalues + noise)
+
+    def solve(self, v: torch.Tensor) -> torch.Tensor:
+        grid, batch = self.grid, v.shape[-1]
+        full = v.new_zeros(batch, *grid.fft_shape, dtype=grid.table.dtype)
+        index = torch.unravel_index(self.observed, grid.grid_shape)
+        full[(slice(None), *index)] = v.T.to(grid.table.dtype)
+        dims = tuple(range(1, len(grid.grid_shape) + 1))
+        solved = torch.fft.irfftn(
+            torch.fft.rfftn(full, dim=dims) * self._inverse, s=grid.fft_shape, dim=dims
+        )
+        return solved[(slice(None), *index)].T.to(v.dtype)

@@ -1,6 +1,8 @@
-"""Scattered inputs on a large interpolation grid: K_hat = W K_UU W^T + noise I, never dense.
+"""The interpolated path on a large grid: K_hat = W K_UU W^T + noise I for scattered inputs,
+never dense (`IterativeInterpolatedSolver`).
 
-KissGP takes this path when the grid is too large for its dense m x m solve.
+KissGP takes this path when the grid is too large for its dense m x m solve; any axis
+length works (long axes multiply by FFT, see `structured.ToeplitzFactor`).
 
 - Solves: CG on K_hat, preconditioned by P = L L^T + noise I with L a pivoted Cholesky
   factor of W K_UU W^T (its diagonal and pivot columns are cheap: W is a tensor product
@@ -16,16 +18,26 @@ KissGP takes this path when the grid is too large for its dense m x m solve.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import torch
 
+from gpkernels.diagnostics import SolverDiagnostics
 from gpkernels.interpolation import Interpolation
-from gpkernels.linalg import LOG_2PI
+from gpkernels.kernels import Kernel
+from gpkernels.kiss_paths import KissSettings, KissSolver, Posterior, axis_columns
+from gpkernels.lattice import Lattice
+from gpkernels.likelihoods import GaussianLikelihood
+from gpkernels.linalg import LOG_2PI, NumericalWarning
 from gpkernels.preconditioners import PivotedCholeskyPreconditioner, pivoted_cholesky
 from gpkernels.solvers import CGResult, gauss_quadrature_log, lanczos_basis, pcg
-from gpkernels.structured import KroneckerEig, axis_factor, kron_matmul
+from gpkernels.structured import Kronecker, StructuredOperator
+
+# Warn when the last quarter of the Lanczos steps still lowered a variance by more than
+# this fraction (the rank was too small).
+LANCZOS_CHANGE_WARNING = 0.01
 
 
 def ski_cross(
@@ -63,31 +75,43 @@ def ski_diagonal(
     return value
 
 
-@dataclass
-class InterpolatedKernel:
+class InterpolatedKernel(StructuredOperator):
     """K_hat = W (outputscale kron_d T_d) W^T + noise I for scattered points."""
 
-    interp: Interpolation
-    columns: list[torch.Tensor]  # first Toeplitz column per axis, unit scale
-    outputscale: torch.Tensor
-    noise: torch.Tensor
-    shape: tuple[int, ...]
-    factors: list = field(init=False)
+    label = "KissGP interpolated CG"
 
-    def __post_init__(self) -> None:
-        self.factors = [axis_factor(c) for c in self.columns]
+    def __init__(
+        self,
+        interp: Interpolation,
+        columns: Sequence[torch.Tensor],
+        outputscale: torch.Tensor,
+        noise: torch.Tensor,
+    ) -> None:
+        self.interp = interp
+        self.columns = list(columns)  # first Toeplitz column per axis, unit scale
+        self.outputscale = outputscale
+        self.noise = noise
+        self.grid = Kronecker(self.columns, outputscale)  # K_UU
+        self.size = interp.index.shape[0]
 
-    def grid_matmul(self, u: torch.Tensor) -> torch.Tensor:
-        """K_UU u for u (m, b)."""
-        return self.outputscale * kron_matmul(self.factors, u, self.shape)
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.noise.dtype
 
-    def matmul(self, v: torch.Tensor) -> torch.Tensor:
-        return (
-            self.interp.matmul(self.grid_matmul(self.interp.transpose_matmul(v))) + self.noise * v
-        )
+    @property
+    def device(self) -> torch.device:
+        return self.noise.device
+
+    def matmul(self, block: torch.Tensor) -> torch.Tensor:
+        interp = self.interp
+        return interp.matmul(self.grid.matmul(interp.transpose_matmul(block))) + self.noise * block
+
+    def kernel_diagonal(self) -> torch.Tensor:
+        """diag(W K_UU W^T), without the noise."""
+        return ski_diagonal(self.columns, self.outputscale, self.interp)
 
     def diagonal(self) -> torch.Tensor:
-        return ski_diagonal(self.columns, self.outputscale, self.interp)
+        return self.kernel_diagonal() + self.noise
 
     def column(self, j: int) -> torch.Tensor:
         """Column j of W K_UU W^T (no noise)."""
@@ -101,32 +125,37 @@ class InterpolatedKernel:
         )
 
     def preconditioner(self, rank: int) -> PivotedCholeskyPreconditioner:
-        factor = pivoted_cholesky(self.diagonal(), self.column, rank)
+        factor = pivoted_cholesky(self.kernel_diagonal(), self.column, rank)
         return PivotedCholeskyPreconditioner(factor, float(self.noise))
 
 
-@dataclass
-class ScatteredProblem:
-    """Scattered points interpolated onto a grid, their targets, and the solver settings."""
+class IterativeInterpolatedSolver(KissSolver):
+    """Interpolated path on a large grid: pivoted-Cholesky CG, SLQ, Lanczos variances."""
 
-    interp: Interpolation
-    shape: tuple[int, ...]
-    z: torch.Tensor
-    num_probes: int
-    cg_tol: float
-    max_cg_iter: int
-    preconditioner_rank: int
-    seed: int
-    diagnostics: dict = field(default_factory=dict)
+    def __init__(
+        self, lattice: Lattice, interp: Interpolation, z: torch.Tensor, settings: KissSettings
+    ) -> None:
+        self.lattice, self.interp, self.z, self.settings = lattice, interp, z, settings
+        self.diagnostics = SolverDiagnostics("interpolated (W K_UU W^T, iterative)", lattice.shape)
 
     def operator(
         self, columns: Sequence[torch.Tensor], outputscale: torch.Tensor, noise: torch.Tensor
     ) -> InterpolatedKernel:
-        return InterpolatedKernel(self.interp, list(columns), outputscale, noise, self.shape)
+        """K_hat at these hyperparameters, detached."""
+        detached = [c.detach() for c in columns]
+        return InterpolatedKernel(self.interp, detached, outputscale.detach(), noise.detach())
 
-    def log_likelihood(
-        self, columns: Sequence[torch.Tensor], outputscale: torch.Tensor, noise: torch.Tensor
-    ) -> torch.Tensor:
+    def _solve(
+        self, op: InterpolatedKernel, pre: PivotedCholeskyPreconditioner, rhs: torch.Tensor
+    ) -> tuple[torch.Tensor, SolverDiagnostics]:
+        settings = self.settings
+        solution, report = op.solve(rhs, pre, settings.cg_tol, settings.max_cg_iter)
+        note = f"pivoted Cholesky, rank {pre.rank}"
+        return solution, replace(self.diagnostics, solve=report, preconditioner=note)
+
+    def log_marginal_likelihood(
+        self, kernel: Kernel, likelihood: GaussianLikelihood
+    ) -> tuple[torch.Tensor, SolverDiagnostics]:
         """log N(z | 0, K_hat), differentiable in the columns, outputscale and noise.
 
         The value comes from one batched CG solve of [z, probes]; the gradient from a
@@ -134,58 +163,118 @@ class ScatteredProblem:
         the same seed every call, so the objective is a smooth function of the
         hyperparameters during fitting.
         """
+        settings, z = self.settings, self.z
+        columns = axis_columns(kernel, self.lattice, z.dtype, z.device)
+        outputscale, noise = kernel.outputscale, likelihood.noise
         with torch.no_grad():
-            op = self.operator([c.detach() for c in columns], outputscale.detach(), noise.detach())
-            pre = op.preconditioner(self.preconditioner_rank)
-            probes = pre.sample(self.num_probes, torch.Generator().manual_seed(self.seed))
-            result = self._solve(op, pre, torch.cat([self.z[:, None], probes], 1))
+            op = self.operator(columns, outputscale, noise)
+            pre = op.preconditioner(settings.preconditioner_rank)
+            probes = pre.sample(settings.num_probes, torch.Generator().manual_seed(settings.seed))
+            rhs = torch.cat([z[:, None], probes], 1)
+            result = pcg(
+                op.matmul, rhs, pre.solve, settings.cg_tol, settings.max_cg_iter, label=op.label
+            )
             alpha, solved = result.solution[:, 0], result.solution[:, 1:]
             whitened = pre.solve(probes)
-            norms = (probes * whitened).sum(0)  # |P^-1/2 z_i|^2
-            quadrature = torch.stack(
-                [
-                    gauss_quadrature_log(result.lanczos_tridiagonal(i + 1))
-                    for i in range(self.num_probes)
-                ]
-            )
-            logdet = pre.logdet() + float((norms * quadrature).mean())
-            n = self.z.shape[0]
-            value = -0.5 * float(self.z @ alpha) - 0.5 * logdet - 0.5 * n * LOG_2PI
-            self.diagnostics["logdet_method"] = (
-                f"pivoted Cholesky (rank {pre.rank}) + SLQ with {self.num_probes} probes"
-            )
+            logdet = pre.logdet() + _probe_log_quadrature(result, probes, whitened)
+            n = z.shape[0]
+            value = -0.5 * float(z @ alpha) - 0.5 * logdet - 0.5 * n * LOG_2PI
+        surrogate = self._surrogate(columns, outputscale, noise, alpha, solved, whitened)
+        value = (surrogate - surrogate.detach()) + torch.as_tensor(
+            value, dtype=z.dtype, device=z.device
+        )
+        diagnostics = replace(
+            self.diagnostics,
+            solve=result.report(),
+            preconditioner=f"pivoted Cholesky, rank {pre.rank}",
+            logdet_method=(
+                f"pivoted Cholesky (rank {pre.rank}) + SLQ with {settings.num_probes} probes"
+            ),
+        )
+        return value, diagnostics
+
+    def _surrogate(
+        self,
+        columns: Sequence[torch.Tensor],
+        outputscale: torch.Tensor,
+        noise: torch.Tensor,
+        alpha: torch.Tensor,
+        solved: torch.Tensor,
+        whitened: torch.Tensor,
+    ) -> torch.Tensor:
+        """A function of the hyperparameters whose gradient is the likelihood's (module
+        docstring)."""
         interp = self.interp
         left = interp.transpose_matmul(torch.cat([alpha[:, None], solved], 1))
         right = interp.transpose_matmul(torch.cat([alpha[:, None], whitened], 1))
-        k_right = outputscale * kron_matmul([axis_factor(c) for c in columns], right, self.shape)
+        k_right = Kronecker(columns, outputscale).matmul(right)
         data_term = left[:, 0] @ k_right[:, 0] + noise * (alpha @ alpha)
         trace_term = (
             (left[:, 1:] * k_right[:, 1:]).sum(0) + noise * (solved * whitened).sum(0)
         ).mean()
-        surrogate = 0.5 * data_term - 0.5 * trace_term
-        return (surrogate - surrogate.detach()) + torch.as_tensor(
-            value, dtype=self.z.dtype, device=self.z.device
-        )
+        return 0.5 * data_term - 0.5 * trace_term
 
-    def solve_mean(
-        self, op: InterpolatedKernel, pre: PivotedCholeskyPreconditioner
-    ) -> torch.Tensor:
-        """K_hat^-1 z."""
-        return self._solve(op, pre, self.z[:, None]).solution[:, 0]
+    @torch.no_grad()
+    def condition(self, kernel: Kernel, likelihood: GaussianLikelihood) -> LanczosPosterior:
+        settings, z = self.settings, self.z
+        columns = axis_columns(kernel, self.lattice, z.dtype, z.device)
+        op = self.operator(columns, kernel.outputscale, likelihood.noise)
+        pre = op.preconditioner(settings.preconditioner_rank)
+        alpha, diagnostics = self._solve(op, pre, self.z[:, None])
+        lanczos = love_root(op, settings.love_rank, settings.seed)
+        rank = lanczos.root.shape[1]
+        if lanczos.last_quarter_change > LANCZOS_CHANGE_WARNING:
+            warnings.warn(
+                f"KissGP variances may be overstated: the last {rank - 3 * rank // 4} of {rank} "
+                "Lanczos steps still lowered variances by up to "
+                f"{lanczos.last_quarter_change:.1%}; "
+                "raise love_rank",
+                NumericalWarning,
+                stacklevel=4,
+            )
+        diagnostics = replace(
+            diagnostics,
+            variance=f"Lanczos (LOVE-style), rank {rank}",
+            variance_last_quarter_change=lanczos.last_quarter_change,
+        )
+        mean_u = op.grid.matmul(self.interp.transpose_matmul(alpha))[:, 0]
+        return LanczosPosterior(self.lattice, mean_u, lanczos.root, op, diagnostics)
 
-    def _solve(
-        self, op: InterpolatedKernel, pre: PivotedCholeskyPreconditioner, rhs: torch.Tensor
-    ) -> CGResult:
-        result = pcg(
-            op.matmul, rhs, pre.solve, self.cg_tol, self.max_cg_iter, label="KissGP interpolated CG"
-        )
-        self.diagnostics.update(
-            cg_iterations=result.iterations,
-            cg_relative_residual=float(result.relative_residual.max()),
-            cg_converged=result.converged,
-            preconditioner=f"pivoted Cholesky, rank {pre.rank}",
-        )
-        return result
+
+def _probe_log_quadrature(result: CGResult, probes: torch.Tensor, whitened: torch.Tensor) -> float:
+    """tr log(P^-1/2 K_hat P^-1/2) ~ mean_i |P^-1/2 z_i|^2 e_1^T log(T_i) e_1, from the Lanczos
+    tridiagonals T_i that CG built on the probes (columns 1.. of `result`)."""
+    norms = (probes * whitened).sum(0)  # |P^-1/2 z_i|^2
+    quadrature = torch.stack(
+        [gauss_quadrature_log(result.lanczos_tridiagonal(i + 1)) for i in range(probes.shape[1])]
+    )
+    return float((norms * quadrature).mean())
+
+
+class LanczosPosterior(Posterior):
+    """Means from the grid values K_UU W^T K_hat^-1 z, variances w^T K_UU w - |w^T R|^2."""
+
+    def __init__(
+        self,
+        lattice: Lattice,
+        mean_u: torch.Tensor,
+        root: torch.Tensor,
+        op: InterpolatedKernel,
+        diagnostics: SolverDiagnostics,
+    ) -> None:
+        self.lattice, self.mean_u, self.root = lattice, mean_u, root
+        self.columns, self.outputscale = op.columns, op.outputscale
+        self.diagnostics = diagnostics
+        self.ndim = len(lattice.shape)
+
+    def predict(self, block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lattice = self.lattice
+        interp = Interpolation.build(block, lattice.starts, lattice.spacings, lattice.shape)
+        weight = interp.weight.to(self.mean_u.dtype)
+        mean = (self.mean_u[interp.index] * weight).sum(1)
+        prior = ski_diagonal(self.columns, self.outputscale, interp)
+        projected = (self.root[interp.index] * weight[..., None]).sum(1)
+        return mean, (prior - (projected * projected).sum(1)).clamp_min(0.0)
 
 
 @dataclass
@@ -206,8 +295,8 @@ def love_root(op: InterpolatedKernel, rank: int, seed: int) -> LanczosVariances:
     (seeded) start finds its large eigenvalues first, which carry that function; the
     small ones, where data say little, contribute little. Exact once r exceeds n.
     """
-    eig = KroneckerEig.of(op.factors)
-    root_spectrum = (op.outputscale * eig.eigenvalues()).clamp_min(0.0).sqrt()
+    eig = op.grid.eig()
+    root_spectrum = op.grid.spectrum().clamp_min(0.0).sqrt()
     interp = op.interp
 
     def half(u: torch.Tensor) -> torch.Tensor:  # K^1/2 u

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gpkernels.diagnostics import SolveReport
 from gpkernels.linalg import NumericalWarning
 
 MatMul = Callable[[torch.Tensor], torch.Tensor]
@@ -36,6 +37,10 @@ class CGResult:
         diag[1:] = diag[1:] + b[: k - 1] / a[: k - 1]
         off = torch.sqrt(b[: k - 1].clamp_min(0.0)) / a[: k - 1]
         return torch.diag(diag) + torch.diag(off, 1) + torch.diag(off, -1)
+
+    def report(self) -> SolveReport:
+        """The solve as a value: iterations, worst final relative residual, convergence."""
+        return SolveReport(self.iterations, float(self.relative_residual.max()), self.converged)
 
 
 def pcg(

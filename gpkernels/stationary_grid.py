@@ -1,52 +1,72 @@
-"""Exact posterior means for observations on grid cells under any stationary kernel.
+"""The on-grid stationary path: exact posterior means for observations on grid cells under any
+stationary kernel.
 
 Isotropic kernels (Euclidean distance over several columns) have no Kronecker
 structure, so there is no cheap eigendecomposition of the full grid. K = S K_grid S^T
 + noise I is still exact: K_grid is multilevel Toeplitz, multiplied by one FFT of its
 circulant embedding, and CG is preconditioned by the circulant of the doubled grid
-(the kernel wrapped on a torus), which captures the grid's spectrum.
+(the kernel wrapped on a torus), which captures the grid's spectrum. Variances by local
+kriging; no whole-grid likelihood (hyperparameters come from the exact subsample fit).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
+from gpkernels.diagnostics import SolverDiagnostics
 from gpkernels.kernels import Kernel, lag_table
-from gpkernels.ongrid import Lattice
-from gpkernels.solvers import pcg
-from gpkernels.structured import CirculantPreconditioner, ObservedGrid, ToeplitzGrid
+from gpkernels.kiss_paths import GridPosterior, KissSettings, KissSolver, local_kriging
+from gpkernels.lattice import Lattice
+from gpkernels.likelihoods import GaussianLikelihood
+from gpkernels.preconditioners import CirculantPreconditioner
+from gpkernels.structured import ObservedGrid, ToeplitzGrid
 
 
-def condition_stationary_grid(
-    kernel: Kernel,
-    outputscale: torch.Tensor,
-    noise: torch.Tensor,
-    lattice: Lattice,
-    observed: torch.Tensor,
-    z: torch.Tensor,
-    cg_tol: float,
-    max_cg_iter: int,
-) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Posterior mean of every grid cell given z at the `observed` cells (flat indices).
+class StationaryGridSolver(KissSolver):
+    """On-grid path, any stationary kernel: FFT matmuls, circulant-preconditioned CG in float64."""
 
-    Returns the mean over the grid (flat, C order), the unit-scale lag table (what local
-    kriging needs for variances) and the solve's diagnostics. CG runs in float64.
-    """
-    table = lag_table(kernel, lattice.spacings, lattice.shape).to(z.device)
-    op = ObservedGrid(ToeplitzGrid(table, outputscale.detach().double()), observed, float(noise))
-    preconditioner = CirculantPreconditioner(op.grid, observed, float(noise))
-    solved = pcg(
-        op.matmul,
-        z.double()[:, None],
-        preconditioner.solve,
-        cg_tol,
-        max_cg_iter,
-        label="KissGP stationary-grid CG",
-    )
-    mean = op.grid.matmul(op.embed(solved.solution))[:, 0]
-    diagnostics = {
-        "cg_iterations": solved.iterations,
-        "cg_relative_residual": float(solved.relative_residual.max()),
-        "cg_converged": solved.converged,
-    }
-    return mean.to(z.dtype), table, diagnostics
+    has_likelihood = False
+    on_grid = True
+
+    def __init__(
+        self, lattice: Lattice, observed: torch.Tensor, z: torch.Tensor, settings: KissSettings
+    ) -> None:
+        self.lattice, self.observed, self.z, self.settings = lattice, observed, z, settings
+        self.diagnostics = SolverDiagnostics(
+            "on-grid, stationary kernel (exact kernel, S K S^T, FFT)",
+            lattice.shape,
+            "circulant of the doubled grid",
+        )
+
+    def log_marginal_likelihood(
+        self, kernel: Kernel, likelihood: GaussianLikelihood
+    ) -> tuple[torch.Tensor, SolverDiagnostics]:
+        raise ValueError(
+            "the whole-grid marginal likelihood needs a separable kernel; a non-separable "
+            "one learns its hyperparameters from the exact fit on a subsample only"
+        )
+
+    @torch.no_grad()
+    def condition(self, kernel: Kernel, likelihood: GaussianLikelihood) -> GridPosterior:
+        """Posterior mean of every grid cell given z at the observed cells; CG runs in float64."""
+        lattice, z, settings = self.lattice, self.z, self.settings
+        scale, noise = kernel.outputscale.detach(), likelihood.noise.detach()
+        table = lag_table(kernel, lattice.spacings, lattice.shape).to(z.device)
+        op = ObservedGrid(ToeplitzGrid(table, scale.double()), self.observed, noise.double())
+        op.label = "KissGP stationary-grid CG"
+        preconditioner = CirculantPreconditioner(op.grid, self.observed, float(noise))
+        solved, report = op.solve(
+            z.double()[:, None], preconditioner, settings.cg_tol, settings.max_cg_iter
+        )
+        mean = op.grid.matmul(op.embed(solved))[:, 0].to(z.dtype)
+        kriging = local_kriging(
+            kernel, likelihood, lattice, self.observed, table, settings.neighbours
+        )
+        diagnostics = replace(
+            self.diagnostics,
+            solve=report,
+            variance=f"local kriging, {settings.neighbours} nearest observations",
+        )
+        return GridPosterior(lattice, mean, diagnostics, kriging=kriging)

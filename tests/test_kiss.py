@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -17,8 +19,10 @@ from gpkernels import (
     Scale,
     separable,
 )
+from gpkernels.interpolation import Interpolation
 from gpkernels.kernels import Periodic, Sum, Wrapped
-from gpkernels.local import local_variances
+from gpkernels.kiss import interpolation_lattice
+from gpkernels.local import LocalKriging
 from gpkernels.structured import toeplitz
 from tests.conftest import DEVICES
 
@@ -63,9 +67,9 @@ def test_on_grid_likelihood_and_gradient_match_dense() -> None:
     assert float(lml_k) == pytest.approx(float(lml_e), rel=1e-3)
     for a, b in zip(grad_k, grad_e, strict=True):
         assert relative(a, b) < 1e-2
-    assert kiss.diagnostics["path"].startswith("on-grid")
-    assert kiss.diagnostics["cg_converged"] is True
-    assert kiss.diagnostics["cg_relative_residual"] < 1e-5
+    assert kiss.diagnostics.path.startswith("on-grid")
+    assert kiss.diagnostics.solve.converged is True
+    assert kiss.diagnostics.solve.relative_residual < 1e-5
 
 
 def test_stochastic_gap_logdet_error_shrinks_with_probes() -> None:
@@ -85,7 +89,7 @@ def test_stochastic_gap_logdet_error_shrinks_with_probes() -> None:
                 for a, b in zip(grad_k, grad_e, strict=True):
                     assert relative(a, b) < 1e-2
         errors[probes] = sum(errs) / len(errs)
-        assert "Lanczos quadrature" in kiss.diagnostics["log_det_gaps"]
+        assert "Lanczos quadrature" in kiss.diagnostics.log_det_gaps
     assert errors[256] < errors[4] / 2
     assert errors[256] / abs(float(lml_e)) < 2e-2
 
@@ -111,7 +115,7 @@ def test_complete_grid_variances_are_exact() -> None:
     mean_k, var_k = kiss.condition(cells, y).predict(cells)
     assert relative(mean_k, mean_e) < 1e-5
     assert relative(var_k, var_e) < 1e-8
-    assert "exact" in kiss.diagnostics["variance"]
+    assert "exact" in kiss.diagnostics.variance
 
 
 def test_local_variances_in_3d_are_conservative_and_converge() -> None:
@@ -165,9 +169,9 @@ def test_forecast_variances_see_earlier_cycles_of_a_periodic_kernel() -> None:
     _, var_k = kiss.predict(future)
     assert bool((var_k >= var_e * (1 - 1e-9)).all())
     seasonal = float(((var_k - var_e) / var_e).mean())
-    local = dict(kiss._cache["local"], period_cells=None)
+    nearest = LocalKriging(replace(kiss.posterior.kriging.inputs, period_cells=None))
     index = lattice.cell_index(future)
-    by_distance = float(((local_variances(**local, targets=index)[index] - var_e) / var_e).mean())
+    by_distance = float(((nearest.variances(index)[index] - var_e) / var_e).mean())
     assert seasonal < 0.1 and by_distance > 3 * seasonal
 
 
@@ -187,8 +191,41 @@ def test_interpolated_means_within_one_percent_of_exact() -> None:
     mean_k, var_k = kiss.predict(x_test)
     rms = torch.sqrt(torch.mean((mean_k - mean_e) ** 2)) / torch.sqrt(torch.mean(mean_e**2))
     assert float(rms) < 0.01
-    assert bool((var_k >= 0).all())
-    assert kiss.diagnostics["path"].startswith("interpolated")
+    assert kiss.diagnostics.path.startswith("interpolated")
+    # The dense path is the SKI model solved exactly: against the n x n float64 oracle.
+    mean_o, var_o = dense_ski_posterior(kiss, x, y, x_test, interpolation_lattice(x, (cells,) * 2))
+    torch.testing.assert_close(mean_k, mean_o, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(var_k, var_o, rtol=1e-7, atol=1e-10)
+
+
+def dense_ski_posterior(
+    model: KissGP, x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, lattice: Lattice
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior of the SKI model y = W u + noise, u ~ N(0, K_UU), by dense n x n algebra in
+    y's units (y standardised to zero mean, unit variance as the model does)."""
+
+    def dense_weights(points: torch.Tensor) -> torch.Tensor:
+        interp = Interpolation.build(points, lattice.starts, lattice.spacings, lattice.shape)
+        w = torch.zeros(points.shape[0], lattice.size, dtype=torch.float64)
+        return w.scatter_add_(1, interp.index, interp.weight)
+
+    with torch.no_grad():
+        axes = [
+            s + h * torch.arange(n, dtype=torch.float64)
+            for s, h, n in zip(lattice.starts, lattice.spacings, lattice.shape, strict=True)
+        ]
+        nodes = torch.cartesian_prod(*axes)
+        k_uu = model.kernel(nodes, nodes)
+        noise = float(model.likelihood.noise)
+    w, w_test = dense_weights(x), dense_weights(x_test)
+    centre, scale = float(y.mean()), float(y.std())
+    k_hat = w @ k_uu @ w.T + noise * torch.eye(x.shape[0], dtype=torch.float64)
+    cross = w_test @ k_uu @ w.T
+    factor = torch.linalg.cholesky(k_hat)
+    alpha = torch.cholesky_solve(((y - centre) / scale)[:, None], factor)[:, 0]
+    v = torch.linalg.solve_triangular(factor, cross.T, upper=False)
+    prior = ((w_test @ k_uu) * w_test).sum(1)
+    return centre + scale * (cross @ alpha), scale**2 * (prior - (v * v).sum(0))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -226,8 +263,8 @@ def test_unconverged_cg_is_reported_with_numbers() -> None:
     kiss = KissGP(kernel(), GaussianLikelihood(0.05), max_cg_iter=2)
     with pytest.warns(NumericalWarning, match=r"did not converge: 2 iterations, worst relative"):
         kiss.condition(x, y)
-    assert kiss.diagnostics["cg_converged"] is False
-    assert kiss.diagnostics["cg_iterations"] == 2
+    assert kiss.diagnostics.solve.converged is False
+    assert kiss.diagnostics.solve.iterations == 2
 
 
 def test_non_separable_kernel_is_refused_off_the_grid() -> None:
