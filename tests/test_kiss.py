@@ -214,7 +214,7 @@ def dense_ski_posterior(
             s + h * torch.arange(n, dtype=torch.float64)
             for s, h, n in zip(lattice.starts, lattice.spacings, lattice.shape, strict=True)
         ]
-        nodes = torch.cartesian_prod(*axes)
+        nodes = torch.cartesian_prod(*axes).reshape(lattice.size, len(axes))
         k_uu = model.kernel(nodes, nodes)
         noise = float(model.likelihood.noise)
     w, w_test = dense_weights(x), dense_weights(x_test)

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from gpkernels import Matern
 from gpkernels.interpolation import Interpolation
+from gpkernels.ongrid import ObservedKronecker
+from gpkernels.preconditioners import CirculantPreconditioner
 from gpkernels.solvers import lanczos, pcg, rademacher, slq_trace_log
-from gpkernels.structured import KroneckerEig, ToeplitzFFT, kron_matmul, toeplitz
+from gpkernels.structured import (
+    DENSE_AXIS_LIMIT,
+    Kronecker,
+    KroneckerEig,
+    ObservedGrid,
+    StructuredOperator,
+    ToeplitzFactor,
+    ToeplitzFFT,
+    ToeplitzGrid,
+    kron_matmul,
+    toeplitz,
+)
 
 GEN = torch.Generator().manual_seed(0)
 
@@ -82,3 +96,89 @@ def test_lanczos_quadrature_estimates_log_determinant() -> None:
     assert abs(float(estimate - exact)) < 0.02 * abs(float(exact))
     diag, off = lanczos(lambda v: a @ v, probes[:, :2], steps=10)
     assert diag.shape == (2, 10) and off.shape == (2, 9)
+
+
+def dense_of(op) -> torch.Tensor:  # noqa: ANN001
+    """An operator's dense matrix, column by column through its matmul."""
+    return op.matmul(torch.eye(op.size, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("n", [300, 2100])
+def test_toeplitz_factor_is_dense_or_fft_inside_and_exact_either_way(n: int) -> None:
+    col = column(n, 40.0)
+    factor = ToeplitzFactor(col)
+    assert (factor._fft is None) == (n <= DENSE_AXIS_LIMIT)
+    v = torch.randn(n, 2, generator=GEN, dtype=torch.float64)
+    dense = toeplitz(col)
+    torch.testing.assert_close(factor.matmul(v), dense @ v)
+    torch.testing.assert_close(factor.diagonal(), dense.diagonal())
+    values, vectors = factor.eigh()  # what the Lanczos root and the gap solve need
+    top = values.argsort(descending=True)[:5]
+    torch.testing.assert_close(dense @ vectors[:, top], vectors[:, top] * values[top])
+
+
+def test_kronecker_solve_and_logdet_are_exact_and_the_defaults_agree() -> None:
+    """The Kronecker overrides (eigendecomposition) against dense algebra, and the protocol's
+    defaults (CG, stochastic Lanczos quadrature) reaching the same values."""
+    cols = [column(6, 2.0), column(9, 3.0)]
+    grid = Kronecker(cols, torch.tensor(1.5, dtype=torch.float64)).shifted(
+        torch.tensor(0.2, dtype=torch.float64)
+    )
+    dense = 1.5 * torch.kron(toeplitz(cols[0]), toeplitz(cols[1])) + 0.2 * torch.eye(54)
+    torch.testing.assert_close(dense_of(grid), dense.double())
+    torch.testing.assert_close(grid.diagonal(), dense.diagonal().double())
+    rhs = torch.randn(54, 3, generator=GEN, dtype=torch.float64)
+    solved, report = grid.solve(rhs)
+    torch.testing.assert_close(solved, torch.linalg.solve(dense.double(), rhs))
+    assert report.iterations == 0 and report.converged
+    exact = float(torch.linalg.slogdet(dense.double())[1])
+    assert float(grid.logdet()) == pytest.approx(exact, rel=1e-7)
+    by_cg, cg_report = StructuredOperator.solve(grid, rhs, tol=1e-12, max_iter=200)
+    torch.testing.assert_close(by_cg, solved, rtol=1e-9, atol=1e-10)
+    assert cg_report.iterations > 0 and cg_report.relative_residual < 1e-12
+    probes = rademacher(54, 500, torch.Generator().manual_seed(2), rhs)
+    estimate = float(StructuredOperator.logdet(grid, probes, steps=30))
+    assert estimate == pytest.approx(exact, rel=3e-2)
+
+
+def test_observed_grid_solves_by_the_gap_complement_and_by_circulant_cg() -> None:
+    """S K S^T + noise I on a 12 x 15 grid with gaps: the Kronecker one's gap-complement
+    solve and the Toeplitz one's default (circulant-preconditioned CG) against dense."""
+    shape = (12, 15)
+    cols = [column(12, 2.0), column(15, 3.0)]
+    observed = torch.nonzero(torch.rand(180, generator=GEN) < 0.7)[:, 0]
+    scale, noise = torch.tensor(1.3, dtype=torch.float64), torch.tensor(0.05, dtype=torch.float64)
+    full = 1.3 * torch.kron(toeplitz(cols[0]), toeplitz(cols[1]))
+    dense = full[observed][:, observed] + 0.05 * torch.eye(len(observed), dtype=torch.float64)
+    rhs = torch.randn(len(observed), 1, generator=GEN, dtype=torch.float64)
+    expected = torch.linalg.solve(dense, rhs)
+    kron = ObservedKronecker(Kronecker(cols, scale), observed, noise)
+    torch.testing.assert_close(dense_of(kron), dense)
+    torch.testing.assert_close(kron.diagonal(), dense.diagonal())
+    solved, report = kron.solve(rhs, tol=1e-10)
+    torch.testing.assert_close(solved, expected, rtol=1e-8, atol=1e-10)
+    assert report.converged and report.refinements >= 1
+    table = torch.outer(cols[0], cols[1])
+    fft = ObservedGrid(ToeplitzGrid(table, scale), observed, noise)
+    torch.testing.assert_close(dense_of(fft), dense)
+    preconditioner = CirculantPreconditioner(fft.grid, observed, 0.05)
+    solved, report = fft.solve(rhs, preconditioner, tol=1e-10)
+    torch.testing.assert_close(solved, expected, rtol=1e-8, atol=1e-10)
+    assert report.converged and report.iterations > 0
+    assert fft.grid.grid_shape == shape
+
+
+def test_observed_grid_moves_to_another_dtype_for_either_grid() -> None:
+    """ObservedGrid.to works for a ToeplitzGrid as for a Kronecker grid (it failed for the
+    Toeplitz one), and the float32 copy multiplies like the float64 original."""
+    cols = [column(8, 2.0), column(10, 3.0)]
+    observed = torch.nonzero(torch.rand(80, generator=GEN) < 0.6)[:, 0]
+    scale, noise = torch.tensor(0.9, dtype=torch.float64), torch.tensor(0.1, dtype=torch.float64)
+    v = torch.randn(len(observed), 2, generator=GEN, dtype=torch.float64)
+    for grid in (ToeplitzGrid(torch.outer(cols[0], cols[1]), scale), Kronecker(cols, scale)):
+        op = ObservedGrid(grid, observed, noise)
+        single = op.to(torch.float32)
+        assert single.dtype == torch.float32 and type(single.grid) is type(grid)
+        out = single.matmul(v.float())
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out.double(), op.matmul(v), rtol=1e-5, atol=1e-5)
