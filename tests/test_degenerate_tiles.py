@@ -160,7 +160,7 @@ def test_kiss_on_grid_conditions_on_constant_data_like_the_exact_gp() -> None:
     model = KissGP(kernel, neighbours=1000)
     model.likelihood.noise = 0.1
     model.condition(x[seen], y)
-    assert model.diagnostics["cg_iterations"] == 0 and model.diagnostics["cg_converged"]
+    assert model.diagnostics.solve.iterations == 0 and model.diagnostics.solve.converged
     mean, var = model.predict(x)
     exact_mean, exact_var = ExactGP(kernel, model.likelihood).condition(x[seen], y).predict(x)
     torch.testing.assert_close(mean, torch.full_like(mean, 3.5), rtol=0, atol=1e-12)

@@ -84,8 +84,8 @@ def test_kiss_descending_axis_equals_ascending_and_the_exact_gp(kernel_name: str
     lat, lon, values = _field()
     model, x, seen = _kiss_at(kernel_name, lat, lon, values)
     model_d, x_d, _ = _kiss_at(kernel_name, lat[::-1].copy(), lon, values[::-1].copy())
-    assert model_d.diagnostics["path"] == model.diagnostics["path"]
-    assert model.diagnostics["path"].startswith("on-grid")
+    assert model_d.diagnostics.path == model.diagnostics.path
+    assert model.diagnostics.path.startswith("on-grid")
     mean, var = model.predict(x)
     mean_d, var_d = model_d.predict(x_d)
     flip = lambda t: t.reshape(NY, NX).flip(0).reshape(-1)  # noqa: E731
