@@ -114,9 +114,10 @@ class ExactRow(ModelRow):
 
 class KissRow(ModelRow):
     """KissGP on the window's lattice: hyperparameters from an exact GP on `fit_points`
-    observations, `refine_iter` Adam steps on all, then the exact on-grid solve over every
-    observed cell. Targets off the lattice (a new grid) are reached by interpolating the
-    data onto it, exactly, as they sit on its nodes."""
+    observations (`max_iter` L-BFGS iterations), `refine_iter` Adam steps on all, then
+    the exact on-grid solve over every observed cell. Targets off the lattice (a new
+    grid) are reached by interpolating the data onto it, exactly, as they sit on its
+    nodes."""
 
     name = "kiss"
 
@@ -137,13 +138,20 @@ class KissRow(ModelRow):
         n_fit = min(config.fit_points, len(problem.y))
         if fixed is not None:
             return model, _condition_on_shared(model, fixed, t), n_fit
-        model.fit(t.x, t.y, max_iter=config.refine_iter, init_points=config.fit_points)
+        model.fit(
+            t.x,
+            t.y,
+            max_iter=config.refine_iter,
+            init_points=config.fit_points,
+            init_iter=config.max_iter,
+        )
         return model, model.fit_report, n_fit
 
 
 class SvgpRow(ModelRow):
     """SVGP on every observation of the window (stations, or windows too big for kiss):
-    `inducing` points, `epochs` minibatch passes from an exact fit on `fit_points`."""
+    `inducing` points, `epochs` minibatch passes from an exact fit on `fit_points`
+    (`max_iter` L-BFGS iterations)."""
 
     name = "svgp"
 
@@ -159,7 +167,13 @@ class SvgpRow(ModelRow):
         _named(model, plan)
         if fixed is not None:
             return model, _condition_on_shared(model, fixed, t), min(config.fit_points, n)
-        model.fit(t.x, t.y, epochs=config.epochs, init_points=config.fit_points)
+        model.fit(
+            t.x,
+            t.y,
+            epochs=config.epochs,
+            init_points=config.fit_points,
+            init_iter=config.max_iter,
+        )
         return model, model.fit_report, n
 
 
@@ -372,6 +386,5 @@ def _love_rank(observations: int, nodes: int) -> int:
 
 
 def _diagnostics(model) -> dict:  # noqa: ANN001
-    """A kiss or svgp model's solver diagnostics as a dict (typed values give `as_dict()`)."""
-    diagnostics = model.diagnostics
-    return diagnostics.as_dict() if hasattr(diagnostics, "as_dict") else dict(diagnostics)
+    """A kiss or svgp model's solver diagnostics (a typed value) as a dict."""
+    return model.diagnostics.as_dict()

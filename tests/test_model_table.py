@@ -4,6 +4,8 @@ parameter of the table, so a small window exercises it)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -69,3 +71,19 @@ def test_below_the_threshold_kiss_conditions_on_the_same_shared_values(config) -
     assert info["model"] == "kiss"
     assert info["fit"]["stop_reason"] == "shared hyperparameters from 4 sampled tiles"
     assert info["hyperparameters"]["noise"] == pytest.approx(0.01, rel=1e-6)
+
+
+@pytest.mark.parametrize("model_type", ["kiss", "svgp"])
+def test_max_iter_reaches_the_subsample_fit(config, model_type: str) -> None:
+    """model.max_iter bounds the starting exact fit of kiss and svgp tiles: 1 iteration and
+    60 start (and so end) elsewhere; the same budget twice gives the same tile."""
+    (tile,) = plan_tiles(SHAPE, config.tile, config.halo)
+
+    def fitted(max_iter: int) -> dict:
+        model = dataclasses.replace(config.model, type=model_type, max_iter=max_iter)
+        result = predict_tile(tile_work(dataclasses.replace(config, model=model)), tile)
+        return result.diagnostics["variables"]["tas"]["hyperparameters"]
+
+    one = fitted(1)
+    assert one == fitted(1)
+    assert one["kernel"] != fitted(60)["kernel"]
