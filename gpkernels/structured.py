@@ -175,14 +175,6 @@ class KroneckerEig:
     values: list[torch.Tensor]
     shape: tuple[int, ...]
 
-    @classmethod
-    def of(cls, factors: Sequence[torch.Tensor]) -> KroneckerEig:
-        """From dense symmetric per-axis matrices."""
-        pairs = [_eigh(f) for f in factors]
-        return cls(
-            [q for _, q in pairs], [lam for lam, _ in pairs], tuple(f.shape[0] for f in factors)
-        )
-
     def eigenvalues(self) -> torch.Tensor:
         """All prod(shape) eigenvalues of the Kronecker product, in grid (C) order."""
         out = self.values[0]
