@@ -254,8 +254,10 @@ def _holds(path: Path, ds: xr.Dataset, chunks: dict) -> bool:
             for name, var in ds.data_vars.items()
             if var.ndim
         )
-        return same_chunks and held.drop_attrs().identical(ds.drop_attrs()) and all(
-            held.attrs.get(k) == v for k, v in ds.attrs.items()
+        return (
+            same_chunks
+            and held.drop_attrs().identical(ds.drop_attrs())
+            and all(held.attrs.get(k) == v for k, v in ds.attrs.items())
         )
 
 
