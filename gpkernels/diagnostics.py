@@ -23,36 +23,43 @@ class SolveReport:
 @dataclass(frozen=True)
 class SolverDiagnostics:
     """What a KissGP solver path reports: which path and grid, the preconditioner, jitter,
-    the latest solve, how log-determinants and variances were computed, and the variance
-    calibration. Fields that do not apply to a path are None (and left out of `as_dict`)."""
+    the latest solve (and its probe solves, where the log-determinant's gradient has them),
+    how log-determinants and variances were computed, the variance calibration, and the CG
+    work of a fit (column-matmuls over all its solves, where the path counts them). Fields
+    that do not apply to a path are None (and left out of `as_dict`)."""
 
     path: str
     grid_shape: tuple[int, ...]
     preconditioner: str | None = None
     jitter: float = 0.0
     solve: SolveReport | None = None
+    probe_solve: SolveReport | None = None
     log_det_gaps: str | None = None
     logdet_method: str | None = None
     variance: str | None = None
     variance_last_quarter_change: float | None = None
     variance_calibration: str | None = None
+    cg_work: int | None = None
 
     def with_solve(self, report: SolveReport) -> SolverDiagnostics:
         return replace(self, solve=report)
 
     def as_dict(self) -> dict:
         """A plain JSON-able dict: today's keys (`cg_iterations`, `cg_relative_residual`,
-        `cg_converged`, `cg_refinements` for the solve), only those that apply."""
+        `cg_converged`, `cg_refinements` for the solve; the same with `probe_` before them for
+        the probe solves), only those that apply."""
         out: dict = {}
         for item in fields(self):
             value = getattr(self, item.name)
             if value is None:
                 continue
             if isinstance(value, SolveReport):
-                out.update(cg_iterations=value.iterations, cg_converged=value.converged)
-                out["cg_relative_residual"] = value.relative_residual
+                prefix = "probe_cg_" if item.name == "probe_solve" else "cg_"
+                out[prefix + "iterations"] = value.iterations
+                out[prefix + "converged"] = value.converged
+                out[prefix + "relative_residual"] = value.relative_residual
                 if value.refinements is not None:
-                    out["cg_refinements"] = value.refinements
+                    out[prefix + "refinements"] = value.refinements
             elif isinstance(value, tuple):
                 out[item.name] = list(value)
             else:

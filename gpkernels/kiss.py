@@ -41,7 +41,7 @@ from gpkernels.lattice import Lattice, detect_lattice, interpolation_lattice
 from gpkernels.likelihoods import GaussianLikelihood
 from gpkernels.linalg import NumericalWarning
 from gpkernels.ongrid import SeparableGridSolver
-from gpkernels.optim import LBFGSResult, adam_until_calm
+from gpkernels.optim import FitSteps, LBFGSResult
 from gpkernels.scattered import IterativeInterpolatedSolver
 from gpkernels.stationary_grid import StationaryGridSolver
 
@@ -202,47 +202,54 @@ class KissGP(GPModel):
         init_from_data: bool = True,
         init_points: int = 400,
         init_iter: int = 50,
+        optimizer: FitSteps | None = None,
     ) -> KissGP:
-        """Learn hyperparameters by Adam on the marginal likelihood, then condition on (x, y).
+        """Learn hyperparameters on the marginal likelihood, then condition on (x, y).
 
         Starts from an exact GP fitted (up to `init_iter` L-BFGS steps) to at most
-        `init_points` points, so Adam refines sensible values instead of walking from
-        defaults. Stops after `max_iter` steps, or once the loss changed by less than `tol`
-        (relative) over five steps in a row. Paths without a whole-grid likelihood
-        (non-separable kernels) keep the subsample fit. `fit_report` describes the fits
-        that ran: the subsample's alone when no Adam step was taken (with the final
-        model's log marginal likelihood on all of the data where the path has one).
+        `init_points` points, then refines on all the data with `optimizer`, by default the
+        path's own for up to `max_iter` steps: L-BFGS on the on-grid separable path (its
+        warm-started CG makes few evaluations cheap), elsewhere Adam at `lr`, stopping once
+        the loss changed by less than `tol` (relative) over five steps in a row. Pass e.g.
+        `optimizer=AdamSteps(max_iter=30, lr=0.1, tol=0.0)` to choose. No refinement with
+        max_iter=0 (or the optimizer's), nor on paths without a whole-grid likelihood
+        (non-separable kernels). `fit_report` describes the fits that ran: the subsample's
+        alone when no refinement step was taken (with the final model's log marginal
+        likelihood on all of the data where the path has one).
         """
         start = time.perf_counter()
         initial = None
         if init_from_data:
             initial = init_from_subsample(self, x, y, init_points, self.seed, max_iter=init_iter)
         solver = self._solver(x, y)
-        adam, likelihood_notes = None, None
-        if solver.has_likelihood and max_iter > 0:
-            adam, likelihood_notes = self._adam(solver, x.shape[0], max_iter, lr, tol)
+        steps = optimizer or solver.fit_steps(max_iter, lr, tol)
+        refined, likelihood_notes = None, None
+        if solver.has_likelihood and steps.max_iter > 0:
+            refined, likelihood_notes = self._refine(solver, x.shape[0], steps)
         if self.calibrate and solver.on_grid:
             self.calibrate_variance(x, y)
         else:
             self._condition_with(solver)
-        if adam is None:
+        if refined is None:
             lml, likelihood_notes = self._final_likelihood(solver, x.shape[0])
         else:
-            lml = -adam.loss * x.shape[0] - x.shape[0] * math.log(self.y_scale)
+            lml = -refined.loss * x.shape[0] - x.shape[0] * math.log(self.y_scale)
         if likelihood_notes is not None:
             self.diagnostics = replace(
                 self.diagnostics,
                 log_det_gaps=likelihood_notes.log_det_gaps,
                 logdet_method=likelihood_notes.logdet_method,
+                cg_work=solver.cg_work,
             )
-        report = _fit_report(initial, adam, min(init_points, x.shape[0]), solver, lml)
+        points = min(init_points, x.shape[0])
+        report = _fit_report(initial, refined, steps.name, points, solver, lml)
         report.seconds = time.perf_counter() - start
         return self._reviewed(report, x)
 
-    def _adam(
-        self, solver: KissSolver, n: int, max_iter: int, lr: float, tol: float
+    def _refine(
+        self, solver: KissSolver, n: int, steps: FitSteps
     ) -> tuple[LBFGSResult, SolverDiagnostics]:
-        """Adam on -LML / n; returns how it stopped and its last likelihood's diagnostics."""
+        """`steps` on -LML / n; returns how it stopped and its last likelihood's diagnostics."""
         last: list[SolverDiagnostics] = []
 
         def loss() -> torch.Tensor:
@@ -251,7 +258,7 @@ class KissGP(GPModel):
             return -value / n
 
         params = [p for p in self.parameters() if p.requires_grad]
-        return adam_until_calm(loss, params, max_iter, lr, tol, "KissGP"), last[0]
+        return steps.minimise(loss, params, "KissGP"), last[0]
 
     @torch.no_grad()
     def _final_likelihood(
@@ -349,13 +356,15 @@ def _under_moved_gaps(lattice: Lattice, cells: torch.Tensor) -> torch.Tensor:
 
 def _fit_report(
     initial: FitReport | None,
-    adam: LBFGSResult | None,
+    refined: LBFGSResult | None,
+    optimizer: str,
     points: int,
     solver: KissSolver,
     lml: float,
 ) -> FitReport:
-    """How the fits that ran went: Adam's steps when it ran (the reason naming both fits),
-    else the subsample's exact fit; `lml` is the final log marginal likelihood."""
+    """How the fits that ran went: the refinement's steps when it ran (the reason naming
+    both fits and the `optimizer`), else the subsample's exact fit; `lml` is the final log
+    marginal likelihood."""
     if initial is None:
         first = "no initial fit"
     else:
@@ -363,9 +372,10 @@ def _fit_report(
     if not solver.has_likelihood:
         first += " (non-separable kernel: no whole-grid likelihood to refine)"
     jitter = initial.max_jitter if initial is not None else 0.0
-    if adam is not None:
-        reason = f"{first}; then Adam: {adam.reason}"
-        return FitReport(adam.iterations, adam.converged, reason, lml, jitter, 0.0)
+    if refined is not None:
+        reason = f"{first}; then {optimizer}: {refined.reason}"
+        return FitReport(refined.iterations, refined.converged, reason, lml, jitter, 0.0)
     if initial is None:
-        return FitReport(0, False, f"{first} and no Adam step (max_iter=0)", lml, jitter, 0.0)
+        reason = f"{first} and no {optimizer} step (max_iter=0)"
+        return FitReport(0, False, reason, lml, jitter, 0.0)
     return FitReport(initial.iterations, initial.converged, first, lml, jitter, 0.0)

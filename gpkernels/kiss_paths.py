@@ -25,6 +25,7 @@ from gpkernels.kernels import (
 from gpkernels.lattice import Lattice
 from gpkernels.likelihoods import GaussianLikelihood
 from gpkernels.local import KrigingInputs, LocalKriging
+from gpkernels.optim import AdamSteps, FitSteps
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,11 @@ class KissSolver(ABC):
     diagnostics: SolverDiagnostics  # what the path is, before any solve
     has_likelihood = True  # False: `log_marginal_likelihood` raises, saying why
     on_grid = False  # inputs on grid cells (what variance calibration needs)
+    cg_work: int | None = None  # CG column-matmuls so far, where the path counts them
+
+    def fit_steps(self, max_iter: int, lr: float, tol: float) -> FitSteps:
+        """The default optimiser of `KissGP.fit` on this path: Adam (lr, tol)."""
+        return AdamSteps(max_iter, lr, tol)
 
     @abstractmethod
     def log_marginal_likelihood(

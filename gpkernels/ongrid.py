@@ -13,6 +13,10 @@ cheap) and K = S K_grid S^T + noise I the kernel matrix of the observed cells:
   quadrature beyond;
 - the gradient follows the same split, so only the gap term is ever stochastic.
 
+Successive evaluations of a fit (and the conditioning after it) start their CG from the
+previous evaluation's solutions (`WarmStart`): the probes are fixed per problem and the
+hyperparameters move little, so a warm start saves most of the iterations.
+
 Everything of this path's solve and likelihood lives here (`SeparableGridSolver`).
 """
 
@@ -37,8 +41,9 @@ from gpkernels.kiss_paths import (
 from gpkernels.lattice import Lattice, detect_lattice
 from gpkernels.likelihoods import GaussianLikelihood
 from gpkernels.linalg import LOG_2PI, NumericalWarning
+from gpkernels.optim import FitSteps, LBFGSSteps
 from gpkernels.preconditioners import Preconditioner
-from gpkernels.solvers import rademacher
+from gpkernels.solvers import pcg, rademacher
 from gpkernels.structured import (
     Kronecker,
     KroneckerEig,
@@ -87,6 +92,19 @@ class GapBlock(StructuredOperator):
     def diagonal(self) -> torch.Tensor:
         return self.eig.diagonal(self.inverse)[self.missing]
 
+    def solve(
+        self,
+        rhs: torch.Tensor,
+        preconditioner: Preconditioner | None = None,
+        tol: float = 1e-6,
+        max_iter: int = 1000,
+        start: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, SolveReport]:
+        """A^-1 rhs by CG from `start` (zero when None); the tolerance stays relative to rhs."""
+        precondition = preconditioner.solve if preconditioner is not None else None
+        result = pcg(self.matmul, rhs, precondition, tol, max_iter, start, self.label)
+        return result.solution, result.report()
+
 
 class ObservedKronecker(ObservedGrid):
     """S K_grid S^T + noise I with a Kronecker K_grid: solved through the gap complement."""
@@ -110,6 +128,7 @@ class ObservedKronecker(ObservedGrid):
         preconditioner: Preconditioner | None = None,
         tol: float = 1e-6,
         max_iter: int = 1000,
+        start: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, SolveReport]:
         """K^-1 rhs (one column) through the gaps: K^-1 = (M^-1)_oo - (M^-1)_om A^-1 (M^-1)_mo.
 
@@ -118,7 +137,8 @@ class ObservedKronecker(ObservedGrid):
         then corrected by further rounds until it is below `tol` (relative). All of it
         runs in float64 (float32 operators included), so the residual can go below
         float32's rounding floor; the result comes back in rhs's dtype. No preconditioner
-        is taken: the gap complement is this operator's own.
+        is taken: the gap complement is this operator's own. From `start` (a previous
+        solution), the rounds correct its residual; `tol` stays relative to rhs.
         """
         op = self if self.dtype == torch.float64 else self.to(torch.float64)
         z = rhs.double()
@@ -126,12 +146,17 @@ class ObservedKronecker(ObservedGrid):
         if z_norm == 0.0:  # K^-1 0 = 0 exactly; a residual relative to a zero z has no meaning
             return torch.zeros_like(rhs), SolveReport(0, 0.0, True, 0)
         alpha, residual, relative = torch.zeros_like(z), z, 1.0
+        if start is not None:
+            alpha = start.double()
+            residual = z - op.matmul(alpha)
+            relative = float(residual.norm()) / z_norm
         iterations, rounds, converged = 0, 0, True
         # Gap-solve errors reach K^-1 z amplified (by about 1/noise at first guess); later
         # rounds use the amplification measured so far to ask for no more than needed.
         ratio = float(op.noise) / (float(op.grid.prior_variance) + float(op.noise))
         amplification = 10.0 / ratio
-        for rounds in range(1, MAX_REFINEMENTS + 1):  # noqa: B007
+        while relative > tol and rounds < MAX_REFINEMENTS:  # a warm start may need none
+            rounds += 1
             inner_tol = min(max(0.1 * tol / (amplification * relative), 1e-13), 1e-4)
             correction, inner = op.complement_solve(residual, inner_tol, max_iter)
             iterations += inner.iterations
@@ -143,8 +168,6 @@ class ObservedKronecker(ObservedGrid):
             if new_relative >= relative:  # refinement stopped helping
                 break
             alpha, residual, relative = candidate, new_residual, new_relative
-            if relative <= tol:
-                break
         if relative > tol:
             converged = False
             warnings.warn(
@@ -171,7 +194,8 @@ class ObservedKronecker(ObservedGrid):
 class GapTerm:
     """log|A| and what its gradient needs: pairs (left_j, right_j) of full-grid vectors.
 
-    d log|A| = -weight * sum_j left_j^T dM right_j.
+    d log|A| = -weight * sum_j left_j^T dM right_j. Stochastic terms also keep the probe
+    solves A^-1 probes and how they went.
     """
 
     logdet: torch.Tensor
@@ -179,11 +203,19 @@ class GapTerm:
     right: torch.Tensor
     weight: float
     method: str
+    probe_solutions: torch.Tensor | None = None
+    probe_solve: SolveReport | None = None
 
 
-def gap_term(gaps: GapBlock, probes: torch.Tensor, settings: KissSettings) -> GapTerm:
+def gap_term(
+    gaps: GapBlock,
+    probes: torch.Tensor,
+    settings: KissSettings,
+    start: torch.Tensor | None = None,
+) -> GapTerm:
     """log|A| for A = (M^-1) on the missing cells, with its gradient's vector pairs: exact
-    (dense Cholesky) up to `exact_gap_limit` missing cells, stochastic Lanczos beyond."""
+    (dense Cholesky) up to `exact_gap_limit` missing cells, stochastic Lanczos beyond (the
+    probe solves by CG from `start`, e.g. the previous evaluation's solutions)."""
     m = gaps.size
     if m <= settings.exact_gap_limit:
         eye = torch.eye(m, dtype=gaps.dtype, device=gaps.device)
@@ -196,11 +228,11 @@ def gap_term(gaps: GapBlock, probes: torch.Tensor, settings: KissSettings) -> Ga
         method = "exact (dense Cholesky of the gap block)"
         return GapTerm(logdet.to(gaps.dtype), r, r, 1.0, method)
     logdet = gaps.logdet(probes, settings.lanczos_steps)
-    solved, _ = gaps.solve(probes, None, settings.cg_tol, settings.max_cg_iter)
+    solved, report = gaps.solve(probes, None, settings.cg_tol, settings.max_cg_iter, start)
     left = gaps.inverse_columns(solved)
     right = gaps.inverse_columns(probes)
     method = f"stochastic Lanczos quadrature, {probes.shape[1]} probes"
-    return GapTerm(logdet, left, right, 1.0 / probes.shape[1], method)
+    return GapTerm(logdet, left, right, 1.0 / probes.shape[1], method, solved, report)
 
 
 @dataclass
@@ -215,8 +247,19 @@ class OnGridForward:
 
 
 @dataclass
+class WarmStart:
+    """The latest solutions of a problem's solves (where the next ones start) and the CG
+    work so far, in column-matmuls of the gap block (iterations times right-hand sides)."""
+
+    alpha: torch.Tensor | None = None  # K^-1 z, (n, 1)
+    probes: torch.Tensor | None = None  # A^-1 probes, (m, t)
+    work: int = 0
+
+
+@dataclass
 class OnGridProblem:
-    """Observed cells of a lattice, targets, and the solver settings shared by every solve."""
+    """Observed cells of a lattice, targets, the solver settings shared by every solve, and
+    the warm start that carries from one evaluation to the next."""
 
     lattice: Lattice
     observed: torch.Tensor  # flat indices of observed cells
@@ -224,9 +267,28 @@ class OnGridProblem:
     gap_probes: torch.Tensor  # Rademacher probes over the missing cells
     settings: KissSettings
     missing: int = field(init=False)
+    warm: WarmStart = field(init=False, default_factory=WarmStart)
 
     def __post_init__(self) -> None:
         self.missing = self.lattice.size - self.observed.numel()
+
+    def solve_mean(self, op: ObservedKronecker) -> tuple[torch.Tensor, SolveReport]:
+        """K^-1 z (n, 1) from the previous solution, which it then replaces."""
+        settings = self.settings
+        alpha, report = op.solve(
+            self.z[:, None], None, settings.cg_tol, settings.max_cg_iter, self.warm.alpha
+        )
+        self.warm.alpha = alpha
+        self.warm.work += report.iterations
+        return alpha, report
+
+    def gap(self, op: ObservedKronecker) -> GapTerm:
+        """The gap term, its probe solves from the previous ones, which they then replace."""
+        gap = gap_term(op.gaps, self.gap_probes, self.settings, self.warm.probes)
+        if gap.probe_solve is not None:
+            self.warm.probes = gap.probe_solutions
+            self.warm.work += gap.probe_solve.iterations * self.gap_probes.shape[1]
+        return gap
 
     def operator(
         self, columns: Sequence[torch.Tensor], outputscale: torch.Tensor, noise: torch.Tensor
@@ -239,11 +301,10 @@ class OnGridProblem:
     ) -> OnGridForward:
         """log N(z | 0, K) at these hyperparameters, with what its gradient needs."""
         op = self.operator(columns, outputscale, noise)
-        settings = self.settings
-        alpha, report = op.solve(self.z[:, None], None, settings.cg_tol, settings.max_cg_iter)
+        alpha, report = self.solve_mean(op)
         alpha = alpha[:, 0]
         logdet = op.gaps.full.spectrum().log().sum()
-        gap = gap_term(op.gaps, self.gap_probes, settings) if self.missing else None
+        gap = self.gap(op) if self.missing else None
         if gap is not None:
             logdet = logdet + gap.logdet
         n = self.z.shape[0]
@@ -302,6 +363,16 @@ class SeparableGridSolver(KissSolver):
 
     on_grid = True
 
+    @property
+    def cg_work(self) -> int:
+        """Gap-block column-matmuls of every CG solve so far (likelihoods and conditioning)."""
+        return self.problem.warm.work
+
+    def fit_steps(self, max_iter: int, lr: float, tol: float) -> FitSteps:
+        """L-BFGS (lr, tol are Adam's, unused): with warm-started CG its few evaluations
+        cost a fraction of Adam's many (issue 15)."""
+        return LBFGSSteps(max_iter=max_iter)
+
     def __init__(
         self, lattice: Lattice, observed: torch.Tensor, z: torch.Tensor, settings: KissSettings
     ) -> None:
@@ -323,8 +394,12 @@ class SeparableGridSolver(KissSolver):
         outputscale, noise = kernel.outputscale, likelihood.noise
         forward = problem.forward(columns, outputscale, noise)
         value = OnGridLogLikelihood.apply(problem, forward, outputscale, noise, *columns)
-        method = forward.gap.method if forward.gap is not None else None
-        return value, replace(self.diagnostics, solve=forward.solve, log_det_gaps=method)
+        gap = forward.gap
+        method, probe_solve = (gap.method, gap.probe_solve) if gap is not None else (None, None)
+        diagnostics = replace(
+            self.diagnostics, solve=forward.solve, probe_solve=probe_solve, log_det_gaps=method
+        )
+        return value, diagnostics
 
     @torch.no_grad()
     def condition(self, kernel: Kernel, likelihood: GaussianLikelihood) -> GridPosterior:
@@ -333,7 +408,7 @@ class SeparableGridSolver(KissSolver):
         op = problem.operator(
             axis_columns(kernel, problem.lattice, z.dtype, z.device), scale, noise
         )
-        alpha, report = op.solve(z[:, None], None, settings.cg_tol, settings.max_cg_iter)
+        alpha, report = problem.solve_mean(op)
         mean = op.grid.matmul(op.embed(alpha))[:, 0]
         diagnostics = self.diagnostics.with_solve(report)
         if problem.missing == 0:

@@ -1,4 +1,5 @@
-"""Small optimisers over lists of tensors: Adam, and L-BFGS with a backtracking line search.
+"""Small optimisers over lists of tensors: Adam, and L-BFGS with a backtracking line search;
+`AdamSteps` / `LBFGSSteps` are a model fit's choice of either, passed in as a value.
 
 Ours rather than torch.optim's: building any torch.optim optimiser imports torch._dynamo
 (about 1.4 s and 70 MB per process), which every Ray worker would pay before its first tile.
@@ -6,8 +7,10 @@ Ours rather than torch.optim's: building any torch.optim optimiser imports torch
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -183,3 +186,61 @@ def _assign(params: list[torch.Tensor], flat: torch.Tensor) -> None:
     for p in params:
         p.copy_(flat[offset : offset + p.numel()].reshape(p.shape))
         offset += p.numel()
+
+
+class FitSteps(ABC):
+    """How a model refines its hyperparameters on a loss: an optimiser and its stopping rule."""
+
+    name: ClassVar[str]
+    max_iter: int
+
+    @abstractmethod
+    def minimise(
+        self, loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], label: str
+    ) -> LBFGSResult:
+        """Minimise `loss_fn()` over `params` in place; a non-finite loss raises naming `label`."""
+
+
+@dataclass(frozen=True)
+class AdamSteps(FitSteps):
+    """Adam at `lr` for up to `max_iter` steps, until the loss is calm to `tol` (relative)."""
+
+    max_iter: int = 100
+    lr: float = 0.1
+    tol: float = 1e-4
+    name: ClassVar[str] = "Adam"
+
+    def minimise(
+        self, loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], label: str
+    ) -> LBFGSResult:
+        return adam_until_calm(loss_fn, params, self.max_iter, self.lr, self.tol, label)
+
+
+@dataclass(frozen=True)
+class LBFGSSteps(FitSteps):
+    """L-BFGS for up to `max_iter` steps, until the loss changes by less than `change_tol`
+    (relative) or the gradient is below `grad_tol`: few evaluations where each is costly."""
+
+    max_iter: int = 20
+    change_tol: float = 1e-5
+    grad_tol: float = 1e-5
+    history: int = 10
+    name: ClassVar[str] = "L-BFGS"
+
+    def minimise(
+        self, loss_fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor], label: str
+    ) -> LBFGSResult:
+        evaluations = 0
+
+        def checked() -> torch.Tensor:
+            nonlocal evaluations
+            loss = loss_fn()
+            evaluations += 1
+            if evaluations == 1 and not bool(torch.isfinite(loss)):
+                raise FloatingPointError(
+                    f"{label} loss was {float(loss)} at the starting point of L-BFGS: "
+                    "try float64 or other initial hyperparameters"
+                )
+            return loss
+
+        return lbfgs(checked, params, self.max_iter, self.history, self.grad_tol, self.change_tol)
