@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from gpkernels.optim import Adam, lbfgs
+from gpkernels.optim import Adam, AdamSteps, LBFGSSteps, adam_until_calm, lbfgs
 
 
 def test_lbfgs_finds_the_rosenbrock_minimum() -> None:
@@ -62,3 +63,34 @@ def test_adam_matches_torch_adam_step_for_step() -> None:
             ((p - target) ** 4).sum().backward()
             opt.step()
     assert torch.allclose(ours.detach(), theirs.detach(), rtol=1e-10, atol=1e-12)
+
+
+def test_lbfgs_steps_refuse_a_non_finite_start_as_adam_does() -> None:
+    x = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
+
+    def broken() -> torch.Tensor:
+        return (x * float("nan")).sum()
+
+    for steps in (LBFGSSteps(), AdamSteps()):
+        with pytest.raises(FloatingPointError, match="KissGP loss"):
+            steps.minimise(broken, [x], "KissGP")
+
+
+def test_fit_steps_run_their_optimiser_with_their_settings() -> None:
+    """LBFGSSteps is `lbfgs` with its tolerances; AdamSteps is `adam_until_calm`."""
+    target = torch.tensor([0.5, -2.0], dtype=torch.float64)
+    found = []
+    for run in (
+        lambda loss, p: LBFGSSteps(max_iter=50, grad_tol=1e-9, change_tol=0.0).minimise(
+            loss, p, "test"
+        ),
+        lambda loss, p: lbfgs(loss, p, max_iter=50, grad_tol=1e-9, change_tol=0.0),
+        lambda loss, p: AdamSteps(max_iter=7, lr=0.05, tol=0.0).minimise(loss, p, "test"),
+        lambda loss, p: adam_until_calm(loss, p, 7, 0.05, 0.0, "test"),
+    ):
+        x = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+        result = run(lambda x=x: ((x - target) ** 4).sum() + ((x - target) ** 2).sum(), [x])
+        found.append((x.detach().clone(), result.iterations))
+    assert torch.equal(found[0][0], found[1][0]) and found[0][1] == found[1][1]
+    assert torch.equal(found[2][0], found[3][0]) and found[2][1] == found[3][1] == 7
+    assert torch.allclose(found[0][0], target, atol=1e-4)
