@@ -146,10 +146,10 @@ class ObservedKronecker(ObservedGrid):
         if z_norm == 0.0:  # K^-1 0 = 0 exactly; a residual relative to a zero z has no meaning
             return torch.zeros_like(rhs), SolveReport(0, 0.0, True, 0)
         alpha, residual, relative = torch.zeros_like(z), z, 1.0
-        if start is not None:
-            alpha = start.double()
-            residual = z - op.matmul(alpha)
-            relative = float(residual.norm()) / z_norm
+        if start is not None:  # kept only where it beats the zero start
+            warm = z - op.matmul(start.double())
+            if float(warm.norm()) < z_norm:
+                alpha, residual, relative = start.double(), warm, float(warm.norm()) / z_norm
         iterations, rounds, converged = 0, 0, True
         # Gap-solve errors reach K^-1 z amplified (by about 1/noise at first guess); later
         # rounds use the amplification measured so far to ask for no more than needed.

@@ -90,7 +90,9 @@ def test_warm_started_solves_match_dense_and_take_fewer_iterations() -> None:
     assert relative(warm, exact) < 1e-5
     assert 0 < report.iterations < cold.iterations
     _, none_needed = op.solve(z, tol=1e-8, start=warm)
+    _, far = op.solve(z, tol=1e-8, start=-10 * exact)  # worse than zero: started from zero
     assert none_needed.iterations == 0 and none_needed.refinements == 0
+    assert far == cold
 
     missing = op.missing
     gap_block = torch.linalg.inv(full)[missing][:, missing]
