@@ -20,10 +20,13 @@ from gpkernels.linalg import NumericalWarning, robust_cholesky
 from gpkernels.lmc import LMCSVGP
 from gpkernels.multitask import MultitaskExactGP, TaskCovariance
 from gpkernels.multitask_kiss import MultitaskKissGP
+from gpkernels.optim import AdamSteps, LBFGSSteps
 from gpkernels.sampling import sample_separable_grid
 from gpkernels.svgp import SVGP
 
 __all__ = [
+    "AdamSteps",
+    "LBFGSSteps",
     "LMCSVGP",
     "MultitaskExactGP",
     "MultitaskKissGP",

@@ -231,7 +231,7 @@ class ModelSpec(Strict):
     refine_iter: StrictInt = Field(
         _default("refine_iter"),
         ge=0,
-        description="kiss only: Adam steps on the whole window after the subsample fit",
+        description="kiss only: whole-window L-BFGS or Adam steps after the subsample fit",
     )
     neighbours: StrictInt = Field(
         _default("neighbours"),

@@ -44,8 +44,8 @@ class ModelConfig:
     """The per-tile GP: its type, one kernel name per input column, and its budgets.
 
     kiss: hyperparameters from an exact GP on `fit_points` observations (L-BFGS,
-    `max_iter`), refined by `refine_iter` Adam steps on the whole window, then an
-    exact on-grid solve over every observed cell; variances by local kriging on
+    `max_iter`), refined by `refine_iter` optimiser steps on the whole window (L-BFGS
+    on grids), then an exact on-grid solve over every observed cell; variances by local kriging on
     `neighbours` observations. exact: dense GP on at most `max_points` observations;
     with `multitask`, one ICM model (variables' covariance of rank `rank`) over all
     variables, on at most `max_points` observed values. svgp: every observation of the

@@ -114,7 +114,8 @@ class ExactRow(ModelRow):
 
 class KissRow(ModelRow):
     """KissGP on the window's lattice: hyperparameters from an exact GP on `fit_points`
-    observations (`max_iter` L-BFGS iterations), `refine_iter` Adam steps on all, then
+    observations (`max_iter` L-BFGS iterations), `refine_iter` optimiser steps on all (L-BFGS on the
+    grid), then
     the exact on-grid solve over every observed cell. Targets off the lattice (a new
     grid) are reached by interpolating the data onto it, exactly, as they sit on its
     nodes."""

@@ -14,6 +14,7 @@ import gpkernels
 from gpkernels import ExactGP, GaussianLikelihood, KissGP, Matern, Scale, separable
 from gpkernels.initial import subsample_for_init
 from gpkernels.kiss import NOISE_FLOOR, interpolation_lattice
+from gpkernels.optim import AdamSteps
 from tests.test_kiss import dense_ski_posterior, grid_data
 
 SEED = 0
@@ -54,7 +55,8 @@ def test_init_iter_bounds_the_subsample_fit(init_iter: int) -> None:
 def test_adam_steps_report_adam_and_name_both_fits() -> None:
     _, x, y = grid_data(seed=2)
     model = KissGP(separable(["matern32", "matern32"]), seed=SEED)
-    report = model.fit(x, y, max_iter=3, init_points=200, init_iter=5).fit_report
+    steps = AdamSteps(max_iter=3)
+    report = model.fit(x, y, optimizer=steps, init_points=200, init_iter=5).fit_report
     assert report.iterations == 3 and not report.converged
     assert report.stop_reason == "exact fit on 200 points: max_iter=5 reached; then Adam: " + (
         "max_iter=3 reached"
