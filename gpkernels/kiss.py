@@ -294,7 +294,10 @@ class KissGP(GPModel):
                 self.diagnostics, variance_calibration="skipped: too few cells to hide"
             )
             return 1.0
-        z = self._standardise(x, y)
+        self._standardise(x, y)  # the full data's scale; the prior mean from the rest only,
+        # so that no hidden cell informs its own prediction (a linear trend would)
+        self.y_mean, _, self.trend = self._target_scaling(x[~hidden], y[~hidden])
+        z = (y - self._prior_mean(x)) / self.y_scale
         gen = torch.Generator().manual_seed(self.seed)
         scored = torch.nonzero(hidden)[:, 0]
         scored = scored[torch.randperm(scored.numel(), generator=gen)[:CALIBRATION_CELLS]]
