@@ -129,8 +129,15 @@ class PipelineConfig:
 
     @property
     def input_columns(self) -> tuple[str, ...]:
-        """Names of the GP's input columns: each dim's coordinate, a station dim's positions."""
-        columns: list[str] = []
-        for dim in self.dims:
-            columns.extend(self.station_coords if dim == self.station_dim else (dim,))
-        return tuple(columns)
+        """Names of the GP's input columns (the module function `input_columns`)."""
+        return input_columns(self.dims, self.station_dim, self.station_coords)
+
+
+def input_columns(
+    dims: tuple[str, ...], station_dim: str | None, station_coords: tuple[str, ...]
+) -> tuple[str, ...]:
+    """Names of the GP's input columns: each dim's coordinate, a station dim's positions."""
+    columns: list[str] = []
+    for dim in dims:
+        columns.extend(station_coords if dim == station_dim else (dim,))
+    return tuple(columns)

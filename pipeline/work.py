@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.config import Forecast, ModelConfig
+from pipeline.config import Forecast, ModelConfig, input_columns
 
 
 @dataclass(frozen=True)
@@ -34,11 +34,8 @@ class WindowSource:
 
     @property
     def input_columns(self) -> tuple[str, ...]:
-        """Names of the GP's input columns: each dim's coordinate, a station dim's positions."""
-        columns: list[str] = []
-        for dim in self.dims:
-            columns.extend(self.station_coords if dim == self.station_dim else (dim,))
-        return tuple(columns)
+        """Names of the GP's input columns (see `pipeline.config.input_columns`)."""
+        return input_columns(self.dims, self.station_dim, self.station_coords)
 
 
 @dataclass(frozen=True)
