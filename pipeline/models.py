@@ -31,6 +31,7 @@ from gpkernels import (
     seasonal,
     separable,
 )
+from pipeline.config import ModelConfig
 from pipeline.tiling import Tile
 from pipeline.value_scan import MIN_OBSERVATIONS
 from pipeline.work import ModelPlan
@@ -112,19 +113,50 @@ class ExactRow(ModelRow):
         return {"jitter": model.jitter}
 
 
-class KissRow(ModelRow):
-    """KissGP on the window's lattice: hyperparameters from an exact GP on `fit_points`
-    observations (`max_iter` L-BFGS iterations), `refine_iter` optimiser steps on all (L-BFGS on the
-    grid), then
-    the exact on-grid solve over every observed cell. Targets off the lattice (a new
-    grid) are reached by interpolating the data onto it, exactly, as they sit on its
-    nodes."""
+class RefinedRow(ModelRow):
+    """A model whose hyperparameters start from an exact GP on `fit_points` observations
+    (`max_iter` L-BFGS iterations) and are then refined on every observation; `fixed`
+    shared hyperparameters replace both fits. A row says how it builds its model, what
+    refines it and how many observations the hyperparameters were then fitted on."""
+
+    @abstractmethod
+    def build(self, plan: ModelPlan, problem: Problem):  # noqa: ANN201
+        """The model, unfitted."""
+
+    @abstractmethod
+    def refinement(self, config: ModelConfig) -> dict[str, int]:
+        """The model's `fit` budget on all observations, as its keyword arguments."""
+
+    @abstractmethod
+    def fitted_on(self, config: ModelConfig, n: int) -> int:
+        """How many of the `n` observations the hyperparameters were fitted on."""
+
+    def fit(self, plan, problem, t, fixed):  # noqa: ANN001, ANN201
+        config, n = plan.model, len(problem.y)
+        model = _named(self.build(plan, problem), plan)
+        if fixed is not None:
+            return model, _condition_on_shared(model, fixed, t), min(config.fit_points, n)
+        model.fit(
+            t.x,
+            t.y,
+            init_points=config.fit_points,
+            init_iter=config.max_iter,
+            **self.refinement(config),
+        )
+        return model, model.fit_report, self.fitted_on(config, n)
+
+
+class KissRow(RefinedRow):
+    """KissGP on the window's lattice: `refine_iter` optimiser steps on all observations
+    (L-BFGS on the grid) after the exact start, then the exact on-grid solve over every
+    observed cell. Targets off the lattice (a new grid) are reached by interpolating the
+    data onto it, exactly, as they sit on its nodes."""
 
     name = "kiss"
 
-    def fit(self, plan, problem, t, fixed):  # noqa: ANN001, ANN201
+    def build(self, plan: ModelPlan, problem: Problem) -> KissGP:
         lattice, config = problem.lattice(), plan.model
-        model = KissGP(
+        return KissGP(
             build_kernel(plan),
             lattice=lattice,
             interpolate_onto=lattice.padded(2) if plan.off_lattice else None,
@@ -135,47 +167,35 @@ class KissRow(ModelRow):
             mean=config.mean,
             calibrate=config.calibrate_variance,
         )
-        _named(model, plan)
-        n_fit = min(config.fit_points, len(problem.y))
-        if fixed is not None:
-            return model, _condition_on_shared(model, fixed, t), n_fit
-        model.fit(
-            t.x,
-            t.y,
-            max_iter=config.refine_iter,
-            init_points=config.fit_points,
-            init_iter=config.max_iter,
-        )
-        return model, model.fit_report, n_fit
+
+    def refinement(self, config: ModelConfig) -> dict[str, int]:
+        return {"max_iter": config.refine_iter}
+
+    def fitted_on(self, config: ModelConfig, n: int) -> int:
+        return min(config.fit_points, n)
 
 
-class SvgpRow(ModelRow):
+class SvgpRow(RefinedRow):
     """SVGP on every observation of the window (stations, or windows too big for kiss):
-    `inducing` points, `epochs` minibatch passes from an exact fit on `fit_points`
-    (`max_iter` L-BFGS iterations)."""
+    `inducing` points, `epochs` minibatch passes after the exact start."""
 
     name = "svgp"
 
-    def fit(self, plan, problem, t, fixed):  # noqa: ANN001, ANN201
-        config, n = plan.model, len(problem.y)
-        model = SVGP(
+    def build(self, plan: ModelPlan, problem: Problem) -> SVGP:
+        config = plan.model
+        return SVGP(
             build_kernel(plan),
-            num_inducing=min(config.inducing, n),
+            num_inducing=min(config.inducing, len(problem.y)),
             batch_size=SVGP_BATCH,
             seed=problem.seed,
             mean=config.mean,
         )
-        _named(model, plan)
-        if fixed is not None:
-            return model, _condition_on_shared(model, fixed, t), min(config.fit_points, n)
-        model.fit(
-            t.x,
-            t.y,
-            epochs=config.epochs,
-            init_points=config.fit_points,
-            init_iter=config.max_iter,
-        )
-        return model, model.fit_report, n
+
+    def refinement(self, config: ModelConfig) -> dict[str, int]:
+        return {"epochs": config.epochs}
+
+    def fitted_on(self, config: ModelConfig, n: int) -> int:
+        return n
 
 
 class IcmRow(ModelRow):
