@@ -19,10 +19,10 @@ from torch import nn
 from gpkernels.base import FitReport, check_prediction_input
 from gpkernels.columns import standardise_columns, to_output_units
 from gpkernels.kernels import Kernel
-from gpkernels.linalg import LOG_2PI, robust_cholesky
+from gpkernels.linalg import LOG_2PI
 from gpkernels.optim import Adam
 from gpkernels.params import PositiveParameter
-from gpkernels.svgp import inducing_locations, minibatches
+from gpkernels.svgp import inducing_locations, inducing_whitener, minibatches
 
 
 class LMCSVGP(nn.Module):
@@ -92,11 +92,9 @@ class LMCSVGP(nn.Module):
         factorisation of each K_ZZ (more only where it needs jitter)."""
         out = []
         for kernel in self.kernels:
-            k_zz = kernel(self.z, self.z).double()
-            factor, jitter = robust_cholesky(k_zz)
+            whitener, jitter = inducing_whitener(kernel(self.z, self.z), 0.0, "LMCSVGP")
             self.jitter = max(self.jitter, jitter)
-            eye = torch.eye(k_zz.shape[0], dtype=k_zz.dtype, device=k_zz.device)
-            out.append(torch.linalg.solve_triangular(factor, eye, upper=False))
+            out.append(whitener)
         return out
 
     def _features(

@@ -102,6 +102,31 @@ def minibatches(
         yield (x[idx], *[o[idx] for o in others])
 
 
+def inducing_whitener(k_zz: torch.Tensor, jitter: float, model: str) -> tuple[torch.Tensor, float]:
+    """L^-1 with K_ZZ + jitter I = L L^T (float64, differentiable), and the jitter used.
+
+    `jitter` is the least to add (what earlier factorisations needed); where that is not
+    enough, the jitter grows to what K_ZZ needs and a `NumericalWarning` from `model` says
+    how much. Kept as an explicit inverse so that every batch is whitened by one matrix
+    product (a triangular solve with many right-hand sides is several times slower).
+    """
+    k_zz = k_zz.double()
+    eye = torch.eye(k_zz.shape[0], dtype=k_zz.dtype, device=k_zz.device)
+    factor, info = torch.linalg.cholesky_ex(k_zz + jitter * eye)
+    if int(info) != 0:
+        with torch.no_grad():
+            _, needed = robust_cholesky(k_zz.detach(), warn=False)
+        jitter = max(jitter, needed)
+        warnings.warn(
+            f"{model}: K_ZZ of {k_zz.shape[0]} inducing points needed {jitter:.3g} jitter "
+            "on its diagonal (inducing points too close for the lengthscale); fewer help",
+            NumericalWarning,
+            stacklevel=4,
+        )
+        factor = torch.linalg.cholesky(k_zz + jitter * eye)
+    return torch.linalg.solve_triangular(factor, eye, upper=False), jitter
+
+
 class SVGP(GPModel):
     """Sparse variational GP regression with the `fit` / `predict` facade of ExactGP.
 
@@ -142,26 +167,9 @@ class SVGP(GPModel):
         self.shift = torch.zeros(m, dtype=torch.float64, device=x.device)
 
     def _whitener(self) -> torch.Tensor:
-        """L^-1 with K_ZZ = L L^T (float64, differentiable), adding jitter if needed.
-
-        Kept as an explicit inverse so that every batch is whitened by one matrix product
-        (a triangular solve with many right-hand sides is several times slower).
-        """
-        k_zz = self.kernel(self.z, self.z).double()
-        eye = torch.eye(k_zz.shape[0], dtype=k_zz.dtype, device=k_zz.device)
-        factor, info = torch.linalg.cholesky_ex(k_zz + self.jitter * eye)
-        if int(info) != 0:
-            with torch.no_grad():
-                _, jitter = robust_cholesky(k_zz.detach(), warn=False)
-            self.jitter = max(self.jitter, jitter)
-            warnings.warn(
-                f"SVGP: K_ZZ of {k_zz.shape[0]} inducing points needed {self.jitter:.3g} jitter "
-                "on its diagonal (inducing points too close for the lengthscale); fewer help",
-                NumericalWarning,
-                stacklevel=3,
-            )
-            factor = torch.linalg.cholesky(k_zz + self.jitter * eye)
-        return torch.linalg.solve_triangular(factor, eye, upper=False)
+        """L^-1 with K_ZZ = L L^T (see `inducing_whitener`); the jitter it needs is kept."""
+        whitener, self.jitter = inducing_whitener(self.kernel(self.z, self.z), self.jitter, "SVGP")
+        return whitener
 
     def _projection(self, whitener: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
         """A = L^-1 K_Z,x for a batch: the whitened features, (M, B) in the model's dtype."""
