@@ -7,13 +7,29 @@ each row over the first (CPU float64 where n is small enough to run it there).
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from gpkernels import ExactGP, separable
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.table import Column, Table  # noqa: E402
+from gpkernels import ExactGP, separable  # noqa: E402
 
 CPU_MAX_N = 1000
+RESULTS = Table(
+    (
+        Column("device", 8, left=True),
+        Column("dtype", 9, left=True),
+        Column("fit s", 8, ".2f"),
+        Column("iters", 7, "d"),
+        Column("predict s", 11, ".3f"),
+        Column("rmse", 8, ".4f"),
+        Column("speed-up", 10, ".1f", suffix="x"),
+    )
+)
 
 
 def data(n: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -61,19 +77,16 @@ def main() -> None:
                         rmse,
                     )
                 )
-        if not rows:
-            continue
-        base = rows[0][2] + rows[0][4]
-        print(f"\nExactGP, n={n}, 3-D separable Matern 3/2, 50 L-BFGS iterations at most")
-        print(
-            f"{'device':8}{'dtype':9}{'fit s':>8}{'iters':>7}{'predict s':>11}{'rmse':>8}"
-            f"{'speed-up':>10}"
-        )
-        for device, dtype, fit_s, iters, pred_s, rmse in rows:
-            print(
-                f"{device:8}{dtype:9}{fit_s:8.2f}{iters:7d}{pred_s:11.3f}{rmse:8.4f}"
-                f"{base / (fit_s + pred_s):10.1f}x"
-            )
+        if rows:
+            print_rows(n, rows)
+
+
+def print_rows(n: int, rows: list[tuple]) -> None:
+    """One table per n: each (device, dtype, fit s, iterations, predict s, rmse) row and its
+    speed-up over the first row."""
+    base = rows[0][2] + rows[0][4]
+    print(f"\nExactGP, n={n}, 3-D separable Matern 3/2, 50 L-BFGS iterations at most")
+    print(RESULTS.text([*row, base / (row[2] + row[4])] for row in rows))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.memory import TreeRSS  # noqa: E402
+from bench.table import Column, Table  # noqa: E402
 from jobs.examples import datasets  # noqa: E402
 from pipeline.scores import score  # noqa: E402
 
@@ -159,14 +160,25 @@ def with_kernel(spec: dict, kernel: str) -> dict:
     return merged(spec, {"model": {"kernel": {"lat": kernel, "lon": kernel}}})
 
 
+RESULTS = Table(
+    (
+        Column("run", 28, left=True),
+        Column("fold", 5),
+        Column("MAE", 8, ".3f"),
+        Column("RMSE", 8, ".3f"),
+        Column("CRPS", 8, ".3f"),
+        Column("IS95", 8, ".2f"),
+        Column("cov95", 8, ".3f"),
+        Column("wall s", 8, ".1f"),
+        Column("RSS MB", 9, ",.0f"),
+    )
+)
+SCORED = ("mae", "rmse", "crps", "interval_score95", "coverage95", "seconds", "peak_mb")
+
+
 def report(label: str, fold: int, found: dict, which: str) -> None:
     learned = found["learned"]
-    print(
-        f"{label:<28}{fold:>5}{found['mae']:>8.3f}{found['rmse']:>8.3f}{found['crps']:>8.3f}"
-        f"{found['interval_score95']:>8.2f}{found['coverage95']:>8.3f}{found['seconds']:>8.1f}"
-        f"{found['peak_mb']:>9,.0f}",
-        flush=True,
-    )
+    print(RESULTS.line([label, fold, *(found[key] for key in SCORED)]), flush=True)
     parts = [
         f"{name} {np.median(column):.4g} ({column.min():.3g}-{column.max():.3g})"
         for name, column in learned.items()
@@ -218,10 +230,7 @@ def main() -> None:
         runs["baseline (whole grid)"] = merged(spec, BASELINE)
     folds = [int(f) for f in args.folds.split(",")]
     print(f"heaton {args.which}: model {spec['model']}, tiling {spec['tiling']}")
-    print(
-        f"{'run':<28}{'fold':>5}{'MAE':>8}{'RMSE':>8}{'CRPS':>8}{'IS95':>8}{'cov95':>8}"
-        f"{'wall s':>8}{'RSS MB':>9}"
-    )
+    print(RESULTS.header())
     results: dict[str, list[dict]] = {label: [] for label in runs}
     for fold in folds:
         hidden = cloud_blocks(observed, fold)

@@ -35,6 +35,10 @@ HALO = (2, 12, 12)
 WORKERS = 2
 RESULT_TAG = "RESULT "
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.table import Column, Table  # noqa: E402
+
 
 class WorkerRSS(threading.Thread):
     """Samples the resident memory of Ray's worker processes; keeps the largest seen."""
@@ -130,18 +134,32 @@ def with_start(row: dict) -> float:
     return (row["ray_start"] + idle) / (row["ray_start"] + row["wall"])
 
 
-def report(rows: list[dict]) -> None:
-    print(
-        f"\n{'size':5}{'cells':>11}{'tiles':>6}{'wall s':>8}{'cells/s':>10}{'phase2 c/s':>11}"
-        f"{'driver MB':>10}{'worker MB':>10}{'Ray ovh':>8}{'+start':>8}"
+RESULTS = Table(
+    (
+        Column("size", 5, left=True),
+        Column("cells", 11, ","),
+        Column("tiles", 6),
+        Column("wall s", 8, ".1f"),
+        Column("cells/s", 10, ",.0f"),
+        Column("phase2 c/s", 11, ",.0f"),
+        Column("driver MB", 10, ".0f"),
+        Column("worker MB", 10, ".0f"),
+        Column("Ray ovh", 8, ".1%"),
+        Column("+start", 8, ".1%"),
     )
-    for r in rows:
-        print(
-            f"{r['size']:5}{r['cells']:>11,}{r['tiles']:>6}{r['wall']:>8.1f}"
-            f"{r['cells'] / r['wall']:>10,.0f}{r['cells'] / r['phase2']:>11,.0f}"
-            f"{r['driver_rss_mb']:>10.0f}{r['worker_rss_mb']:>10.0f}{r['ray_overhead']:>8.1%}"
-            f"{with_start(r):>8.1%}"
-        )
+)
+
+
+def result_cells(r: dict) -> list:
+    """One size's values, in RESULTS' columns."""
+    per_second = [r["cells"] / r["wall"], r["cells"] / r["phase2"]]
+    memory = [r["driver_rss_mb"], r["worker_rss_mb"]]
+    ratios = [r["ray_overhead"], with_start(r)]
+    return [r["size"], r["cells"], r["tiles"], r["wall"], *per_second, *memory, *ratios]
+
+
+def report(rows: list[dict]) -> None:
+    print("\n" + RESULTS.text(result_cells(r) for r in rows))
     print("\nWhere the time goes (seconds; per-tile parts summed over the 2 workers)")
     for r in rows:
         t = r["timings"]

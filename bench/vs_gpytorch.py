@@ -81,8 +81,14 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.table import Column, Table  # noqa: E402
 
 # Where the children run: set by --device and passed to them in the environment.
 DEVICE = os.environ.get("GPGRID_BENCH_DEVICE", "cpu")
@@ -812,17 +818,11 @@ def spawn(case: str, lib: str, dtype_name: str, args: argparse.Namespace) -> dic
     return base | {"status": "crashed", "message": f"exit code {done.returncode}: {tail}"}
 
 
-def fmt(value: float | None, spec: str, width: int) -> str:
-    if value is None:
-        return f"{'-':>{width}}"
-    return f"{value:>{width}{spec}}"
-
-
-def fmt_noise(noise: float | list | None) -> str:
+def noise_cell(noise: float | list | None) -> float | str | None:
     """One noise variance, or the mean over tasks marked with a star."""
     if isinstance(noise, list):
         return f" {sum(noise) / len(noise):>9.3e}*"
-    return fmt(noise, ".3e", 11)
+    return noise
 
 
 def nan_flag(row: dict) -> str:
@@ -831,20 +831,35 @@ def nan_flag(row: dict) -> str:
     return ("yes" if row["nan"] else "no") if row["status"] == "ok" else "-"
 
 
-def print_table(rows: list[dict]) -> None:
-    print(
-        f"\n{'case':7}{'lib':10}{'dtype':9}{'status':>7}{'iters':>6}{'train s':>9}"
-        f"{'predict s':>10}{'peak MB':>9}{'RMSE':>9}{'NLPD':>9}{'cover95':>8}{'noise':>11}"
-        f"{'NaN':>5}"
+RESULTS = Table(
+    (
+        Column("case", 7, left=True),
+        Column("lib", 10, left=True),
+        Column("dtype", 9, left=True),
+        Column("status", 7),
+        Column("iters", 6, "d"),
+        Column("train s", 9, ".2f"),
+        Column("predict s", 10, ".2f"),
+        Column("peak MB", 9, ".0f"),
+        Column("RMSE", 9, ".4f"),
+        Column("NLPD", 9, ".3f"),
+        Column("cover95", 8, ".3f"),
+        Column("noise", 11, ".3e"),
+        Column("NaN", 5),
     )
-    for r in rows:
-        print(
-            f"{r['case']:7}{r['lib']:10}{r['dtype']:9}{r['status']:>7}"
-            f"{fmt(r.get('iterations'), 'd', 6)}{fmt(r.get('train_s'), '.2f', 9)}"
-            f"{fmt(r.get('predict_s'), '.2f', 10)}{fmt(r.get('peak_rss_mb'), '.0f', 9)}"
-            f"{fmt(r.get('rmse'), '.4f', 9)}{fmt(r.get('nlpd'), '.3f', 9)}"
-            f"{fmt(r.get('coverage'), '.3f', 8)}{fmt_noise(r.get('noise'))}{nan_flag(r):>5}"
-        )
+)
+ROW_KEYS = ("iterations", "train_s", "predict_s", "peak_rss_mb", "rmse", "nlpd", "coverage")
+
+
+def result_cells(r: dict) -> list:
+    """One run's values, in RESULTS' columns (None where the run has none)."""
+    names = [r["case"], r["lib"], r["dtype"], r["status"]]
+    numbers = [r.get(key) for key in ROW_KEYS]
+    return [*names, *numbers, noise_cell(r.get("noise")), nan_flag(r)]
+
+
+def print_table(rows: list[dict]) -> None:
+    print("\n" + RESULTS.text(result_cells(r) for r in rows))
 
 
 def print_notes(rows: list[dict]) -> None:
