@@ -304,3 +304,43 @@ def test_wrapped_longitude_is_circulant_and_positive_definite() -> None:
     torch.testing.assert_close(k, rolled)
     assert float(torch.linalg.eigvalsh(k).min()) > 0
     torch.testing.assert_close(toeplitz(column), k)  # Toeplitz with a periodic column: circulant
+
+
+def test_calibrate_variance_takes_the_prior_mean_from_the_kept_cells_only() -> None:
+    """The variance factor of calibrate_variance with a linear-trend prior mean, against a
+    hand-computed oracle: the cells under the moved gaps (the missing-cell mask rolled by
+    half the grid) are hidden, the trend is the least-squares plane of the kept cells only
+    (no hidden cell informs its own prediction), the scale that of all the data, and the
+    hidden cells are scored by a dense float64 ExactGP conditioned on the kept ones."""
+    shape = (24, 30)
+    gen = torch.Generator().manual_seed(11)
+    cells = torch.cartesian_prod(*[torch.arange(n, dtype=torch.float64) for n in shape])
+    make = lambda: Scale(Product([Matern(1.5, 4.0, dims=[0]), Matern(1.5, 4.0, dims=[1])]), 1.0)  # noqa: E731
+    with torch.no_grad():
+        cov = make()(cells, cells) + 0.05 * torch.eye(len(cells), dtype=torch.float64)
+    draw = torch.linalg.cholesky(cov) @ torch.randn(len(cells), generator=gen, dtype=torch.float64)
+    y_all = draw + 0.5 * cells[:, 0] - 0.3 * cells[:, 1]
+    cloud = (cells[:, 0] >= 3) & (cells[:, 0] < 11) & (cells[:, 1] >= 4) & (cells[:, 1] < 16)
+    observed = ~cloud & (torch.rand(len(cells), generator=gen) > 0.15)
+    x, y = cells[observed], y_all[observed]
+    moved = torch.roll(~observed.reshape(shape), [n // 2 for n in shape], [0, 1]).reshape(-1)
+    hidden = moved[observed]
+    assert 100 <= int(hidden.sum()) <= 2000 and int((~hidden).sum()) >= 100
+
+    def plane(rows: torch.Tensor) -> torch.Tensor:
+        """The least-squares plane through (x, y)[rows], evaluated at every x."""
+        design = torch.cat([torch.ones_like(x[:, :1]), x], 1)
+        coef = torch.linalg.lstsq(design[rows], y[rows, None]).solution[:, 0]
+        return design @ coef
+
+    scale = float((y - plane(torch.ones_like(hidden))).std())
+    z = (y - plane(~hidden)) / scale
+    oracle = ExactGP(make(), GaussianLikelihood(0.05), normalize_y=False)
+    mean, var = oracle.condition(x[~hidden], z[~hidden]).predict(x[hidden])
+    score = (z[hidden] - mean).abs() / (var + 0.05).sqrt()
+    expected = (float(torch.quantile(score, 0.95)) / 1.959964) ** 2
+    assert 0.25 < expected < 4.0  # not at a cap, where a wrong mean could hide
+
+    model = KissGP(make(), GaussianLikelihood(0.05), mean="linear", neighbours=1024, cg_tol=1e-12)
+    factor = model.calibrate_variance(x, y)
+    assert factor == pytest.approx(expected, rel=1e-6)
