@@ -5,17 +5,18 @@ With M = K_grid + noise I on the full grid (Kronecker, so its eigendecomposition
 cheap) and K = S K_grid S^T + noise I the kernel matrix of the observed cells:
 
 - solves K^-1 y through the block-inverse identity, CG running only on the gap block
-  A of M^-1 (clustered spectrum, few iterations), refined on the true residual
-  (`ObservedKronecker.solve`);
+  A of M^-1, refined on the true residual (`ObservedKronecker.solve`);
 - log|K| = log|M| + log|A|, with A = (M^-1) restricted to the missing cells (a block
   inverse identity): log|M| is exact from the eigenvalues; log|A| is exact (dense
-  Cholesky) for up to `exact_gap_limit` missing cells and stochastic Lanczos
-  quadrature beyond;
+  Cholesky) for up to `exact_gap_limit` missing cells and, beyond, log|P| plus a
+  stochastic Lanczos correction read off one preconditioned CG run (`preconditioned_gap_term`);
 - the gradient follows the same split, so only the gap term is ever stochastic.
 
-Successive evaluations of a fit (and the conditioning after it) start their CG from the
-previous evaluation's solutions (`WarmStart`): the probes are fixed per problem and the
-hyperparameters move little, so a warm start saves most of the iterations.
+Every CG on A is preconditioned by P, dense Cholesky blocks of A over the gaps
+(gap_blocks.py): A is nearly block diagonal over the gaps, so CG needs a few iterations
+instead of hundreds. P is built once and kept across the evaluations of a fit (any fixed P
+keeps the estimates unbiased) until it slows CG down; the mean solve starts from the
+previous evaluation's solution (`WarmStart`).
 
 Everything of this path's solve and likelihood lives here (`SeparableGridSolver`).
 """
@@ -30,6 +31,7 @@ from functools import cached_property
 import torch
 
 from gpkernels.diagnostics import SolverDiagnostics, SolveReport
+from gpkernels.gap_blocks import GapPreconditioner
 from gpkernels.kernels import Kernel, lag_table
 from gpkernels.kiss_paths import (
     GridPosterior,
@@ -43,7 +45,7 @@ from gpkernels.likelihoods import GaussianLikelihood
 from gpkernels.linalg import LOG_2PI, NumericalWarning
 from gpkernels.optim import FitSteps, LBFGSSteps
 from gpkernels.preconditioners import Preconditioner
-from gpkernels.solvers import pcg, rademacher
+from gpkernels.solvers import gauss_quadrature_log, pcg, rademacher
 from gpkernels.structured import (
     Kronecker,
     KroneckerEig,
@@ -61,12 +63,27 @@ class GapBlock(StructuredOperator):
 
     label = "KissGP gap CG"
 
-    def __init__(self, full: Kronecker, missing: torch.Tensor) -> None:
+    def __init__(
+        self,
+        full: Kronecker,
+        missing: torch.Tensor,
+        preconditioner: GapPreconditioner | None = None,
+    ) -> None:
         self.full = full
         self.missing = missing
         self.size = missing.shape[0]
         self.eig = full.eig()
         self.inverse = 1.0 / full.spectrum()
+        self._preconditioner = preconditioner
+
+    @property
+    def preconditioner(self) -> GapPreconditioner:
+        """Block-diagonal P ~ A over the gaps (gap_blocks.py), built on first use."""
+        if self._preconditioner is None:
+            self._preconditioner = GapPreconditioner(
+                self.inverse_matmul, self.full.grid_shape, self.missing, self.inverse
+            )
+        return self._preconditioner
 
     @property
     def dtype(self) -> torch.dtype:
@@ -120,7 +137,16 @@ class ObservedKronecker(ObservedGrid):
     @cached_property
     def gaps(self) -> GapBlock:
         """The gap block of M^-1 (M = K_grid + noise I), with M's eigendecomposition."""
-        return GapBlock(self.grid.shifted(self.noise), self.missing)
+        return GapBlock(self.grid.shifted(self.noise), self.missing, self.shared_preconditioner)
+
+    shared_preconditioner: GapPreconditioner | None = None  # one built at another dtype
+
+    def to(self, dtype: torch.dtype) -> ObservedKronecker:
+        """The same operator at `dtype`, sharing the gap preconditioner (a float64 factor)."""
+        other = ObservedKronecker(self.grid.to(dtype), self.observed, self.noise.to(dtype))
+        if self.missing.numel():
+            other.shared_preconditioner = self.gaps.preconditioner
+        return other
 
     def solve(
         self,
@@ -185,7 +211,7 @@ class ObservedKronecker(ObservedGrid):
         w = self.gaps.inverse_matmul(self.embed(rhs))
         if self.missing.numel() == 0:
             return w[self.observed], SolveReport(0, 0.0, True)
-        solved, report = self.gaps.solve(w[self.missing], None, tol, max_iter)
+        solved, report = self.gaps.solve(w[self.missing], self.gaps.preconditioner, tol, max_iter)
         back = self.gaps.inverse_columns(solved)[self.observed]
         return w[self.observed] - back, report
 
@@ -194,8 +220,8 @@ class ObservedKronecker(ObservedGrid):
 class GapTerm:
     """log|A| and what its gradient needs: pairs (left_j, right_j) of full-grid vectors.
 
-    d log|A| = -weight * sum_j left_j^T dM right_j. Stochastic terms also keep the probe
-    solves A^-1 probes and how they went.
+    d log|A| = -weight * sum_j left_j^T dM right_j. Stochastic terms also keep how their
+    probe solves went.
     """
 
     logdet: torch.Tensor
@@ -203,36 +229,58 @@ class GapTerm:
     right: torch.Tensor
     weight: float
     method: str
-    probe_solutions: torch.Tensor | None = None
     probe_solve: SolveReport | None = None
 
 
-def gap_term(
-    gaps: GapBlock,
-    probes: torch.Tensor,
-    settings: KissSettings,
-    start: torch.Tensor | None = None,
-) -> GapTerm:
+def gap_term(gaps: GapBlock, probes: torch.Tensor, settings: KissSettings) -> GapTerm:
     """log|A| for A = (M^-1) on the missing cells, with its gradient's vector pairs: exact
-    (dense Cholesky) up to `exact_gap_limit` missing cells, stochastic Lanczos beyond (the
-    probe solves by CG from `start`, e.g. the previous evaluation's solutions)."""
+    (dense Cholesky) up to `exact_gap_limit` missing cells, preconditioned stochastic
+    Lanczos beyond (`preconditioned_gap_term`)."""
     m = gaps.size
-    if m <= settings.exact_gap_limit:
-        eye = torch.eye(m, dtype=gaps.dtype, device=gaps.device)
-        columns = gaps.inverse_columns(eye)  # M^-1 S_m^T, (N, m)
-        factor = torch.linalg.cholesky(columns[gaps.missing].double())
-        # A^-1 = L^-T L^-1, so tr(A^-1 dA) = -sum_j r_j^T dM r_j with R = M^-1 S_m^T L^-T.
-        r = torch.linalg.solve_triangular(factor, columns.double().T, upper=False).T
-        logdet = 2.0 * factor.diagonal().log().sum()
-        r = r.to(gaps.dtype)
-        method = "exact (dense Cholesky of the gap block)"
-        return GapTerm(logdet.to(gaps.dtype), r, r, 1.0, method)
-    logdet = gaps.logdet(probes, settings.lanczos_steps)
-    solved, report = gaps.solve(probes, None, settings.cg_tol, settings.max_cg_iter, start)
-    left = gaps.inverse_columns(solved)
-    right = gaps.inverse_columns(probes)
-    method = f"stochastic Lanczos quadrature, {probes.shape[1]} probes"
-    return GapTerm(logdet, left, right, 1.0 / probes.shape[1], method, solved, report)
+    if m > settings.exact_gap_limit:
+        return preconditioned_gap_term(gaps, probes, settings)
+    eye = torch.eye(m, dtype=gaps.dtype, device=gaps.device)
+    columns = gaps.inverse_columns(eye)  # M^-1 S_m^T, (N, m)
+    factor = torch.linalg.cholesky(columns[gaps.missing].double())
+    # A^-1 = L^-T L^-1, so tr(A^-1 dA) = -sum_j r_j^T dM r_j with R = M^-1 S_m^T L^-T.
+    r = torch.linalg.solve_triangular(factor, columns.double().T, upper=False).T
+    logdet = 2.0 * factor.diagonal().log().sum()
+    r = r.to(gaps.dtype)
+    method = "exact (dense Cholesky of the gap block)"
+    return GapTerm(logdet.to(gaps.dtype), r, r, 1.0, method)
+
+
+def preconditioned_gap_term(
+    gaps: GapBlock, probes: torch.Tensor, settings: KissSettings
+) -> GapTerm:
+    """log|A| = log|P| + tr log(L^-1 A L^-T) with P = L L^T the gap-block preconditioner.
+
+    One preconditioned CG run from z = L u (u the Rademacher `probes`, so z has covariance
+    P) gives both A^-1 z and, through its coefficients, the Lanczos tridiagonal of
+    L^-1 A L^-T from u: u^T log(L^-1 A L^-T) u ~ ||u||^2 e_1^T log(T) e_1. As P ~ A, that
+    correction is small and so is its variance. The gradient tr(A^-1 dA) is estimated by
+    (A^-1 z)^T dA (P^-1 z), unbiased because E[z z^T] = P.
+    """
+    preconditioner = gaps.preconditioner
+    z = preconditioner.sample(probes)
+    result = pcg(
+        gaps.matmul,
+        z,
+        preconditioner.solve,
+        settings.cg_tol,
+        settings.max_cg_iter,
+        label=gaps.label,
+    )
+    lengths = (probes * probes).sum(0)
+    quadrature = torch.stack(
+        [gauss_quadrature_log(result.lanczos_tridiagonal(j)) for j in range(probes.shape[1])]
+    )
+    correction = (lengths * quadrature.to(lengths.dtype)).mean()
+    logdet = correction + preconditioner.logdet()
+    left = gaps.inverse_columns(result.solution)
+    right = gaps.inverse_columns(preconditioner.solve(z))
+    method = f"stochastic Lanczos quadrature, {probes.shape[1]} probes, gap-block preconditioned"
+    return GapTerm(logdet, left, right, 1.0 / probes.shape[1], method, result.report())
 
 
 @dataclass
@@ -248,11 +296,13 @@ class OnGridForward:
 
 @dataclass
 class WarmStart:
-    """The latest solutions of a problem's solves (where the next ones start) and the CG
-    work so far, in column-matmuls of the gap block (iterations times right-hand sides)."""
+    """The latest solution of a problem's mean solve (where the next one starts), the gap
+    preconditioner (any fixed P keeps the estimates unbiased, so one built at earlier
+    hyperparameters serves until it slows CG down) and the CG work so far, in column-matmuls
+    of the gap block (iterations times right-hand sides)."""
 
     alpha: torch.Tensor | None = None  # K^-1 z, (n, 1)
-    probes: torch.Tensor | None = None  # A^-1 probes, (m, t)
+    preconditioner: GapPreconditioner | None = None  # of the gap block, at earlier values
     work: int = 0
 
 
@@ -279,21 +329,33 @@ class OnGridProblem:
             self.z[:, None], None, settings.cg_tol, settings.max_cg_iter, self.warm.alpha
         )
         self.warm.alpha = alpha
+        if self.missing:
+            self.warm.preconditioner = op.gaps.preconditioner
         self.warm.work += report.iterations
         return alpha, report
 
     def gap(self, op: ObservedKronecker) -> GapTerm:
-        """The gap term, its probe solves from the previous ones, which they then replace."""
-        gap = gap_term(op.gaps, self.gap_probes, self.settings, self.warm.probes)
+        """The gap term, with its probe solves' work counted; a preconditioner whose probe
+        solve now takes over twice its first iterations is dropped, to be rebuilt."""
+        gap = gap_term(op.gaps, self.gap_probes, self.settings)
         if gap.probe_solve is not None:
-            self.warm.probes = gap.probe_solutions
-            self.warm.work += gap.probe_solve.iterations * self.gap_probes.shape[1]
+            iterations = gap.probe_solve.iterations
+            self.warm.work += iterations * self.gap_probes.shape[1]
+            preconditioner = op.gaps.preconditioner
+            if preconditioner.fresh_iterations is None:
+                preconditioner.fresh_iterations = iterations
+            elif iterations > 2 * preconditioner.fresh_iterations + 5:
+                self.warm.preconditioner = None
         return gap
 
     def operator(
         self, columns: Sequence[torch.Tensor], outputscale: torch.Tensor, noise: torch.Tensor
     ) -> ObservedKronecker:
-        return ObservedKronecker(Kronecker(columns, outputscale), self.observed, noise)
+        """The observed-grid operator at these hyperparameters; its gap preconditioner is the
+        problem's current one (built on the first solve that needs it, then kept)."""
+        op = ObservedKronecker(Kronecker(columns, outputscale), self.observed, noise)
+        op.shared_preconditioner = self.warm.preconditioner
+        return op
 
     @torch.no_grad()
     def forward(
