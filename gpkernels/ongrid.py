@@ -459,9 +459,17 @@ class SeparableGridSolver(KissSolver):
         gap = forward.gap
         method, probe_solve = (gap.method, gap.probe_solve) if gap is not None else (None, None)
         diagnostics = replace(
-            self.diagnostics, solve=forward.solve, probe_solve=probe_solve, log_det_gaps=method
+            self._described(), solve=forward.solve, probe_solve=probe_solve, log_det_gaps=method
         )
         return value, diagnostics
+
+    def _described(self) -> SolverDiagnostics:
+        """The diagnostics, naming the gap preconditioner in use (if one was built)."""
+        preconditioner = self.problem.warm.preconditioner
+        if preconditioner is None:
+            return self.diagnostics
+        text = f"{self.diagnostics.preconditioner}; {preconditioner.describe()}"
+        return replace(self.diagnostics, preconditioner=text)
 
     @torch.no_grad()
     def condition(self, kernel: Kernel, likelihood: GaussianLikelihood) -> GridPosterior:
@@ -472,7 +480,7 @@ class SeparableGridSolver(KissSolver):
         )
         alpha, report = problem.solve_mean(op)
         mean = op.grid.matmul(op.embed(alpha))[:, 0]
-        diagnostics = self.diagnostics.with_solve(report)
+        diagnostics = self._described().with_solve(report)
         if problem.missing == 0:
             variances = complete_grid_variances(op.grid.eig(), scale, noise)
             note = "exact (complete grid, Kronecker eigendecomposition)"
