@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
+from typer.testing import CliRunner
 
+from jobs.cli import app
 from jobs.spec import SpecError, load_spec, parse_spec
 from pipeline.synthetic import SyntheticGrid, write_synthetic
 from tests.helpers import SMALL_SPEC, gpgrid
@@ -96,7 +98,12 @@ def test_cli_exit_codes_for_bad_input(tmp_path) -> None:
     assert "model.kernel" in result.stderr
 
 
-def test_cli_run_writes_the_store(tmp_path) -> None:
+@pytest.mark.usefixtures("ray_cluster", "failure_logs")
+def test_cli_run_writes_the_store(tmp_path, monkeypatch) -> None:
+    """The installed command runs the job in a process of its own, on its own embedded Ray;
+    the rerun and the changed spec go through the same command in this process, on the
+    session's Ray, saving a process and a Ray start each (a real process's exit codes are
+    checked by the first run and by the test above)."""
     write_synthetic(
         str(tmp_path / "in.zarr"), SyntheticGrid(shape=(3, 20, 20), seed=2), (3, 10, 10)
     )
@@ -107,14 +114,15 @@ def test_cli_run_writes_the_store(tmp_path) -> None:
     assert "wrote 1,200 cells in 4 tiles" in result.stdout
     out = xr.open_zarr(tmp_path / "out.zarr")
     assert np.isfinite(out["tas"].values).all() and np.isfinite(out["tas_std"].values).all()
-    again = gpgrid("run", str(spec), "--no-progress", cwd=tmp_path)
-    assert again.returncode == 0, again.stderr
+    monkeypatch.chdir(tmp_path)
+    again = CliRunner().invoke(app, ["run", str(spec), "--no-progress"])
+    assert again.exit_code == 0, again.output
     assert "wrote 0 cells in 0 tiles" in again.stdout
     assert "(4 tiles were already written by an earlier run)" in again.stdout
     changed = {**GOOD, "model": {**GOOD["model"], "fit_points": 50}}
     spec.write_text(yaml.safe_dump(changed))
-    refused = gpgrid("run", str(spec), "--no-progress", cwd=tmp_path)
-    assert refused.returncode == 2
+    refused = CliRunner().invoke(app, ["run", str(spec), "--no-progress"])
+    assert refused.exit_code == 2
     expected = "was made for another grid or spec (model.fit_points: store 400, job 50)"
     assert expected in refused.stderr
 

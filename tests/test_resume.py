@@ -183,12 +183,14 @@ def test_rerunning_a_finished_job_computes_nothing(source, reference) -> None:
 
 
 def test_gpus_asked_of_a_machine_without_any_fail_fast_or_fall_back(source, tmp_path) -> None:
-    config = config_for(source, str(tmp_path / "gpu.zarr"), num_gpus=0.5)
+    # one tile over the whole grid: the fallback is a property of the run, not of a tile
+    whole = dict(tile=RECIPE.shape, halo=(0, 0, 0), num_gpus=0.5)
+    config = config_for(source, str(tmp_path / "gpu.zarr"), **whole)
     with pytest.raises(ResourceUnavailableError, match="Ray sees no GPU on this machine"):
         run_pipeline(config, progress=False)
     with pytest.warns(RuntimeWarning, match="running on CPU"):
         summary = run_pipeline(replace(config, cpu_fallback=True), progress=False)
-    assert summary.tiles == TILES
+    assert summary.tiles == 1 and summary.cells == 6 * 32 * 32
 
 
 def test_a_sharded_store_holds_the_same_values(source, reference, tmp_path) -> None:

@@ -1,16 +1,27 @@
-"""gpgrid validate, inspect and plot through the real command, on a synthetic GP draw."""
+"""gpgrid validate, inspect and plot through the real command, on a synthetic GP draw.
+
+The command runs in this process, on the session's Ray: no process and no Ray to start per
+call (test_cli runs the installed command as a process of its own)."""
 
 from __future__ import annotations
 
 import re
 
 import numpy as np
+import pytest
 import xarray as xr
 import yaml
+from typer.testing import CliRunner, Result
 
+from jobs.cli import app
 from pipeline.holdout import choose_hold_out
 from pipeline.synthetic import SyntheticGrid, make_synthetic_dataset, write_synthetic
-from tests.helpers import gpgrid
+
+
+def gpgrid(*args: str) -> Result:
+    """The `gpgrid` command run in this process."""
+    return CliRunner().invoke(app, list(args))
+
 
 SPEC = {
     "input": {"path": "in.zarr", "variables": ["tas"], "dims": ["time", "lat", "lon"]},
@@ -37,13 +48,15 @@ def test_hold_out_hides_observed_cells_in_random_and_block_sets() -> None:
     assert lat_runs.sum() > 0.5 * blocks.sum()
 
 
-def test_validate_inspect_and_plot_commands(tmp_path) -> None:
+@pytest.mark.usefixtures("ray_cluster", "failure_logs")
+def test_validate_inspect_and_plot_commands(tmp_path, monkeypatch) -> None:
     write_synthetic(
         str(tmp_path / "in.zarr"), SyntheticGrid(shape=(4, 24, 24), seed=2), (4, 24, 24)
     )
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(SPEC))
-    result = gpgrid("validate", "job.yaml", "--no-progress", "--block", "lat=4", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    monkeypatch.chdir(tmp_path)
+    result = gpgrid("validate", "job.yaml", "--no-progress", "--block", "lat=4")
+    assert result.exit_code == 0, result.output
     rows = {
         m[0]: (float(m[1]), float(m[2]))
         for m in re.findall(
@@ -57,18 +70,18 @@ def test_validate_inspect_and_plot_commands(tmp_path) -> None:
         assert rmse < 1.0 and 0.8 <= coverage <= 1.0  # a draw from the model's own prior
     assert not (tmp_path / "out.zarr").exists()  # validation leaves the job's output alone
 
-    run = gpgrid("run", "job.yaml", "--no-progress", cwd=tmp_path)
-    assert run.returncode == 0, run.stderr
-    shown = gpgrid("inspect", "out.zarr", cwd=tmp_path)
-    assert shown.returncode == 0, shown.stderr
+    run = gpgrid("run", "job.yaml", "--no-progress")
+    assert run.exit_code == 0, run.output
+    shown = gpgrid("inspect", "out.zarr")
+    assert shown.exit_code == 0, shown.output
     assert "complete (1 chunks written)" in shown.stdout and "matern32" in shown.stdout
     assert "tas_std" in shown.stdout and "standard_name" in shown.stdout
 
-    plotted = gpgrid("plot", "out.zarr", "--at", "2", "--out", "look.png", cwd=tmp_path)
-    assert plotted.returncode == 0, plotted.stderr
+    plotted = gpgrid("plot", "out.zarr", "--at", "2", "--out", "look.png")
+    assert plotted.exit_code == 0, plotted.output
     assert (tmp_path / "look.png").read_bytes()[:4] == b"\x89PNG"
-    missing = gpgrid("plot", "out.zarr", "--variable", "nope", cwd=tmp_path)
-    assert missing.returncode == 2 and "'nope' is not in" in missing.stderr
+    missing = gpgrid("plot", "out.zarr", "--variable", "nope")
+    assert missing.exit_code == 2 and "'nope' is not in" in missing.stderr
     assert np.isfinite(xr.open_zarr(tmp_path / "out.zarr")["tas"].values).all()
 
 
