@@ -1,4 +1,4 @@
-"""Shared fixtures: one real local Ray for the test session, and devices to run numerics on."""
+"""Shared fixtures: a real local Ray per test module, and devices to run numerics on."""
 
 from __future__ import annotations
 
@@ -12,11 +12,9 @@ os.environ.setdefault("RAY_TMPDIR", "/tmp/ray_gpgrid_tests")
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster():
-    """One real local Ray cluster (2 CPUs, no dashboard), started by the first module that
-    asks for it and shared by all of them: starting one costs seconds, and no test needs a
-    fresh one (those that do start their own drivers or heads)."""
+    """One real local Ray cluster (2 CPUs, no dashboard) for the whole test module."""
     import ray
 
     ray.init(
