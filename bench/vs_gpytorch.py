@@ -833,7 +833,7 @@ def nan_flag(row: dict) -> str:
 
 RESULTS = Table(
     (
-        Column("case", 7, left=True),
+        Column("case", 9, left=True),
         Column("lib", 10, left=True),
         Column("dtype", 9, left=True),
         Column("status", 7),

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 
 import torch
 
+from gpkernels.gap_lines import CompleteLines, complete_lines
 from gpkernels.solvers import lanczos
+from gpkernels.structured import KroneckerEig
 
 __all__ = ["GapPreconditioner", "gap_labels", "pack_blocks", "probe_radius"]
 
@@ -123,24 +125,43 @@ class _Block:
 
 class GapPreconditioner:
     """P = blockdiag(L_b L_b^T) ~ A: solve, log-determinant and sampling (z = L u has
-    covariance P), which preconditioned CG and its Lanczos log-determinant need."""
+    covariance P), which preconditioned CG and its Lanczos log-determinant need. Cells
+    missing along a whole axis get their exact block (gap_lines.py); the other gaps get
+    probed dense blocks."""
 
     def __init__(
         self,
-        inverse_matmul: Callable[[torch.Tensor], torch.Tensor],
-        shape: Sequence[int],
+        eig: KroneckerEig,
+        inverse: torch.Tensor,
         missing: torch.Tensor,
-        like: torch.Tensor,
         budget: int = PROBE_BUDGET,
         limit: int = BLOCK_LIMIT,
     ) -> None:
+        shape = eig.shape
         self.size = missing.numel()
+        self.lines, rest = _split_complete_lines(eig, inverse, missing)
         self.radius = probe_radius(shape, budget)
-        self.exact = self.size <= _colours(shape, self.radius)  # then no entry is dropped
-        coords = _grid_coordinates(shape, missing)
-        columns, colour = _probed_columns(inverse_matmul, shape, missing, self.radius, like)
+        self.exact = rest.numel() <= _colours(shape, self.radius)  # then no entry is dropped
         self.blocks, self.jitter = [], 0.0
-        for positions in pack_blocks(gap_labels(shape, missing), limit):
+        if rest.numel():
+            self._probe_blocks(eig, inverse, missing[rest], rest, limit)
+        self.fresh_iterations: int | None = None  # CG iterations of its first probe solve
+
+    def _probe_blocks(
+        self,
+        eig: KroneckerEig,
+        inverse: torch.Tensor,
+        cells: torch.Tensor,
+        rest: torch.Tensor,
+        limit: int,
+    ) -> None:
+        """Dense blocks over the gaps of `cells`, the missing cells at positions `rest`."""
+        shape = eig.shape
+        coords = _grid_coordinates(shape, cells)
+        columns, colour = _probed_columns(
+            lambda v: eig.apply(v, inverse), shape, cells, self.radius, inverse
+        )
+        for positions in pack_blocks(gap_labels(shape, cells), limit):
             block = columns[positions][:, colour[positions]]
             if not self.exact:  # drop entries whose colour was shared by a nearer cell
                 offsets = coords[positions, None, :] - coords[None, positions, :]
@@ -148,17 +169,18 @@ class GapPreconditioner:
                 block = torch.where(near, block, torch.zeros_like(block))
             factor, jitter = _shifted_cholesky(0.5 * (block + block.T))
             self.jitter = max(self.jitter, jitter)
-            self.blocks.append(_Block(positions, factor, _inverse(factor)))
-        self.fresh_iterations: int | None = None  # CG iterations of its first probe solve
+            self.blocks.append(_Block(rest[positions], factor, _inverse(factor)))
 
     def describe(self) -> str:
         """One line for the diagnostics: blocks, probing radius, and any jitter needed."""
-        largest = max(b.positions.numel() for b in self.blocks)
-        text = (
-            f"gap blocks: {len(self.blocks)} dense Cholesky block(s) (largest {largest} cells) "
-            "of the gap block of the full-grid Kronecker inverse, "
-            + ("exact" if self.exact else f"probed within {self.radius} cells")
-        )
+        parts = [] if self.lines is None else [self.lines.describe()]
+        if self.blocks:
+            largest = max(b.positions.numel() for b in self.blocks)
+            parts.append(
+                f"{len(self.blocks)} dense Cholesky block(s) (largest {largest} cells), "
+                + ("exact" if self.exact else f"probed within {self.radius} cells")
+            )
+        text = "gap blocks of the full-grid Kronecker inverse: " + "; ".join(parts)
         if self.jitter == float("inf"):
             text += ", some blocks only diagonal (not positive definite with any shift)"
         elif self.jitter:
@@ -173,6 +195,8 @@ class GapPreconditioner:
         narrow = v.float()
         for b in self.blocks:
             out[b.positions] = b.inverse @ narrow[b.positions]
+        if self.lines is not None:
+            self.lines.solve(narrow, out)
         return out.to(v.dtype)
 
     def sample(self, u: torch.Tensor) -> torch.Tensor:
@@ -181,11 +205,34 @@ class GapPreconditioner:
         wide = u.double()
         for b in self.blocks:
             out[b.positions] = b.factor @ wide[b.positions]
+        if self.lines is not None:
+            self.lines.sample(wide, out)
         return out.to(u.dtype)
 
     def logdet(self) -> float:
         """log|P|, exact from the factors."""
-        return float(sum(2.0 * b.factor.diagonal().log().sum() for b in self.blocks))
+        blocks = float(sum(2.0 * b.factor.diagonal().log().sum() for b in self.blocks))
+        return blocks + (0.0 if self.lines is None else self.lines.logdet())
+
+
+def _split_complete_lines(
+    eig: KroneckerEig, inverse: torch.Tensor, missing: torch.Tensor
+) -> tuple[CompleteLines | None, torch.Tensor]:
+    """The exact part over cells missing along a whole axis (None if there are none), and
+    the positions of the other missing cells."""
+    everything = torch.arange(missing.numel(), device=missing.device)
+    found = complete_lines(eig.shape, missing)
+    if found is None:
+        return None, everything
+    size = 1
+    for n in eig.shape:
+        size *= n
+    position_of = torch.full((size,), -1, dtype=torch.long, device=missing.device)
+    position_of[missing] = everything
+    lines = CompleteLines(eig.vectors, inverse, *found, position_of)
+    covered = torch.zeros(missing.numel(), dtype=torch.bool, device=missing.device)
+    covered[lines.positions.reshape(-1)] = True
+    return lines, everything[~covered]
 
 
 def _inverse(factor: torch.Tensor) -> torch.Tensor:

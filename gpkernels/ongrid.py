@@ -13,8 +13,8 @@ cheap) and K = S K_grid S^T + noise I the kernel matrix of the observed cells:
 - the gradient follows the same split, so only the gap term is ever stochastic.
 
 Every CG on A is preconditioned by P, dense Cholesky blocks of A over the gaps
-(gap_blocks.py): A is nearly block diagonal over the gaps, so CG needs a few iterations
-instead of hundreds. P is built once and kept across the evaluations of a fit (any fixed P
+(gap_blocks.py; exact over cells missing along a whole axis, gap_lines.py): A is nearly
+block diagonal over the gaps, so CG needs a few iterations instead of hundreds. P is built once and kept across the evaluations of a fit (any fixed P
 keeps the estimates unbiased) until it slows CG down; the mean solve starts from the
 previous evaluation's solution (`WarmStart`).
 
@@ -80,9 +80,7 @@ class GapBlock(StructuredOperator):
     def preconditioner(self) -> GapPreconditioner:
         """Block-diagonal P ~ A over the gaps (gap_blocks.py), built on first use."""
         if self._preconditioner is None:
-            self._preconditioner = GapPreconditioner(
-                self.inverse_matmul, self.full.grid_shape, self.missing, self.inverse
-            )
+            self._preconditioner = GapPreconditioner(self.eig, self.inverse, self.missing)
         return self._preconditioner
 
     @property
