@@ -5,7 +5,9 @@ land, and the observed cells under it are held out: the same shapes as the cloud
 predicted, with a truth to score against. `gpgrid run` then fills the whole 300 x 500
 grid from the rest (as a separate process, timed end to end: read, fit, predict, write),
 and the hidden cells are scored: MAE, RMSE, CRPS, 95% interval score, 95% coverage (of
-the readings, so the std includes the learned noise). Peak RSS sums the run's process
+the readings, so the std includes the learned noise), then per band of distance to the
+nearest observation left, with a headline re-weighted to the distances of the real cloud
+cells (pipeline/bands.py, as gpgrid validate reports it). Peak RSS sums the run's process
 tree (driver, Ray and its workers), sampled every 0.2 s. Each run also prints the
 learned variance / lengthscale (what one realisation of an exponential field identifies),
 lengthscale, variance and nugget: median and range over tiles.
@@ -38,6 +40,13 @@ sys.path.insert(0, str(ROOT))
 from bench.memory import TreeRSS  # noqa: E402
 from bench.table import Column, Table  # noqa: E402
 from jobs.examples import datasets  # noqa: E402
+from pipeline.bands import (  # noqa: E402
+    band_labels,
+    banded_scores,
+    distance_to_observed,
+    fill_shares,
+    reweighted,
+)
 from pipeline.scores import score  # noqa: E402
 
 SPEC = ROOT / "jobs" / "examples" / "heaton_lst.yaml"
@@ -121,9 +130,17 @@ def evaluate(ds: xr.Dataset, hidden: np.ndarray, spec: dict) -> dict:
         spec["output"] = {"path": str(folder / "output.zarr"), "std": "observation"}
         seconds, peak_mb = run_job(spec, folder)
         out = xr.open_zarr(folder / "output.zarr")
-        scores = score(out["lst"].values[hidden], out["lst_std"].values[hidden], values[hidden])
+        mean, std = out["lst"].values[hidden], out["lst_std"].values[hidden]
+        scores = score(mean, std, values[hidden])
+        observed = np.isfinite(values)
+        left = distance_to_observed(observed & ~hidden)[hidden]
+        bands = banded_scores(mean, std, values[hidden], left)
+        shares = fill_shares(distance_to_observed(observed)[~observed])
         return {
             **scores,
+            "bands": bands,
+            "shares": shares,
+            "headline": reweighted(bands, shares),
             "seconds": seconds,
             "peak_mb": peak_mb,
             "learned": learned_hyperparameters(out.attrs),
@@ -179,6 +196,19 @@ SCORED = ("mae", "rmse", "crps", "interval_score95", "coverage95", "seconds", "p
 def report(label: str, fold: int, found: dict, which: str) -> None:
     learned = found["learned"]
     print(RESULTS.line([label, fold, *(found[key] for key in SCORED)]), flush=True)
+    for band in band_labels():
+        s, share = found["bands"].get(band), found["shares"].get(band, 0.0)
+        if s is not None:
+            print(
+                f"{'':<33}{band:>5} cells from data: {s['n']:>6,} hidden (clouds {share:.3f}), "
+                f"RMSE {s['rmse']:.3f}, CRPS {s['crps']:.3f}, cov95 {s['coverage95']:.3f}"
+            )
+    head = found["headline"]
+    if head is not None:
+        print(
+            f"{'':<33}weighted like the real clouds ({head.measured_share:.0%}): "
+            f"RMSE {head.rmse:.3f}, CRPS {head.crps:.3f}, cov95 {head.coverage95:.3f}"
+        )
     parts = [
         f"{name} {np.median(column):.4g} ({column.min():.3g}-{column.max():.3g})"
         for name, column in learned.items()

@@ -3,7 +3,9 @@
 `gpgrid example ostia` builds the input (54 months x 18 x 432 cells around the globe,
 land NaN) and its spec; `gpgrid validate` then hides 5% of the observed cells at random
 and as many again in contiguous blocks, reruns the job and scores the hidden cells
-(MAE, RMSE, CRPS, 95% interval score, 95% coverage of the readings). The job is also run
+(MAE, RMSE, CRPS, 95% interval score, 95% coverage of the readings), also per band of
+distance to the nearest observation left (the sea has no gaps of its own to move or to
+weight a headline by: land is never observed and stays NaN). The job is also run
 on all the data, and its output is checked to leave exactly the land cells NaN.
 
     .venv/bin/python bench/ostia.py
@@ -28,7 +30,7 @@ from bench.memory import TreeRSS  # noqa: E402
 from jobs.examples.catalog import prepare_example  # noqa: E402
 from jobs.run import run_job  # noqa: E402
 from jobs.spec import load_spec  # noqa: E402
-from jobs.validate import format_scores, validate_job  # noqa: E402
+from jobs.validate import format_validation, validate_job  # noqa: E402
 
 
 def main() -> None:
@@ -51,7 +53,7 @@ def main() -> None:
         sea_filled = bool(np.isfinite(output[:, ~land]).all())
         validation = validate_job(spec, progress=False, seed=args.seed)
     sampler.stop.set()
-    print(format_scores(validation.scores))
+    print(format_validation(validation))
     print(
         f"ostia: full run {run_seconds:.1f} s, validation run {validation.seconds:.1f} s, "
         f"peak RSS {sampler.peak_mb:,.0f} MB (all processes)"

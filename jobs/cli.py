@@ -202,20 +202,22 @@ def validate(
 ) -> None:
     """Score a job on its own data: hide cells, predict them, print the scores.
 
-    Gap-filling jobs hide random observed cells and contiguous blocks; forecasts are
-    backtested on the data's last steps. Prints MAE, RMSE, CRPS, 95% interval score
-    and 95% coverage per variable and kind of hold-out.
+    Gap-filling jobs hide the input's own gaps moved onto observed cells, random cells
+    and blocks; forecasts are backtested on the data's last steps. Prints MAE, RMSE,
+    CRPS, 95% interval score and 95% coverage per variable and kind of hold-out, then
+    per band of distance to the nearest observation, a headline weighted like the cells
+    the job fills, and a warning for any band whose coverage leaves 0.90-0.98.
     """
     try:
         job, _ = load_spec(spec)
         blocks = _parse_block(block or [])
         _start_ray(address)
-        from jobs.validate import format_scores, validate_job
+        from jobs.validate import format_validation, validate_job
 
         result = validate_job(job, address, progress, fraction, blocks or None, seed)
     except Exception as err:  # noqa: BLE001
         _fail(err)
-    typer.echo(format_scores(result.scores))
+    typer.echo(format_validation(result))
     typer.echo(f"({result.seconds:.1f} s; inputs and predictions in {result.folder})")
 
 
@@ -317,7 +319,7 @@ def example(
     try:
         _start_ray()
         from jobs.examples.catalog import run_example
-        from jobs.validate import format_scores, validate_job
+        from jobs.validate import format_scores, format_validation, validate_job
 
         summary, scores = run_example(name, out, progress=progress)
         typer.echo(
@@ -329,7 +331,7 @@ def example(
             job, _ = load_spec(out / "job.yaml")
             result = validate_job(job, progress=progress)
             typer.echo(f"held-out validation ({result.seconds:.1f} s):")
-            typer.echo(format_scores(result.scores))
+            typer.echo(format_validation(result))
     except Exception as err:  # noqa: BLE001
         _fail(err)
     typer.echo(f"spec: {out / 'job.yaml'}  (gpgrid validate|plot|inspect work on it)")

@@ -1,15 +1,18 @@
 """`gpgrid validate`: run a job on its own data with cells held out, and score what was hidden.
 
-Gap-filling jobs hide random observed cells and contiguous blocks; forecast jobs are
-backtested: issued `steps` before the end of the data and scored on those last steps.
-Everything goes to `<output.path>.validate/` (the job's own output is not touched).
+Gap-filling jobs hide the input's own gaps moved onto observed cells, random observed cells
+and contiguous blocks; every hidden cell is also scored by band of distance to the nearest
+observation left, and a headline weights the bands as the cells the job fills are spread
+over them. Forecast jobs are backtested: issued `steps` before the end of the data and
+scored on those last steps. Everything goes to `<output.path>.validate/` (the job's own
+output is not touched).
 """
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,19 +21,29 @@ import xarray as xr
 
 from jobs.run import run_job
 from jobs.spec import JobSpec
+from pipeline.bands import band_labels
 from pipeline.errors import InputError
-from pipeline.holdout import choose_hold_out, hide, score_forecast, score_hold_out
+from pipeline.holdout import (
+    BandedScores,
+    choose_hold_out,
+    hide,
+    score_bands,
+    score_forecast,
+    score_hold_out,
+)
 from pipeline.inputs import open_input
 from pipeline.store import consolidated_v3_allowed
 
 
 @dataclass
 class Validation:
-    """Scores per variable and hold-out kind, and where the run's files are."""
+    """Scores per variable and hold-out kind, per distance band (none for a backtest), and
+    where the run's files are."""
 
     scores: dict[str, dict[str, dict[str, float]]]
     folder: Path
     seconds: float
+    bands: dict[str, BandedScores] = field(default_factory=dict)
 
 
 def validate_job(
@@ -47,7 +60,9 @@ def validate_job(
         return _backtest(spec, folder, address, progress)
     dims = spec.input.dims
     source = open_input(spec.input.path)[spec.input.variables]
-    hold_out = choose_hold_out(source, spec.input.variables, dims, fraction, block, seed)
+    never_along = spec.target.never_observed_along
+    variables = spec.input.variables
+    hold_out = choose_hold_out(source, variables, dims, fraction, block, seed, never_along)
     folder.mkdir(parents=True, exist_ok=True)  # after the arguments are checked
     hidden_path = folder / "input.zarr"
     shutil.rmtree(hidden_path, ignore_errors=True)
@@ -57,7 +72,9 @@ def validate_job(
     job = _redirected(spec, input_path=str(hidden_path), output_path=str(folder / "output.zarr"))
     summary = run_job(job, address=address, progress=progress)
     output = xr.open_zarr(summary.output_path)
-    return Validation(score_hold_out(source, output, dims, hold_out), folder, summary.seconds)
+    scores = score_hold_out(source, output, dims, hold_out)
+    bands = score_bands(source, output, dims, hold_out)
+    return Validation(scores, folder, summary.seconds, bands)
 
 
 def _backtest(spec: JobSpec, folder: Path, address: str | None, progress: bool) -> Validation:
@@ -102,15 +119,56 @@ def _redirected(spec: JobSpec, input_path: str, output_path: str) -> JobSpec:
 
 def format_scores(scores: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
     """A table: one row per variable and hold-out kind."""
-    header = f"{'variable':<14}{'hold-out':<10}{'cells':>9}{'MAE':>10}{'RMSE':>10}{'CRPS':>10}"
-    header += f"{'IS95':>10}{'cover95':>9}"
+    width = max([len("variable"), *map(len, scores)]) + 2
+    header = f"{'variable':<{width}}{'hold-out':<10}{'cells':>9}{'MAE':>10}{'RMSE':>10}"
+    header += f"{'CRPS':>10}{'IS95':>10}{'cover95':>9}"
     rows = [header]
     for var, kinds in scores.items():
         for kind, s in kinds.items():
             rows.append(
-                f"{var:<14}{kind:<10}{s['n']:>9,}{s['mae']:>10.4g}{s['rmse']:>10.4g}"
+                f"{var:<{width}}{kind:<10}{s['n']:>9,}{s['mae']:>10.4g}{s['rmse']:>10.4g}"
                 f"{s['crps']:>10.4g}{s['interval_score95']:>10.4g}{s['coverage95']:>9.3f}"
             )
             if s.get("unpredicted"):
-                rows.append(f"{'':<24}({s['unpredicted']:,} hidden cells got no prediction)")
+                note = f"({s['unpredicted']:,} hidden cells got no prediction)"
+                rows.append(" " * (width + 10) + note)
+    return "\n".join(rows)
+
+
+def format_validation(result: Validation) -> str:
+    """The kinds table, then per variable the distance-banded table, the re-weighted
+    headline and any coverage warnings."""
+    parts = [format_scores(result.scores)]
+    for var, banded in result.bands.items():
+        parts.append(_format_bands(var, banded))
+    return "\n\n".join(parts)
+
+
+def _format_bands(var: str, banded: BandedScores) -> str:
+    """One variable's hidden cells by distance band, with each band's share of the cells
+    the job fills, and the headline over that spread."""
+    rows = [
+        f"{var}: every hidden cell, by distance to the nearest observation left (cells)",
+        f"{'band':<8}{'cells':>9}{'fill share':>12}{'RMSE':>10}{'CRPS':>10}{'cover95':>9}",
+    ]
+    for label in band_labels():
+        share = banded.shares.get(label, 0.0)
+        s = banded.bands.get(label)
+        if s is None:
+            rows.append(f"{label:<8}{0:>9}{share:>12.3f}{'-':>10}{'-':>10}{'-':>9}")
+            continue
+        rows.append(
+            f"{label:<8}{s['n']:>9,}{share:>12.3f}{s['rmse']:>10.4g}{s['crps']:>10.4g}"
+            f"{s['coverage95']:>9.3f}"
+        )
+    head = banded.headline
+    if head is None:
+        rows.append("no cells to fill (or none in a scored band): no re-weighted headline")
+    else:
+        rows.append(
+            f"headline, weighted like the cells to fill ({head.measured_share:.0%} of them in "
+            f"scored bands): RMSE {head.rmse:.4g}, CRPS {head.crps:.4g}, "
+            f"cover95 {head.coverage95:.3f}"
+        )
+    rows.extend(f"warning: {line}" for line in banded.warnings)
     return "\n".join(rows)

@@ -1,29 +1,92 @@
-"""Hold-out validation: hide observed cells (scattered, and contiguous blocks like clouds or
-sensor outages), predict them from the rest, and score the predictions against what was hidden.
+"""Hold-out validation: hide observed cells (scattered, contiguous blocks, and the input's
+own gaps moved onto observed cells), predict them from the rest, and score the predictions
+against what was hidden, per kind and per band of distance to the nearest observation.
 
-Random cells test interpolation between close neighbours; blocks test what users need
-most, filling large gaps, where a model's variances are least trustworthy.
+Random cells test interpolation between close neighbours; blocks and moved gaps test what
+users need most, filling large gaps, where a model's variances are least trustworthy. The
+moved gaps have the shapes (and so the depths) of the gaps the job will fill.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
+from scipy import ndimage
 
+from pipeline.bands import (
+    Headline,
+    banded_scores,
+    coverage_warnings,
+    distance_to_observed,
+    fill_shares,
+    reweighted,
+)
 from pipeline.errors import InputError
 from pipeline.scores import score
 from pipeline.store import std_name
 
+GAP_FRACTION = 0.15  # share of observed cells hidden under the moved gaps
+
 
 @dataclass
 class HoldOut:
-    """Which cells were hidden, per variable: `random` and `blocks` (boolean grids, disjoint)."""
+    """Which cells were hidden, per variable: `random`, `blocks` and `gaps` (boolean grids,
+    disjoint), and `fill`: the cells the job itself fills (missing, and not never observed)."""
 
     random: dict[str, np.ndarray]
     blocks: dict[str, np.ndarray]
+    gaps: dict[str, np.ndarray]
+    fill: dict[str, np.ndarray]
+
+    def kinds(self, var: str) -> dict[str, np.ndarray]:
+        return {"random": self.random[var], "blocks": self.blocks[var], "gaps": self.gaps[var]}
+
+    def hidden(self, var: str) -> np.ndarray:
+        return self.random[var] | self.blocks[var] | self.gaps[var]
+
+
+@dataclass(frozen=True)
+class BandedScores:
+    """One variable's hidden cells scored per distance band, each band's share of the fill
+    cells, the headline re-weighted to those shares, and the bands' coverage warnings."""
+
+    bands: dict[str, dict[str, float]]
+    shares: dict[str, float]
+    headline: Headline | None
+    warnings: list[str]
+
+
+def fill_cells(observed: np.ndarray, dims: Sequence[str], never_along: str | None) -> np.ndarray:
+    """The cells a job fills: the missing ones, except those missing along the whole of
+    `never_along` (land in a sea field), which stay NaN."""
+    missing = ~observed
+    if never_along is not None:
+        missing &= ~missing.all(axis=list(dims).index(never_along), keepdims=True)
+    return missing
+
+
+def moved_gaps(
+    observed: np.ndarray, fill: np.ndarray, fraction: float, gen: np.random.Generator
+) -> np.ndarray:
+    """The fill mask rolled by half the grid along some dims (the shift landing most of it on
+    observed cells), its connected pieces taken whole, at random, until about `fraction` of
+    the observed cells are covered: hold-outs with the shapes of the real gaps."""
+    if not fill.any():
+        return np.zeros_like(observed)
+    axes = tuple(range(fill.ndim))
+    shifts = [s for s in itertools.product(*[(0, n // 2) for n in fill.shape]) if any(s)]
+    if not shifts:  # a single cell
+        return np.zeros_like(observed)
+    best = max(shifts, key=lambda s: int((np.roll(fill, s, axes) & observed).sum()))
+    pieces, count = ndimage.label(np.roll(fill, best, axes) & observed)
+    sizes = np.bincount(pieces.ravel(), minlength=count + 1)[1:]
+    order = gen.permutation(count)
+    enough = np.searchsorted(np.cumsum(sizes[order]), fraction * observed.sum()) + 1
+    return np.isin(pieces, order[:enough] + 1)
 
 
 def default_block(sizes: Mapping[str, int], dims: Sequence[str]) -> dict[str, int]:
@@ -38,9 +101,11 @@ def choose_hold_out(
     fraction: float = 0.05,
     block: Mapping[str, int] | None = None,
     seed: int = 0,
+    never_along: str | None = None,
 ) -> HoldOut:
-    """Hide about `fraction` of each variable's observed cells at random and as many again
-    in blocks of `block` cells per dim (placed at random; only observed cells count)."""
+    """Hide `GAP_FRACTION` of each variable's observed cells under its own gaps moved, then
+    about `fraction` at random and as many again in blocks of `block` cells per dim
+    (placed at random; only observed cells count)."""
     if not 0 < fraction < 0.5:
         raise InputError(f"--fraction {fraction} must lie between 0 and 0.5 (e.g. 0.05)")
     shape = tuple(ds.sizes[d] for d in dims)
@@ -50,32 +115,41 @@ def choose_hold_out(
     block = {**default_block(ds.sizes, dims), **(block or {})}
     edges = [min(block[d], n) for d, n in zip(dims, shape, strict=True)]
     gen = np.random.default_rng(seed)
-    random, blocks = {}, {}
+    random, blocks, gaps, fill = {}, {}, {}, {}
     for var in variables:
         observed = np.isfinite(ds[var].transpose(*dims).values)
+        fill[var] = fill_cells(observed, dims, never_along)
         target = int(fraction * observed.sum())
-        in_blocks = np.zeros(shape, dtype=bool)
-        covered = 0
-        for _ in range(100_000):
-            if covered >= target:
-                break
-            corner = [gen.integers(0, n - e + 1) for n, e in zip(shape, edges, strict=True)]
-            box = tuple(slice(c, c + e) for c, e in zip(corner, edges, strict=True))
-            covered += int((observed[box] & ~in_blocks[box]).sum())
-            in_blocks[box] = True
-        blocks[var] = in_blocks & observed
-        rest = np.flatnonzero(observed & ~in_blocks)
+        gaps[var] = moved_gaps(observed, fill[var], GAP_FRACTION, gen)
+        blocks[var] = _blocks(observed & ~gaps[var], edges, target, gen)
+        rest = np.flatnonzero(observed & ~gaps[var] & ~blocks[var])
         picked = gen.choice(rest, size=min(target, rest.size), replace=False)
         random[var] = np.zeros(shape, dtype=bool)
         random[var].flat[picked] = True
-    return HoldOut(random, blocks)
+    return HoldOut(random, blocks, gaps, fill)
+
+
+def _blocks(
+    observed: np.ndarray, edges: Sequence[int], target: int, gen: np.random.Generator
+) -> np.ndarray:
+    """Observed cells under boxes of `edges` placed at random until `target` are covered."""
+    in_blocks = np.zeros(observed.shape, dtype=bool)
+    covered = 0
+    for _ in range(100_000):
+        if covered >= target:
+            break
+        corner = [gen.integers(0, n - e + 1) for n, e in zip(observed.shape, edges, strict=True)]
+        box = tuple(slice(c, c + e) for c, e in zip(corner, edges, strict=True))
+        covered += int((observed[box] & ~in_blocks[box]).sum())
+        in_blocks[box] = True
+    return in_blocks & observed
 
 
 def hide(ds: xr.Dataset, dims: Sequence[str], hold_out: HoldOut) -> xr.Dataset:
     """A copy of `ds` with the held-out cells set to NaN (attributes kept)."""
     out = ds.copy()
     for var in hold_out.random:
-        hidden = hold_out.random[var] | hold_out.blocks[var]
+        hidden = hold_out.hidden(var)
         values = ds[var].transpose(*dims).values.copy()
         values[hidden] = np.nan
         out[var] = xr.Variable(dims, values, ds[var].attrs).transpose(*ds[var].dims)
@@ -85,18 +159,45 @@ def hide(ds: xr.Dataset, dims: Sequence[str], hold_out: HoldOut) -> xr.Dataset:
 def score_hold_out(
     truth: xr.Dataset, output: xr.Dataset, dims: Sequence[str], hold_out: HoldOut
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Scores per variable and per kind of hold-out ('random', 'blocks') against the truth."""
+    """Scores per variable and kind of hold-out ('random', 'blocks', 'gaps') against the truth."""
     scores: dict[str, dict[str, dict[str, float]]] = {}
     for var in hold_out.random:
-        true = truth[var].transpose(*dims).values
-        mean = output[var].transpose(*dims).values
-        std = output[std_name(var)].transpose(*dims).values
+        true, mean, std = _arrays(truth, output, dims, var)
         scores[var] = {
             kind: _score_predicted(mean, std, true, cells)
-            for kind, cells in (("random", hold_out.random[var]), ("blocks", hold_out.blocks[var]))
+            for kind, cells in hold_out.kinds(var).items()
             if cells.any()
         }
     return scores
+
+
+def score_bands(
+    truth: xr.Dataset, output: xr.Dataset, dims: Sequence[str], hold_out: HoldOut
+) -> dict[str, BandedScores]:
+    """Per variable: every hidden cell scored by band of distance to the nearest observation
+    left after hiding, and the headline re-weighted to the bands of the cells to fill."""
+    out = {}
+    for var in hold_out.random:
+        true, mean, std = _arrays(truth, output, dims, var)
+        observed = np.isfinite(true)
+        left = distance_to_observed(observed & ~hold_out.hidden(var))
+        cells = hold_out.hidden(var) & np.isfinite(mean) & np.isfinite(std)
+        bands = banded_scores(mean[cells], std[cells], true[cells], left[cells])
+        shares = fill_shares(distance_to_observed(observed)[hold_out.fill[var]])
+        headline = reweighted(bands, shares)
+        out[var] = BandedScores(bands, shares, headline, coverage_warnings(var, bands))
+    return out
+
+
+def _arrays(
+    truth: xr.Dataset, output: xr.Dataset, dims: Sequence[str], var: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The truth, predicted mean and std of `var` as arrays over `dims`."""
+    return (
+        truth[var].transpose(*dims).values,
+        output[var].transpose(*dims).values,
+        output[std_name(var)].transpose(*dims).values,
+    )
 
 
 def _score_predicted(

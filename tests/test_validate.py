@@ -14,7 +14,11 @@ import yaml
 from typer.testing import CliRunner, Result
 
 from jobs.cli import app
+from jobs.run import run_job
+from jobs.spec import load_spec
+from jobs.validate import validate_job
 from pipeline.holdout import choose_hold_out
+from pipeline.scores import score_gap_cells
 from pipeline.synthetic import SyntheticGrid, make_synthetic_dataset, write_synthetic
 
 
@@ -60,12 +64,14 @@ def test_validate_inspect_and_plot_commands(tmp_path, monkeypatch) -> None:
     rows = {
         m[0]: (float(m[1]), float(m[2]))
         for m in re.findall(
-            r"^tas\s+(random|blocks)\s+[\d,]+\s+\S+\s+(\S+)\s+\S+\s+\S+\s+(\S+)$",
+            r"^tas\s+(random|blocks|gaps)\s+[\d,]+\s+\S+\s+(\S+)\s+\S+\s+\S+\s+(\S+)$",
             result.stdout,
             re.MULTILINE,
         )
     }
-    assert set(rows) == {"random", "blocks"}, result.stdout
+    assert set(rows) == {"random", "blocks", "gaps"}, result.stdout
+    assert "tas: every hidden cell, by distance to the nearest observation" in result.stdout
+    assert "headline, weighted like the cells to fill (100% of them" in result.stdout
     for rmse, coverage in rows.values():
         assert rmse < 1.0 and 0.8 <= coverage <= 1.0  # a draw from the model's own prior
     assert not (tmp_path / "out.zarr").exists()  # validation leaves the job's output alone
@@ -83,6 +89,35 @@ def test_validate_inspect_and_plot_commands(tmp_path, monkeypatch) -> None:
     missing = gpgrid("plot", "out.zarr", "--variable", "nope")
     assert missing.exit_code == 2 and "'nope' is not in" in missing.stderr
     assert np.isfinite(xr.open_zarr(tmp_path / "out.zarr")["tas"].values).all()
+
+
+@pytest.mark.usefixtures("ray_cluster", "failure_logs")
+def test_the_reweighted_headline_predicts_the_error_in_the_real_gaps(tmp_path) -> None:
+    """On a GP draw with known truth: the validation's headline RMSE, re-weighted to the
+    distances of the cells the job fills, is within 10% of the RMSE the job makes there
+    (against truth plus the draw's noise, which is what a held-out reading holds)."""
+    recipe = SyntheticGrid(shape=(6, 60, 60), gap_fraction=0.35, blob_share=0.9, seed=4)
+    source = write_synthetic(str(tmp_path / "in.zarr"), recipe, (6, 30, 30))
+    spec = {
+        **SPEC,
+        "tiling": {
+            "tile": {"time": 6, "lat": 30, "lon": 30},
+            "halo": {"time": 0, "lat": 4, "lon": 4},
+        },
+    }
+    spec["input"] = {**SPEC["input"], "path": str(tmp_path / "in.zarr")}
+    spec["output"] = {"path": str(tmp_path / "out.zarr")}
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(spec))
+    job, _ = load_spec(tmp_path / "job.yaml")
+    summary = run_job(job, progress=False)
+    latent = score_gap_cells(xr.open_zarr(summary.output_path), source, "tas")["rmse"]
+    real = float(np.hypot(latent, recipe.noise_std))
+    validation = validate_job(job, progress=False)
+    headline = validation.bands["tas"].headline
+    assert headline is not None and headline.measured_share > 0.99
+    kinds = {kind: round(s["rmse"], 4) for kind, s in validation.scores["tas"].items()}
+    print(f"headline RMSE {headline.rmse:.4f}, in the real gaps {real:.4f}; by kind {kinds}")
+    assert abs(headline.rmse / real - 1) < 0.10, (headline, real, validation.scores)
 
 
 def test_quicklook_draws_two_dim_grids_and_station_series(tmp_path) -> None:
