@@ -370,10 +370,10 @@ class OnGridProblem:
     ) -> OnGridForward:
         """log N(z | 0, K) at these hyperparameters, with what its gradient needs."""
         op = self.operator(columns, outputscale, noise)
+        gap = self.gap(op) if self.missing else None  # first: it builds the preconditioner
         alpha, report = self.solve_mean(op)
         alpha = alpha[:, 0]
         logdet = op.gaps.full.spectrum().log().sum()
-        gap = self.gap(op) if self.missing else None
         if gap is not None:
             logdet = logdet + gap.logdet
         n = self.z.shape[0]
