@@ -46,7 +46,14 @@ def test_ctrl_c_says_what_was_kept_and_the_rerun_resumes(tmp_path) -> None:
     # lands mid-run (6 fast tiles could all finish before it)
     spec = job(tmp_path, (3, 40, 40), str(tmp_path / "out.zarr"))
     command = [str(Path(sys.executable).parent / "gpgrid"), "run", str(spec), "--no-progress"]
-    driver = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    # SIGINT at its default in the driver, even where pytest was started with it ignored
+    # (a background job of a shell without job control): Python then handles it as Ctrl-C.
+    driver = subprocess.Popen(
+        command,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     tiles = journal_dir(str(tmp_path / "out.zarr")) / "tiles"
     deadline = time.monotonic() + 120
     while not (tiles.is_dir() and any(tiles.glob("*.json"))) and time.monotonic() < deadline:
