@@ -17,12 +17,13 @@ the block inverses CG applies are float32, as that apply is bound by memory traf
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from gpkernels.gap_lines import CompleteLines, complete_lines
+from gpkernels.gap_lines import CompleteLines, complete_lines, grid_coordinates
 from gpkernels.solvers import lanczos
 from gpkernels.structured import KroneckerEig
 
@@ -47,15 +48,6 @@ def _colours(shape: Sequence[int], radius: int) -> int:
     for n in shape:
         count *= min(2 * radius + 1, n)
     return count
-
-
-def _grid_coordinates(shape: Sequence[int], flat: torch.Tensor) -> torch.Tensor:
-    """(len(flat), d) integer coordinates of C-order flat cell indices."""
-    coords, rest = [], flat
-    for n in reversed(shape):
-        coords.append(rest % n)
-        rest = rest // n
-    return torch.stack(coords[::-1], dim=1)
 
 
 def gap_labels(shape: Sequence[int], missing: torch.Tensor) -> torch.Tensor:
@@ -157,7 +149,7 @@ class GapPreconditioner:
     ) -> None:
         """Dense blocks over the gaps of `cells`, the missing cells at positions `rest`."""
         shape = eig.shape
-        coords = _grid_coordinates(shape, cells)
+        coords = grid_coordinates(shape, cells)
         columns, colour = _probed_columns(
             lambda v: eig.apply(v, inverse), shape, cells, self.radius, inverse
         )
@@ -224,10 +216,7 @@ def _split_complete_lines(
     found = complete_lines(eig.shape, missing)
     if found is None:
         return None, everything
-    size = 1
-    for n in eig.shape:
-        size *= n
-    position_of = torch.full((size,), -1, dtype=torch.long, device=missing.device)
+    position_of = torch.full((math.prod(eig.shape),), -1, dtype=torch.long, device=missing.device)
     position_of[missing] = everything
     lines = CompleteLines(eig.vectors, inverse, *found, position_of)
     covered = torch.zeros(missing.numel(), dtype=torch.bool, device=missing.device)
@@ -282,7 +271,7 @@ def _colouring(
         colour_of[missing] = torch.arange(missing.numel(), device=missing.device)
         return colour_of, missing.numel()
     colour_of = torch.zeros(size, dtype=torch.long, device=missing.device)
-    every = _grid_coordinates(shape, torch.arange(size, device=missing.device))
+    every = grid_coordinates(shape, torch.arange(size, device=missing.device))
     for axis, n in enumerate(shape):
         period = min(2 * radius + 1, n)
         colour_of = colour_of * period + every[:, axis] % period

@@ -10,11 +10,12 @@ few cells along the axis of such a gap, which is where its smooth modes lie.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
-__all__ = ["CompleteLines", "complete_lines"]
+__all__ = ["CompleteLines", "complete_lines", "grid_coordinates"]
 
 LINE_ENTRIES = 1 << 25  # n_a |L|^2 entries at most (256 MB of float64 factors)
 
@@ -25,10 +26,7 @@ def complete_lines(
     """The axis along which the most cells are missing at every index, and those lines'
     positions in the grid of the other axes (C order); None when no line is complete or
     the blocks would exceed `entries`."""
-    size = 1
-    for n in shape:
-        size *= n
-    grid = torch.zeros(size, dtype=torch.bool, device=missing.device)
+    grid = torch.zeros(math.prod(shape), dtype=torch.bool, device=missing.device)
     grid[missing] = True
     grid = grid.reshape(*shape)
     best, best_cells = None, 0
@@ -58,7 +56,7 @@ class CompleteLines:
         self.rotation = vectors[axis].double()  # Q_a
         rest = [q.double() for i, q in enumerate(vectors) if i != axis]
         rest_shape = [q.shape[0] for q in rest]
-        rows = _kron_rows(rest, _coordinates(rest_shape, lines))  # R = Q_r[L, :]
+        rows = _kron_rows(rest, grid_coordinates(rest_shape, lines).unbind(1))  # R = Q_r[L, :]
         spectrum = inverse.double().reshape(*shape).movedim(axis, 0).reshape(shape[axis], -1)
         blocks = torch.stack([(rows * d) @ rows.T for d in spectrum])  # R D_j R^T
         self.factors = torch.linalg.cholesky(0.5 * (blocks + blocks.mT))
@@ -95,12 +93,13 @@ class CompleteLines:
         return (matrix @ x.reshape(x.shape[0], -1)).reshape(x.shape)
 
 
-def _coordinates(shape: Sequence[int], flat: torch.Tensor) -> list[torch.Tensor]:
+def grid_coordinates(shape: Sequence[int], flat: torch.Tensor) -> torch.Tensor:
+    """(len(flat), d) integer coordinates of C-order flat cell indices."""
     coords, rest = [], flat
     for n in reversed(shape):
         coords.append(rest % n)
         rest = rest // n
-    return coords[::-1]
+    return torch.stack(coords[::-1], dim=1)
 
 
 def _kron_rows(vectors: Sequence[torch.Tensor], coords: Sequence[torch.Tensor]) -> torch.Tensor:
