@@ -197,6 +197,26 @@ class ExactGP(GPModel):
             variances.append(self.kernel.diag(xb) - (v * v).sum(0))
         return self._finish_prediction(means, variances, x, include_noise)
 
+    @torch.no_grad()
+    def predict_part(
+        self, x: torch.Tensor, part: Kernel, block_size: int = 2048
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean (with the prior mean) and variance at x of one additive part of
+        the kernel, e.g. the long-range term of a sum: the data's covariance is the whole
+        kernel's, the cross-covariance only the part's. In y's units."""
+        self._check_prediction_input(
+            self._cache, x, self._cache["x"].shape[1] if self._cache else 0
+        )
+        train_x = self._cache["x"]
+        x = x.to(dtype=train_x.dtype, device=train_x.device)
+        means, variances = [], []
+        for xb in torch.split(x, block_size):
+            cross = part(xb, train_x)
+            means.append(cross @ self._cache["alpha"])
+            v = torch.linalg.solve_triangular(self._cache["factor"], cross.T, upper=False)
+            variances.append(part.diag(xb) - (v * v).sum(0))
+        return self._finish_prediction(means, variances, x, include_noise=False)
+
 
 def _set_lengthscales(factors: list, fraction: float, spans: torch.Tensor) -> None:
     """Each stationary factor's lengthscales to `fraction` of its columns' spans (an isotropic

@@ -270,10 +270,17 @@ class ModelSpec(Strict):
         "lengthscale), e.g. [lat, lon] for projected coordinates in one unit; their "
         "model.kernel entries must name the same kernel",
     )
-    mean: Literal["constant", "linear"] = Field(
+    mean: Literal["constant", "linear", "domain"] = Field(
         _default("mean"),
-        description="prior mean: a constant, or a linear trend in the input columns "
-        "(least squares per tile)",
+        description="prior mean: a constant or a linear trend per tile (least squares), or "
+        "domain: a smooth GP trend over the whole grid, learned on trend_points observations "
+        "drawn across it, under constant-mean tiles; its uncertainty adds to every std",
+    )
+    trend_points: StrictInt = Field(
+        _default("trend_points"),
+        ge=100,
+        le=5000,
+        description="mean domain: observations the whole-domain trend is learned on",
     )
     calibrate_variance: StrictBool = Field(
         _default("calibrate_variance"),
@@ -495,8 +502,9 @@ class JobSpec(Strict):
                 f"on gridded data, got {model_type!r}: drop calibrate_variance"
             )
         chosen = model.isotropic
-        if model.mean == "linear" and model.multitask:
-            raise ValueError("model.mean linear fits one trend per variable: drop multitask")
+        if model.mean != "constant" and model.multitask:
+            raise ValueError(f"model.mean {model.mean} fits one trend per variable: drop multitask")
+        self._check_domain_trend()
         if not chosen:
             return
         kernels = {model.kernel.get(c) for c in chosen}
@@ -514,6 +522,25 @@ class JobSpec(Strict):
             raise ValueError(
                 f"model.isotropic cannot be combined with input.wrap on its columns ({wrapped}), "
                 "hyperparameters: shared or multitask: drop one"
+            )
+
+    def _check_domain_trend(self) -> None:
+        """A whole-domain trend needs a gap-filling grid: its lattice spans the data's grid."""
+        if self.model.mean != "domain":
+            return
+        blocked = [
+            name
+            for name, present in (
+                ("input.stations", self.input.stations is not None),
+                ("target.kind forecast", self.target.kind == "forecast"),
+                ("input.wrap", bool(self.input.wrap)),
+            )
+            if present
+        ]
+        if blocked:
+            raise ValueError(
+                f"model.mean domain fits a trend over the input's own grid, which {blocked} "
+                "do not fit: use mean constant or linear, or drop them"
             )
 
     def _check_new_grid(self, dims: list[str]) -> None:

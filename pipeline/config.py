@@ -52,7 +52,8 @@ class ModelConfig:
     window, `inducing` inducing points, `epochs` minibatch passes; with `multitask`,
     an LMC model with `rank` latent GPs. `isotropic` columns share one kernel of their
     Euclidean distance (kiss then solves by FFT and CG, keeping the subsample fit);
-    `mean` is the prior mean, a constant or a linear trend fitted per tile.
+    `mean` is the prior mean: a constant or a linear trend fitted per tile, or a trend
+    over the whole domain (see pipeline/trend.py) whose variance adds to every std.
     """
 
     kernels: tuple[AxisKernel, ...]  # one per input column (see PipelineConfig.input_columns)
@@ -69,8 +70,16 @@ class ModelConfig:
     epochs: int = 3
     hyperparameters: str = "per_tile"  # or "shared": learned on a sample of tiles first
     isotropic: tuple[str, ...] = ()  # input columns sharing one Euclidean-distance factor
-    mean: str = "constant"  # or "linear": a least-squares trend in the input columns
+    # or "linear": a least-squares trend per tile; or "domain": a smooth GP trend over the
+    # whole grid (fitted on `trend_points` observations across it) under constant-mean tiles
+    mean: str = "constant"
+    trend_points: int = 1000
     calibrate_variance: bool = False  # kiss: variance scale by conformal hold-out of gaps
+
+    @property
+    def tile_mean(self) -> str:
+        """The prior mean of each tile's own GP: under a domain trend, a constant."""
+        return "constant" if self.mean == "domain" else self.mean
 
 
 @dataclass(frozen=True)

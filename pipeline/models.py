@@ -98,7 +98,7 @@ class ExactRow(ModelRow):
         return nearest_to_core(observed, tile, plan.halo, plan.model.max_points, tile.index)
 
     def fit(self, plan, problem, t, fixed):  # noqa: ANN001, ANN201
-        model = _named(ExactGP(build_kernel(plan), mean=plan.model.mean), plan)
+        model = _named(ExactGP(build_kernel(plan), mean=plan.model.tile_mean), plan)
         n = len(problem.y)
         if fixed is not None:
             return model, _condition_on_shared(model, fixed, t), min(plan.model.fit_points, n)
@@ -164,7 +164,7 @@ class KissRow(RefinedRow):
             neighbours=config.neighbours,
             cg_tol=KISS_CG_TOL,
             seed=problem.seed,
-            mean=config.mean,
+            mean=config.tile_mean,
             calibrate=config.calibrate_variance,
         )
 
@@ -188,7 +188,7 @@ class SvgpRow(RefinedRow):
             num_inducing=min(config.inducing, len(problem.y)),
             batch_size=SVGP_BATCH,
             seed=problem.seed,
-            mean=config.mean,
+            mean=config.tile_mean,
         )
 
     def refinement(self, config: ModelConfig) -> dict[str, int]:
@@ -330,6 +330,17 @@ def build_kernel(plan: ModelPlan):  # noqa: ANN201
     if shared:
         return Scale(Product(factors))
     return separable(factors)
+
+
+def trend_kernel(plan: ModelPlan) -> Scale:
+    """A smooth kernel for the whole-domain trend: Matérn 3/2 with the spec's grouping of
+    columns (the isotropic ones share one factor), no cycle."""
+    shared = [plan.columns.index(c) for c in plan.model.isotropic]
+    factors = [make_kernel("matern32", dims=shared, isotropic=True)] if shared else []
+    factors += [
+        make_kernel("matern32", dims=[c]) for c in range(len(plan.columns)) if c not in shared
+    ]
+    return Scale(factors[0] if len(factors) == 1 else Product(factors))
 
 
 def nearest_to_core(

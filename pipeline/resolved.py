@@ -73,10 +73,14 @@ class ResolvedRun:
         return plan_tiles(self.tiled, self.chunks, halo, self.config.blend, self.wrap, history)
 
     def work(
-        self, device: str, halo: tuple[int, ...] | None = None, shared: dict | None = None
+        self,
+        device: str,
+        halo: tuple[int, ...] | None = None,
+        shared: dict | None = None,
+        trends: dict | None = None,
     ) -> TileWork:
         """What each tile task receives: phase 1's (no shared values, the spec's halo) or
-        phase 2's."""
+        phase 2's; with the whole-domain trends where the model has them."""
         config = self.config
         plan = ModelPlan(
             model=config.model,
@@ -85,6 +89,7 @@ class ResolvedRun:
             shared=shared,
             std_includes_noise=config.std_includes_noise,
             off_lattice=bool(config.regrid),
+            trends=trends,
         )
         return TileWork(self.source, plan, device)
 

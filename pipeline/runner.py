@@ -91,6 +91,13 @@ def fit_hyperparameters_on_worker(work: TileWork, tile: Tile) -> dict:
     return fit_tile_hyperparameters(work, tile)
 
 
+def fit_trends_on_worker(work: TileWork) -> dict:
+    """The whole-domain trends' Ray task (model.mean: domain), before any tile."""
+    from pipeline.trend import fit_trends
+
+    return fit_trends(work)
+
+
 def run_pipeline(
     config: PipelineConfig, progress: bool = True, address: str | None = None
 ) -> RunSummary:
@@ -171,20 +178,41 @@ def _phase_one(
     progress: bool,
     timings: dict,
 ) -> tuple[TileWork, list[Tile], dict]:
-    """What the tiles receive, their plan and the store attributes phase 1 adds: with
-    shared hyperparameters, those (and halos sized from them), else the spec's halo."""
+    """What the tiles receive, their plan and the store attributes phase 1 adds: the
+    whole-domain trends where the model has them; with shared hyperparameters, those (and
+    halos sized from them), else the spec's halo."""
     device = "cuda" if resources["num_gpus"] > 0 else "cpu"
+    trends = _domain_trends(run, device, resources, progress, timings)
+    attrs: dict = {}
+    if trends is not None:
+        attrs["gpgrid_trend"] = {v: t and t.hyperparameters for v, t in trends.items()}
     if run.shared is None:
-        return run.work(device), run.tiles, {}
+        return run.work(device, trends=trends), run.tiles, attrs
     mark = time.perf_counter()
-    shared = _shared_hyperparameters(run, run.work(device), resources, progress)
-    attrs: dict = {"gpgrid_hyperparameters": shared}
+    shared = _shared_hyperparameters(run, run.work(device, trends=trends), resources, progress)
+    attrs["gpgrid_hyperparameters"] = shared
     halo = run.halo
     if run.shared.halo_lengthscales:
         halo = halo_from_lengthscales(run, shared, ds)
         attrs["gpgrid_halo"] = dict(zip(run.config.dims, halo, strict=True))
     timings["phase1"] = time.perf_counter() - mark
-    return run.work(device, halo, shared), run.tiles_with(halo), attrs
+    return run.work(device, halo, shared, trends), run.tiles_with(halo), attrs
+
+
+def _domain_trends(
+    run: ResolvedRun, device: str, resources: dict, progress: bool, timings: dict
+) -> dict | None:
+    """The whole-domain trend of every variable (one Ray task), or None without one."""
+    if run.config.model.mean != "domain":
+        return None
+    mark = time.perf_counter()
+    if progress:
+        points = run.config.model.trend_points
+        print(f"trend: a whole-domain GP on {points:,} observations per variable", file=sys.stderr)
+    remote = ray.remote(fit_trends_on_worker).options(**resources, max_retries=MAX_RETRIES)
+    trends = ray.get(remote.remote(run.work(device)))
+    timings["trend"] = time.perf_counter() - mark
+    return trends
 
 
 def _still_to_compute(

@@ -238,10 +238,23 @@ def _fit_variable(
     plan = window.work.plan
     observed = int(np.isfinite(values).sum())
     row = window.models.row(plan.model.type, False, observed)
+    trend = plan.trend(var)
+    if trend is not None:  # the tile's GP models what the whole-domain trend leaves
+        values = values - trend.at(window.x)[0]
     mean, std, info = _run_row(window, row, values, plan.fixed(var))
+    if trend is not None:
+        level, variance = trend.at(window.x_core)
+        mean, std = mean + level, np.sqrt(std**2 + variance)
+        info["trend_std"] = _quantiles(np.sqrt(variance))
     converged = info["solver"].get("cg_converged", True)
     info["status"] = "ok" if converged else "solve did not converge"
     return mean, std, info
+
+
+def _quantiles(values: np.ndarray) -> dict[str, float]:
+    """Smallest, median and largest of `values`, for a tile's diagnostics."""
+    low, mid, high = np.quantile(values, [0.0, 0.5, 1.0])
+    return {"min": float(low), "median": float(mid), "max": float(high)}
 
 
 def _fit_jointly(window: _Window, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -275,13 +288,16 @@ def fit_tile_hyperparameters(work: TileWork, tile: Tile) -> dict[str, dict | Non
     found: dict[str, dict | None] = {}
     for var in source.variables:
         values = read_window(source, tile, ds, var).reshape(-1)
+        trend = plan.trend(var)
+        if trend is not None:
+            values = values - trend.at(x)[0]
         observed = np.flatnonzero(np.isfinite(values))
         if observed.size < max(MIN_OBSERVATIONS, 10) or constant_observations(values[observed]):
             found[var] = None  # too few, or constant: no hyperparameters to learn
             continue
         used = nearest_to_core(observed, tile, plan.halo, plan.model.fit_points, tile.index)
         tx, ty = tensors(plan, work.device, x[used], values[used])
-        model = ExactGP(build_kernel(plan), mean=plan.model.mean)
+        model = ExactGP(build_kernel(plan), mean=plan.model.tile_mean)
         model.fit(tx, ty, max_iter=plan.model.max_iter, seed=tile.index)
         found[var] = model.separable_hyperparameters()
     return found

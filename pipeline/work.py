@@ -7,8 +7,12 @@ to every tile task; none holds the run's whole config.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pipeline.config import Forecast, ModelConfig, input_columns
+
+if TYPE_CHECKING:
+    from pipeline.trend import TrendField
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,8 @@ class ModelPlan:
     """What the per-tile GP needs beyond the data: the model config, the input columns'
     names, the halo (distances from the core are measured in its units), the shared
     hyperparameters per variable (None: each tile learns its own), whether the std
-    includes the noise, and whether targets lie off the input's lattice (a new grid)."""
+    includes the noise, whether targets lie off the input's lattice (a new grid), and
+    the whole-domain trend per variable (model.mean: domain)."""
 
     model: ModelConfig
     columns: tuple[str, ...]
@@ -51,10 +56,15 @@ class ModelPlan:
     shared: dict[str, dict] | None = None
     std_includes_noise: bool = False
     off_lattice: bool = False
+    trends: dict[str, TrendField | None] | None = None
 
     def fixed(self, var: str) -> dict | None:
         """The shared hyperparameters of `var`, or None when the tile learns its own."""
         return (self.shared or {}).get(var)
+
+    def trend(self, var: str) -> TrendField | None:
+        """The whole-domain trend of `var` (model.mean: domain), or None."""
+        return (self.trends or {}).get(var)
 
 
 @dataclass(frozen=True)
