@@ -4,7 +4,10 @@ against what was hidden, per kind and per band of distance to the nearest observ
 
 Random cells test interpolation between close neighbours; blocks and moved gaps test what
 users need most, filling large gaps, where a model's variances are least trustworthy. The
-moved gaps have the shapes (and so the depths) of the gaps the job will fill.
+moved gaps have the shapes (and so the depths) of the gaps the job will fill; nested
+deletions (`deep`: a ring of observed cells hidden around some of them) make those gaps
+deeper still, so that the bands far from data, where a model's large scales decide, hold
+enough cells to score.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import xarray as xr
 from scipy import ndimage
 
 from pipeline.bands import (
+    BAND_EDGES,
+    WARN_MIN_CELLS,
     Headline,
     banded_scores,
     coverage_warnings,
@@ -30,23 +35,32 @@ from pipeline.scores import score
 from pipeline.store import std_name
 
 GAP_FRACTION = 0.15  # share of observed cells hidden under the moved gaps
+DEEP_FRACTION = 0.10  # share hidden in rings around some of them (nested deletions)
+DEEP_RING = BAND_EDGES[-1] / 2  # ring width in cells: a gap 8 cells deep becomes 16 deep
 
 
 @dataclass
 class HoldOut:
-    """Which cells were hidden, per variable: `random`, `blocks` and `gaps` (boolean grids,
-    disjoint), and `fill`: the cells the job itself fills (missing, and not never observed)."""
+    """Which cells were hidden, per variable: `random`, `blocks`, `gaps` and `deep` (boolean
+    grids, disjoint), and `fill`: the cells the job itself fills (missing, and not never
+    observed)."""
 
     random: dict[str, np.ndarray]
     blocks: dict[str, np.ndarray]
     gaps: dict[str, np.ndarray]
+    deep: dict[str, np.ndarray]
     fill: dict[str, np.ndarray]
 
     def kinds(self, var: str) -> dict[str, np.ndarray]:
-        return {"random": self.random[var], "blocks": self.blocks[var], "gaps": self.gaps[var]}
+        return {
+            "random": self.random[var],
+            "blocks": self.blocks[var],
+            "gaps": self.gaps[var],
+            "deep": self.deep[var],
+        }
 
     def hidden(self, var: str) -> np.ndarray:
-        return self.random[var] | self.blocks[var] | self.gaps[var]
+        return self.random[var] | self.blocks[var] | self.gaps[var] | self.deep[var]
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,30 @@ def moved_gaps(
     return np.isin(pieces, order[:enough] + 1)
 
 
+def deepened(
+    observed: np.ndarray, gaps: np.ndarray, fraction: float, gen: np.random.Generator
+) -> np.ndarray:
+    """Nested deletions: rings of observed cells, DEEP_RING cells wide, around connected
+    pieces of `gaps` taken at random until the rings hold about `fraction` of the observed
+    cells. The gaps inside them then lie that much deeper from the data left."""
+    pieces, count = ndimage.label(gaps)
+    rings = np.zeros_like(observed)
+    if not count:
+        return rings
+    radius = int(DEEP_RING)
+    offsets = np.indices((2 * radius + 1,) * gaps.ndim) - radius
+    ball = (offsets**2).sum(0) <= DEEP_RING**2
+    budget = fraction * observed.sum()
+    boxes = ndimage.find_objects(pieces)
+    for label in gen.permutation(count) + 1:
+        box = tuple(slice(max(s.start - radius, 0), s.stop + radius) for s in boxes[label - 1])
+        grown = ndimage.binary_dilation(pieces[box] == label, structure=ball)
+        rings[box] |= grown & observed[box] & ~gaps[box]
+        if rings.sum() >= budget:
+            break
+    return rings
+
+
 def default_block(sizes: Mapping[str, int], dims: Sequence[str]) -> dict[str, int]:
     """Block edges: a sixth of each dim (at least one cell), for the dims not given."""
     return {dim: max(1, sizes[dim] // 6) for dim in dims}
@@ -103,9 +141,10 @@ def choose_hold_out(
     seed: int = 0,
     never_along: str | None = None,
 ) -> HoldOut:
-    """Hide `GAP_FRACTION` of each variable's observed cells under its own gaps moved, then
-    about `fraction` at random and as many again in blocks of `block` cells per dim
-    (placed at random; only observed cells count)."""
+    """Hide `GAP_FRACTION` of each variable's observed cells under its own gaps moved and
+    `DEEP_FRACTION` in rings around some of them, then about `fraction` at random and as
+    many again in blocks of `block` cells per dim (placed at random; only observed cells
+    count)."""
     if not 0 < fraction < 0.5:
         raise InputError(f"--fraction {fraction} must lie between 0 and 0.5 (e.g. 0.05)")
     shape = tuple(ds.sizes[d] for d in dims)
@@ -115,18 +154,20 @@ def choose_hold_out(
     block = {**default_block(ds.sizes, dims), **(block or {})}
     edges = [min(block[d], n) for d, n in zip(dims, shape, strict=True)]
     gen = np.random.default_rng(seed)
-    random, blocks, gaps, fill = {}, {}, {}, {}
+    random, blocks, gaps, deep, fill = {}, {}, {}, {}, {}
     for var in variables:
         observed = np.isfinite(ds[var].transpose(*dims).values)
         fill[var] = fill_cells(observed, dims, never_along)
         target = int(fraction * observed.sum())
         gaps[var] = moved_gaps(observed, fill[var], GAP_FRACTION, gen)
-        blocks[var] = _blocks(observed & ~gaps[var], edges, target, gen)
-        rest = np.flatnonzero(observed & ~gaps[var] & ~blocks[var])
+        deep[var] = deepened(observed, gaps[var], DEEP_FRACTION, gen)
+        taken = gaps[var] | deep[var]
+        blocks[var] = _blocks(observed & ~taken, edges, target, gen)
+        rest = np.flatnonzero(observed & ~taken & ~blocks[var])
         picked = gen.choice(rest, size=min(target, rest.size), replace=False)
         random[var] = np.zeros(shape, dtype=bool)
         random[var].flat[picked] = True
-    return HoldOut(random, blocks, gaps, fill)
+    return HoldOut(random, blocks, gaps, deep, fill)
 
 
 def _blocks(
@@ -159,7 +200,8 @@ def hide(ds: xr.Dataset, dims: Sequence[str], hold_out: HoldOut) -> xr.Dataset:
 def score_hold_out(
     truth: xr.Dataset, output: xr.Dataset, dims: Sequence[str], hold_out: HoldOut
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """Scores per variable and kind of hold-out ('random', 'blocks', 'gaps') against the truth."""
+    """Scores per variable and kind of hold-out ('random', 'blocks', 'gaps', 'deep') against
+    the truth."""
     scores: dict[str, dict[str, dict[str, float]]] = {}
     for var in hold_out.random:
         true, mean, std = _arrays(truth, output, dims, var)
@@ -175,7 +217,13 @@ def score_bands(
     truth: xr.Dataset, output: xr.Dataset, dims: Sequence[str], hold_out: HoldOut
 ) -> dict[str, BandedScores]:
     """Per variable: every hidden cell scored by band of distance to the nearest observation
-    left after hiding, and the headline re-weighted to the bands of the cells to fill."""
+    left after hiding, and the headline re-weighted to the bands of the cells to fill.
+
+    The headline scores each band on the hold-outs that leave the data as dense as the job
+    has them (all but the nested deletions, which thin the data around them and so
+    overstate the error at a given distance); a band those leave with fewer than
+    WARN_MIN_CELLS cells takes every hidden cell in it.
+    """
     out = {}
     for var in hold_out.random:
         true, mean, std = _arrays(truth, output, dims, var)
@@ -183,10 +231,27 @@ def score_bands(
         left = distance_to_observed(observed & ~hold_out.hidden(var))
         cells = hold_out.hidden(var) & np.isfinite(mean) & np.isfinite(std)
         bands = banded_scores(mean[cells], std[cells], true[cells], left[cells])
+        dense = cells & ~hold_out.deep[var]
         shares = fill_shares(distance_to_observed(observed)[hold_out.fill[var]])
-        headline = reweighted(bands, shares)
+        like_job = banded_scores(mean[dense], std[dense], true[dense], left[dense])
+        headline = headline_like_job(bands, like_job, shares)
         out[var] = BandedScores(bands, shares, headline, coverage_warnings(var, bands))
     return out
+
+
+def headline_like_job(
+    bands: dict[str, dict[str, float]],
+    like_job: dict[str, dict[str, float]],
+    shares: dict[str, float],
+) -> Headline | None:
+    """The headline re-weighted to the fill `shares`, each band scored on the hold-outs
+    without nested deletions (`like_job`) where they have WARN_MIN_CELLS cells in it, else
+    on every hidden cell (`bands`)."""
+    chosen = {
+        band: like_job[band] if like_job.get(band, {}).get("n", 0) >= WARN_MIN_CELLS else scores
+        for band, scores in bands.items()
+    }
+    return reweighted(chosen, shares)
 
 
 def _arrays(

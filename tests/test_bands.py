@@ -18,7 +18,7 @@ from pipeline.bands import (
     fill_shares,
     reweighted,
 )
-from pipeline.holdout import fill_cells, moved_gaps
+from pipeline.holdout import DEEP_RING, deepened, fill_cells, moved_gaps
 
 
 def test_distance_to_the_nearest_observation_is_the_brute_force_one() -> None:
@@ -87,6 +87,23 @@ def test_moved_gaps_keep_the_input_gaps_shapes_on_observed_cells() -> None:
     assert distance_to_observed(observed & ~hidden).max() == pytest.approx(10.0)
     one_piece = moved_gaps(observed, fill, 0.001, np.random.default_rng(0))
     assert one_piece.sum() in (9, 400)
+
+
+def test_nested_deletions_make_moved_gaps_deeper_by_the_ring() -> None:
+    observed = np.ones((80, 80), dtype=bool)
+    gaps = np.zeros_like(observed)
+    gaps[20:40, 20:40] = True  # a 20 x 20 moved gap: its middle is 10 cells deep
+    gaps[60:63, 60:63] = True
+    ring = deepened(observed, gaps, 1.0, np.random.default_rng(0))  # room for every piece
+    assert not (ring & gaps).any() and ring.any()
+    left = observed & ~gaps & ~ring
+    assert distance_to_observed(left).max() == pytest.approx(10.0 + DEEP_RING)
+    # the ring is the observed cells within DEEP_RING of a gap, nothing further
+    near = distance_to_observed(gaps) <= DEEP_RING  # distance to the nearest gap cell
+    assert np.array_equal(ring, near & ~gaps)
+    one = deepened(observed, gaps, 0.001, np.random.default_rng(0))  # budget of one piece
+    pieces, count = ndimage.label(one | gaps)
+    assert 0 < one.sum() < ring.sum() and count == 2
 
 
 def test_cells_never_observed_along_time_are_not_cells_to_fill() -> None:

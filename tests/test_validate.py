@@ -64,12 +64,12 @@ def test_validate_inspect_and_plot_commands(tmp_path, monkeypatch) -> None:
     rows = {
         m[0]: (float(m[1]), float(m[2]))
         for m in re.findall(
-            r"^tas\s+(random|blocks|gaps)\s+[\d,]+\s+\S+\s+(\S+)\s+\S+\s+\S+\s+(\S+)$",
+            r"^tas\s+(random|blocks|gaps|deep)\s+[\d,]+\s+\S+\s+(\S+)\s+\S+\s+\S+\s+(\S+)$",
             result.stdout,
             re.MULTILINE,
         )
     }
-    assert set(rows) == {"random", "blocks", "gaps"}, result.stdout
+    assert set(rows) == {"random", "blocks", "gaps", "deep"}, result.stdout
     assert "tas: every hidden cell, by distance to the nearest observation" in result.stdout
     assert "headline, weighted like the cells to fill (100% of them" in result.stdout
     for rmse, coverage in rows.values():
