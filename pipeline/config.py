@@ -73,7 +73,7 @@ class ModelConfig:
     # or "linear": a least-squares trend per tile; or "domain": a smooth GP trend over the
     # whole grid (fitted on `trend_points` observations across it) under constant-mean tiles
     mean: str = "constant"
-    trend_points: int = 1000
+    trend_points: int = 600
     calibrate_variance: bool = False  # kiss: variance scale by conformal hold-out of gaps
 
     @property
