@@ -1,11 +1,11 @@
 """A smooth trend over a whole domain: the long-range part of a two-part GP on a subsample.
 
 A tile's GP sees one window, so deep inside a large gap it reverts to its own mean (a
-constant, or a plane extrapolated from one side of the gap) and its std stops at its
-prior's. `DomainTrend` fits `trend + local + noise` by maximum likelihood on observations
-drawn across the whole domain, so the trend's range is identified from lags the tiles
-never see; its posterior (mean and variance) is then the tiles' prior mean and an added
-variance. The local part only keeps short-range variation out of the trend.
+constant, or a plane extrapolated from one side of the gap). `DomainTrend` fits
+`trend + local + noise` by maximum likelihood on observations drawn across the whole
+domain, so the trend's range is identified from lags the tiles never see; its posterior
+mean can then be the tiles' prior mean (its variance is there for callers that want it).
+The local part only keeps short-range variation out of the trend.
 """
 
 from __future__ import annotations

@@ -274,7 +274,7 @@ class ModelSpec(Strict):
         _default("mean"),
         description="prior mean: a constant or a linear trend per tile (least squares), or "
         "domain: a smooth GP trend over the whole grid, learned on trend_points observations "
-        "drawn across it, under constant-mean tiles; its uncertainty adds to every std",
+        "drawn across it, under constant-mean tiles that model what it leaves",
     )
     trend_points: StrictInt = Field(
         _default("trend_points"),

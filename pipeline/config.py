@@ -53,7 +53,7 @@ class ModelConfig:
     an LMC model with `rank` latent GPs. `isotropic` columns share one kernel of their
     Euclidean distance (kiss then solves by FFT and CG, keeping the subsample fit);
     `mean` is the prior mean: a constant or a linear trend fitted per tile, or a trend
-    over the whole domain (see pipeline/trend.py) whose variance adds to every std.
+    over the whole domain (see pipeline/trend.py) under constant-mean tiles.
     """
 
     kernels: tuple[AxisKernel, ...]  # one per input column (see PipelineConfig.input_columns)

@@ -240,21 +240,13 @@ def _fit_variable(
     row = window.models.row(plan.model.type, False, observed)
     trend = plan.trend(var)
     if trend is not None:  # the tile's GP models what the whole-domain trend leaves
-        values = values - trend.at(window.x)[0]
+        values = values - trend.at(window.x)
     mean, std, info = _run_row(window, row, values, plan.fixed(var))
     if trend is not None:
-        level, variance = trend.at(window.x_core)
-        mean, std = mean + level, np.sqrt(std**2 + variance)
-        info["trend_std"] = _quantiles(np.sqrt(variance))
+        mean = mean + trend.at(window.x_core)
     converged = info["solver"].get("cg_converged", True)
     info["status"] = "ok" if converged else "solve did not converge"
     return mean, std, info
-
-
-def _quantiles(values: np.ndarray) -> dict[str, float]:
-    """Smallest, median and largest of `values`, for a tile's diagnostics."""
-    low, mid, high = np.quantile(values, [0.0, 0.5, 1.0])
-    return {"min": float(low), "median": float(mid), "max": float(high)}
 
 
 def _fit_jointly(window: _Window, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -290,7 +282,7 @@ def fit_tile_hyperparameters(work: TileWork, tile: Tile) -> dict[str, dict | Non
         values = read_window(source, tile, ds, var).reshape(-1)
         trend = plan.trend(var)
         if trend is not None:
-            values = values - trend.at(x)[0]
+            values = values - trend.at(x)
         observed = np.flatnonzero(np.isfinite(values))
         if observed.size < max(MIN_OBSERVATIONS, 10) or constant_observations(values[observed]):
             found[var] = None  # too few, or constant: no hyperparameters to learn

@@ -1,10 +1,14 @@
 """A grid job's whole-domain trend (model.mean: domain): fitted once per variable before
 the tiles, on observations drawn across the whole grid; every tile takes its posterior mean
-as its prior mean and adds its posterior variance to its std.
+as its prior mean and its GP models what the trend leaves.
 
-The trend is evaluated on a coarse lattice over the grid (at most LATTICE_NODES nodes,
-the grid's first and last cells included) and read back by linear interpolation, so what
-travels to the tiles is small at any grid size. See gpkernels.trend for the model.
+The trend's own posterior variance is not added to the tiles' std: it is conditioned on a
+subsample, so near data it is far larger than the data leave it, and what it does not
+know is in the residuals each tile's GP learns its variance from (adding it counted that
+twice: 99.9% coverage on the Heaton twin). The trend is evaluated on a coarse lattice over
+the grid (at most LATTICE_NODES nodes, the grid's first and last cells included) and read
+back by linear interpolation, so what travels to the tiles is small at any grid size. See
+gpkernels.trend for the model.
 """
 
 from __future__ import annotations
@@ -27,23 +31,19 @@ LATTICE_NODES = 2**15  # nodes of the coarse lattice the trend is evaluated on
 
 @dataclass(frozen=True)
 class TrendField:
-    """The trend's posterior mean and variance on a lattice (`axes`: each dim's
-    coordinates in GP input units, ascending), and the fitted hyperparameters."""
+    """The trend's posterior mean on a lattice (`axes`: each dim's coordinates in GP input
+    units, ascending), and the fitted hyperparameters."""
 
     axes: tuple[np.ndarray, ...]
     mean: np.ndarray
-    var: np.ndarray
     hyperparameters: dict
 
-    def at(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and variance at GP inputs x (n, d), linear between lattice nodes; inputs
-        past the lattice (a new grid's edge) take its nearest edge."""
+    def at(self, x: np.ndarray) -> np.ndarray:
+        """The trend at GP inputs x (n, d), linear between lattice nodes; inputs past the
+        lattice (a new grid's edge) take its nearest edge."""
         low = np.array([a[0] for a in self.axes])
         high = np.array([a[-1] for a in self.axes])
-        inside = np.clip(x, low, high)
-        mean = RegularGridInterpolator(self.axes, self.mean)(inside)
-        var = RegularGridInterpolator(self.axes, self.var)(inside)
-        return mean, np.maximum(var, 0.0)
+        return RegularGridInterpolator(self.axes, self.mean)(np.clip(x, low, high))
 
 
 def fit_trends(work: TileWork) -> dict[str, TrendField | None]:
@@ -78,22 +78,18 @@ def fit_trend(
     nodes = _strided(sizes, LATTICE_NODES)
     lattice = [_grid_axis(source, ds, d)[p] for d, p in zip(dims, nodes, strict=True)]
     shape = tuple(len(a) for a in lattice)
-    mean, variance = trend.predict(tensors(plan, device, _inputs(lattice, None, shape))[0])
+    mean, _ = trend.predict(tensors(plan, device, _inputs(lattice, None, shape))[0])
     found = {**trend.hyperparameters(), "points": int(chosen.size)}
     found["fit"] = trend.fit_report.as_dict()
-    return _ascending(lattice, mean.double().cpu().numpy(), variance.double().cpu().numpy(), found)
+    return _ascending(lattice, mean.double().cpu().numpy(), found)
 
 
-def _ascending(
-    lattice: list[np.ndarray], mean: np.ndarray, var: np.ndarray, found: dict
-) -> TrendField:
+def _ascending(lattice: list[np.ndarray], mean: np.ndarray, found: dict) -> TrendField:
     """The field with every descending axis (latitude from north) turned ascending."""
     shape = tuple(len(a) for a in lattice)
     flips = tuple(i for i, a in enumerate(lattice) if a.size > 1 and a[1] < a[0])
     axes = tuple(a[::-1] if i in flips else a for i, a in enumerate(lattice))
-    return TrendField(
-        axes, np.flip(mean.reshape(shape), flips), np.flip(var.reshape(shape), flips), found
-    )
+    return TrendField(axes, np.flip(mean.reshape(shape), flips), found)
 
 
 def _strided(sizes: tuple[int, ...], cells: int) -> tuple[np.ndarray, ...]:

@@ -71,7 +71,12 @@ def test_good_spec_maps_dims_in_order(tmp_path) -> None:
         ),
         (
             with_change("model", "mean", "quadratic"),
-            r"model\.mean: got 'quadratic'; Input should be 'constant' or 'linear'",
+            r"model\.mean: got 'quadratic'; Input should be 'constant', 'linear' or 'domain'",
+        ),
+        (
+            {**with_change("model", "mean", "domain"), "target": {"kind": "forecast", "steps": 2}},
+            r"model\.mean domain fits a trend over the input's own grid, which "
+            r"\['target\.kind forecast'\] do not fit",
         ),
     ],
 )

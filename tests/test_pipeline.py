@@ -11,6 +11,7 @@ import torch
 import xarray as xr
 
 from gpkernels import ExactGP, KissGP, Matern, Product, Scale, separable
+from gpkernels.trend import DomainTrend
 from pipeline.config import AxisKernel, ModelConfig, PipelineConfig
 from pipeline.coordinates import coordinate_values
 from pipeline.errors import InputError, PlanMismatchError
@@ -145,6 +146,46 @@ def test_isotropic_linear_trend_tile_equals_the_model_run_directly(source, tmp_p
         model.hyperparameters()["trend"]["slopes"]
     )
     assert "stationary kernel" in fitted["solver"]["path"]
+
+
+def test_domain_trend_is_each_tiles_prior_mean_and_its_variance_adds_to_the_std(
+    source, tmp_path
+) -> None:
+    """model.mean domain: one tile gives the domain trend (fitted on every observed cell of
+    this small grid, evaluated at every cell) plus a constant-mean KissGP on what it leaves,
+    whose std is the tile's; the trend's fit is recorded in the store."""
+    input_path, ds = source
+    small = ds.isel(time=slice(0, 2), lat=slice(0, 12), lon=slice(0, 12))
+    small_path = str(tmp_path / "small.zarr")
+    small.to_zarr(small_path, zarr_format=3, consolidated=False)
+    out = str(tmp_path / "out.zarr")
+    model_config = replace(MODEL, mean="domain")
+    config = config_for(small_path, out, tile=(2, 12, 12), halo=(0, 0, 0), model=model_config)
+    run_pipeline(config, progress=False)
+
+    axes = [coordinate_values(small[d]) for d in DIMS]
+    x = torch.as_tensor(np.stack([m.ravel() for m in np.meshgrid(*axes, indexing="ij")], axis=1))
+    y = torch.as_tensor(small["tas"].values.ravel(), dtype=torch.float64)
+    observed = torch.isfinite(y)
+    assert observed.sum() < model_config.trend_points  # the trend sees every observation
+    trend = DomainTrend(
+        Scale(Product([Matern(1.5, dims=[c]) for c in range(3)])), separable(["matern32"] * 3)
+    )
+    trend.fit(x[observed], y[observed], max_iter=MODEL.max_iter)
+    level, _ = trend.predict(x)
+    tile = KissGP(separable(["matern32"] * 3), neighbours=MODEL.neighbours, cg_tol=KISS_CG_TOL)
+    tile.fit(x[observed], (y - level)[observed], max_iter=0, init_points=MODEL.fit_points)
+    mean, var = tile.predict(x)
+    result = xr.open_zarr(out)
+    np.testing.assert_allclose(result["tas"].values.ravel(), (mean + level).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(result["tas_std"].values.ravel(), var.sqrt().numpy(), rtol=1e-5)
+    recorded = json.loads(result.attrs["gpgrid_trend"])["tas"]
+    ours = trend.hyperparameters()["trend"]
+    assert recorded["trend"]["outputscale"] == pytest.approx(ours["outputscale"], rel=1e-5)
+    pairs = zip(recorded["trend"]["base"]["factors"], ours["base"]["factors"], strict=True)
+    for found, expected in pairs:
+        assert found["lengthscale"] == pytest.approx(expected["lengthscale"], rel=1e-5)
+    assert recorded["points"] == int(observed.sum())
 
 
 def test_tiles_are_deterministic(source, tmp_path) -> None:
