@@ -211,9 +211,12 @@ class ModelSpec(Strict):
         description="auto: kiss on grids, svgp for stations; kiss: exact structured solve over "
         "every observed cell; exact: dense; svgp: stochastic variational",
     )
-    kernel: dict[str, KernelField] = Field(
+    kernel: dict[str, KernelField] | None = Field(
+        None,
         description="one kernel per input column (each dim, or a station dim's coords), "
-        "e.g. {time: matern32 + periodic(365.25), lat: matern32, lon: matern32}"
+        "e.g. {time: matern32 + periodic(365.25), lat: matern32, lon: matern32}; omitted: "
+        "one Matérn smoothness (1/2, 3/2 or 5/2) for every column, chosen by likelihood on "
+        "a few tiles before the run",
     )
     fit_points: StrictInt = Field(
         _default("fit_points"),
@@ -300,7 +303,7 @@ class ModelSpec(Strict):
         shared = MODEL_FIELDS - {"kernels", "type", "isotropic"}
         return ModelConfig(
             **self.model_dump(include=shared),
-            kernels=tuple(self.kernel[c] for c in columns),
+            kernels=None if self.kernel is None else tuple(self.kernel[c] for c in columns),
             type=self.resolved_type(stations),
             isotropic=tuple(self.isotropic),
         )
@@ -415,7 +418,7 @@ class JobSpec(Strict):
             ("tiling.tile", self.tiling.tile, dims, dims_are, "tiled dim"),
             ("tiling.halo", self.tiling.halo, dims, dims_are, "tiled dim"),
         ):
-            if set(mapping) != set(expected):
+            if mapping is not None and set(mapping) != set(expected):
                 raise ValueError(
                     f"{field_name} has keys {sorted(mapping)} but {are} {expected}: "
                     f"give exactly one entry per {what}"
@@ -484,7 +487,7 @@ class JobSpec(Strict):
             raise ValueError(
                 "a schedule issues forecasts: set target.kind: forecast (and target.steps)"
             )
-        periodic = [c for c, k in self.model.kernel.items() if k.period is not None]
+        periodic = [c for c, k in (self.model.kernel or {}).items() if k.period is not None]
         if periodic and (self.model.hyperparameters == "shared" or model_type == "svgp"):
             raise ValueError(
                 f"model.kernel {periodic} has a periodic part, which needs kiss or exact models "
@@ -507,11 +510,11 @@ class JobSpec(Strict):
         self._check_domain_trend()
         if not chosen:
             return
-        kernels = {model.kernel.get(c) for c in chosen}
         if len(set(chosen)) < 2 or not set(chosen) <= set(columns):
             raise ValueError(
                 f"model.isotropic {chosen}: name two or more of the input columns {columns}"
             )
+        kernels = {model.kernel.get(c) for c in chosen} if model.kernel else {AxisKernel("auto")}
         if None in kernels or len(kernels) != 1 or next(iter(kernels)).period is not None:
             raise ValueError(
                 f"model.isotropic {chosen} share one kernel, but model.kernel gives them "

@@ -56,7 +56,9 @@ class ModelConfig:
     over the whole domain (see pipeline/trend.py) under constant-mean tiles.
     """
 
-    kernels: tuple[AxisKernel, ...]  # one per input column (see PipelineConfig.input_columns)
+    # one per input column (see PipelineConfig.input_columns); None: chosen by the data
+    # before the tiles (pipeline/kernel_choice.py)
+    kernels: tuple[AxisKernel, ...] | None
     type: str = "kiss"
     fit_points: int = 400
     max_points: int = 2000

@@ -52,7 +52,7 @@ def plan_of(
         "halo_lengthscales": config.halo_lengthscales,
         "wrap": list(config.wrap),
         "chunks": list(config.chunks),
-        "model": {**asdict(config.model), "kernels": [str(k) for k in config.model.kernels]},
+        "model": {**asdict(config.model), "kernels": _kernel_names(config.model.kernels)},
         "station_dim": config.station_dim,
         "station_coords": list(config.station_coords),
         "warm_start": config.warm_start,
@@ -259,3 +259,8 @@ def mark_complete(store_path: str) -> None:
 def is_complete(store_path: str) -> bool:
     """Whether a run finished this store (interrupted or running ones are not)."""
     return (journal_dir(store_path) / "complete.json").is_file()
+
+
+def _kernel_names(kernels: tuple | None) -> list[str] | str:
+    """The kernels as the plan records them; "chosen by the data" when the spec named none."""
+    return "chosen by the data" if kernels is None else [str(k) for k in kernels]

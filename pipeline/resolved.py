@@ -10,7 +10,7 @@ device, the shared hyperparameters and the halos sized from them) when it builds
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import xarray as xr
@@ -78,12 +78,15 @@ class ResolvedRun:
         halo: tuple[int, ...] | None = None,
         shared: dict | None = None,
         trends: dict | None = None,
+        kernels: tuple | None = None,
     ) -> TileWork:
         """What each tile task receives: phase 1's (no shared values, the spec's halo) or
-        phase 2's; with the whole-domain trends where the model has them."""
+        phase 2's; with the whole-domain trends where the model has them, and the kernels
+        chosen by the data where the spec named none."""
         config = self.config
+        model = config.model if kernels is None else replace(config.model, kernels=kernels)
         plan = ModelPlan(
-            model=config.model,
+            model=model,
             columns=self.source.input_columns,
             halo=self.halo if halo is None else halo,
             shared=shared,

@@ -24,10 +24,10 @@ from tqdm import tqdm
 from pipeline import __version__
 from pipeline.blend import Blender
 from pipeline.cluster import ensure_ray
-from pipeline.config import PipelineConfig
+from pipeline.config import AxisKernel, PipelineConfig
 from pipeline.errors import InputError, ResourceUnavailableError, StorageError
 from pipeline.faults import crash_if_injected, task_runtime_env
-from pipeline.hyperparameters import pool
+from pipeline.hyperparameters import pool, sample_tile_indices
 from pipeline.inputs import check_input, open_input
 from pipeline.journal import (
     RunLock,
@@ -42,6 +42,7 @@ from pipeline.journal import (
     write_plan,
     write_shared,
 )
+from pipeline.kernel_choice import CANDIDATES, KERNEL_CHOICE_TILES, choose_family
 from pipeline.output_guard import is_gpgrid_store, remove_store
 from pipeline.resolved import ResolvedRun, halo_from_lengthscales, resolve_run
 from pipeline.store import create_output_store, finalize_store, write_tile
@@ -96,6 +97,13 @@ def fit_trends_on_worker(work: TileWork) -> dict:
     from pipeline.trend import fit_trends
 
     return fit_trends(work)
+
+
+def family_likelihoods_on_worker(work: TileWork, tile: Tile) -> dict:
+    """The kernel choice's Ray task: one sampled tile's likelihood per candidate family."""
+    from pipeline.kernel_choice import family_likelihoods
+
+    return family_likelihoods(work, tile)
 
 
 def run_pipeline(
@@ -182,25 +190,52 @@ def _phase_one(
     whole-domain trends where the model has them; with shared hyperparameters, those (and
     halos sized from them), else the spec's halo."""
     device = "cuda" if resources["num_gpus"] > 0 else "cpu"
-    trends = _domain_trends(run, device, resources, progress, timings)
     attrs: dict = {}
+    kernels = _chosen_kernels(run, device, resources, progress, attrs)
+    trends = _domain_trends(run, run.work(device, kernels=kernels), resources, progress, timings)
     if trends is not None:
         attrs["gpgrid_trend"] = {v: t and t.hyperparameters for v, t in trends.items()}
+    found = {"trends": trends, "kernels": kernels}
     if run.shared is None:
-        return run.work(device, trends=trends), run.tiles, attrs
+        return run.work(device, **found), run.tiles, attrs
     mark = time.perf_counter()
-    shared = _shared_hyperparameters(run, run.work(device, trends=trends), resources, progress)
+    shared = _shared_hyperparameters(run, run.work(device, **found), resources, progress)
     attrs["gpgrid_hyperparameters"] = shared
     halo = run.halo
     if run.shared.halo_lengthscales:
         halo = halo_from_lengthscales(run, shared, ds)
         attrs["gpgrid_halo"] = dict(zip(run.config.dims, halo, strict=True))
     timings["phase1"] = time.perf_counter() - mark
-    return run.work(device, halo, shared, trends), run.tiles_with(halo), attrs
+    return run.work(device, halo, shared, **found), run.tiles_with(halo), attrs
+
+
+def _chosen_kernels(
+    run: ResolvedRun, device: str, resources: dict, progress: bool, attrs: dict
+) -> tuple | None:
+    """Where the spec names no kernel: the family with the best likelihood on a few tiles
+    spread over the plan (Ray tasks), for every column; recorded in `attrs`."""
+    if run.config.model.kernels is not None:
+        return None
+    sample = sample_tile_indices(len(run.tiles), KERNEL_CHOICE_TILES)
+    if progress:
+        print(f"kernel: choosing by likelihood on {len(sample)} tiles", file=sys.stderr)
+    remote = ray.remote(family_likelihoods_on_worker).options(**resources, max_retries=MAX_RETRIES)
+    work = ray.put(
+        run.work(device, kernels=(AxisKernel(CANDIDATES[0]),) * len(run.config.input_columns))
+    )
+    family, sums = choose_family(ray.get([remote.remote(work, run.tiles[i]) for i in sample]))
+    attrs["gpgrid_kernel_choice"] = {
+        "chosen": family,
+        "log_likelihood_per_observation": sums,
+        "tiles": list(sample),
+    }
+    if progress:
+        print(f"kernel: {family} (summed log likelihood per observation {sums})", file=sys.stderr)
+    return (AxisKernel(family),) * len(run.config.input_columns)
 
 
 def _domain_trends(
-    run: ResolvedRun, device: str, resources: dict, progress: bool, timings: dict
+    run: ResolvedRun, work: TileWork, resources: dict, progress: bool, timings: dict
 ) -> dict | None:
     """The whole-domain trend of every variable (one Ray task), or None without one."""
     if run.config.model.mean != "domain":
@@ -210,7 +245,7 @@ def _domain_trends(
         points = run.config.model.trend_points
         print(f"trend: a whole-domain GP on {points:,} observations per variable", file=sys.stderr)
     remote = ray.remote(fit_trends_on_worker).options(**resources, max_retries=MAX_RETRIES)
-    trends = ray.get(remote.remote(run.work(device)))
+    trends = ray.get(remote.remote(work))
     timings["trend"] = time.perf_counter() - mark
     return trends
 
@@ -245,7 +280,11 @@ def _new_store(run: ResolvedRun) -> None:
     reset(run.output_path)
     write_plan(run.output_path, run.plan)
     config = run.config
-    kernels = {c: str(k) for c, k in zip(config.input_columns, config.model.kernels, strict=True)}
+    kernels = (
+        "chosen by the data (gpgrid_kernel_choice)"
+        if config.model.kernels is None
+        else {c: str(k) for c, k in zip(config.input_columns, config.model.kernels, strict=True)}
+    )
     attrs = {
         "title": "gpgrid Gaussian-process predictions",
         "Conventions": "CF-1.8",

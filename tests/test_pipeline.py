@@ -188,6 +188,33 @@ def test_domain_trend_is_each_tiles_prior_mean_and_its_variance_adds_to_the_std(
     assert recorded["points"] == int(observed.sum())
 
 
+@pytest.mark.parametrize("truth", ["matern12", "matern52"])
+def test_a_spec_without_kernels_gets_the_family_its_data_were_drawn_from(truth, tmp_path) -> None:
+    """model.kernel omitted: the family with the best likelihood on the sampled tiles is
+    the draw's own, and the run then equals one that names that family."""
+    recipe = SyntheticGrid(shape=(4, 24, 24), kernels=(truth,) * 3, seed=5)
+    path = str(tmp_path / "in.zarr")
+    write_synthetic(path, recipe, chunks=(4, 12, 12))
+    common = dict(tile=(4, 12, 12), halo=(0, 3, 3))
+    chosen = config_for(
+        path, str(tmp_path / "auto.zarr"), model=replace(MODEL, kernels=None), **common
+    )
+    named = config_for(
+        path,
+        str(tmp_path / "named.zarr"),
+        model=replace(MODEL, kernels=(AxisKernel(truth),) * 3),
+        **common,
+    )
+    run_pipeline(chosen, progress=False)
+    run_pipeline(named, progress=False)
+    auto, given = xr.open_zarr(chosen.output_path), xr.open_zarr(named.output_path)
+    choice = json.loads(auto.attrs["gpgrid_kernel_choice"])
+    likelihoods = choice["log_likelihood_per_observation"]
+    assert choice["chosen"] == truth and max(likelihoods, key=likelihoods.get) == truth
+    for name in ("tas", "tas_std"):
+        np.testing.assert_array_equal(auto[name].values, given[name].values)
+
+
 def test_tiles_are_deterministic(source, tmp_path) -> None:
     input_path, _ = source
     config = config_for(input_path, str(tmp_path / "unused.zarr"))

@@ -1,0 +1,62 @@
+"""The kernel family, chosen by the data where the spec names none (model.kernel omitted).
+
+Before any tile, each of a few tiles spread over the plan fits every candidate family
+(one Matérn smoothness for every input column, in the spec's isotropic grouping) by
+maximum likelihood on the `fit_points` observations nearest its core, per variable; the
+family with the largest summed log marginal likelihood per observation is the run's, for
+every tile, so neighbouring tiles never differ in kind. Smoothness is a short-range
+property: the compact windows the tiles fit on hold the short lags that decide it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from pipeline.config import AxisKernel
+from pipeline.grid import read_window, window_inputs
+from pipeline.inputs import open_input
+from pipeline.tiling import Tile
+from pipeline.value_scan import MIN_OBSERVATIONS
+from pipeline.work import ModelPlan, TileWork
+
+CANDIDATES = ("matern12", "matern32", "matern52")
+KERNEL_CHOICE_TILES = 4  # tiles spread over the plan that each fit every candidate
+
+
+def with_family(plan: ModelPlan, family: str) -> ModelPlan:
+    """The plan with `family` for every input column."""
+    kernels = (AxisKernel(family),) * len(plan.columns)
+    return replace(plan, model=replace(plan.model, kernels=kernels))
+
+
+def family_likelihoods(work: TileWork, tile: Tile) -> dict[str, float]:
+    """Per candidate, the log marginal likelihood per observation of an ExactGP fitted on
+    the tile's observations nearest its core, summed over the variables it can fit."""
+    from gpkernels import ExactGP
+    from pipeline.models import build_kernel, nearest_to_core, tensors
+    from pipeline.tasks import constant_observations
+
+    source, plan = work.source, work.plan
+    ds = open_input(source.input_path)
+    x = window_inputs(source, tile, ds)
+    totals = dict.fromkeys(CANDIDATES, 0.0)
+    for var in source.variables:
+        values = read_window(source, tile, ds, var).reshape(-1)
+        observed = np.flatnonzero(np.isfinite(values))
+        if observed.size < max(MIN_OBSERVATIONS, 10) or constant_observations(values[observed]):
+            continue
+        used = nearest_to_core(observed, tile, plan.halo, plan.model.fit_points, tile.index)
+        tx, ty = tensors(plan, work.device, x[used], values[used])
+        for family in CANDIDATES:
+            model = ExactGP(build_kernel(with_family(plan, family)), mean=plan.model.tile_mean)
+            model.fit(tx, ty, max_iter=plan.model.max_iter, seed=tile.index)
+            totals[family] += model.fit_report.log_marginal_likelihood / used.size
+    return totals
+
+
+def choose_family(per_tile: list[dict[str, float]]) -> tuple[str, dict[str, float]]:
+    """The family with the largest summed likelihood over the sampled tiles, and the sums."""
+    sums = {family: float(sum(t[family] for t in per_tile)) for family in CANDIDATES}
+    return max(sums, key=sums.__getitem__), sums
