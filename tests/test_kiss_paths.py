@@ -131,9 +131,10 @@ def test_calibrate_variance_leaves_the_model_conditioned_on_all_the_data() -> No
     conditioned on all of (x, y), standardised by all of y."""
     cells, x, y = grid_data(seed=5, keep=0.6)
     y = 10.0 + 3.0 * y
-    model = KissGP(separable(["matern32", "matern32"]), neighbours=64)
+    model = KissGP(separable(["matern32", "matern32"], outputscale=0.05), neighbours=64)
+    model.likelihood.noise = 0.005  # intervals far too narrow: the factor widens them
     factor = model.calibrate_variance(x, y)
-    assert factor != 1.0 and model.diagnostics.variance_calibration.startswith(f"x{factor:.3f}")
+    assert factor > 1.0 and model.diagnostics.variance_calibration.startswith(f"x{factor:.3f}")
     assert model.y_mean == pytest.approx(float(y.mean()), rel=1e-12)
     assert model.y_scale == pytest.approx(float(y.std()), rel=1e-12)
     fresh = KissGP(separable(["matern32", "matern32"]), neighbours=64)
