@@ -328,10 +328,11 @@ class TilingSpec(Strict):
         description="inner chunk sizes: the output becomes a zarr v3 sharded store, one "
         "shard per tile (dims left out: the tile size)",
     )
-    blend: dict[str, StrictInt] = Field(
-        default_factory=dict,
+    blend: dict[str, StrictInt] | None = Field(
+        None,
         description="cells per side over which neighbouring tiles' predictions are blended "
-        "(at most the halo; dims left out: 0)",
+        "(at most the halo; dims left out: 0); omitted: half the halo where the tiles allow "
+        "it (on the input's own grid, without shards or forecasts), so no tile edge shows",
     )
 
 
@@ -428,12 +429,13 @@ class JobSpec(Strict):
             raise ValueError(
                 f"input.wrap has {not_tiled}, which are not tiled dims {dims}: fix the names"
             )
-        unknown = sorted((set(self.tiling.blend) | set(self.tiling.chunks)) - set(dims))
+        blend = self.tiling.blend or {}
+        unknown = sorted((set(blend) | set(self.tiling.chunks)) - set(dims))
         if unknown:
             raise ValueError(
                 f"tiling.blend or tiling.chunks has keys {unknown} that are not tiled dims {dims}"
             )
-        for dim, margin in self.tiling.blend.items():
+        for dim, margin in blend.items():
             if not 0 <= margin <= self.tiling.halo[dim]:
                 raise ValueError(
                     f"tiling.blend for dim {dim!r} is {margin}: it must lie between 0 and the "
@@ -583,7 +585,9 @@ class JobSpec(Strict):
             # a station dim is never cut: one tile spans it (the runner clips to its size)
             tile=tuple(self.tiling.tile.get(d, WHOLE_DIM) for d in dims),
             halo=tuple(self.tiling.halo.get(d, 0) for d in dims),
-            blend=tuple(self.tiling.blend.get(d, 0) for d in dims),
+            blend=None
+            if self.tiling.blend is None
+            else tuple(self.tiling.blend.get(d, 0) for d in dims),
             wrap=tuple(self.input.wrap),
             chunks=tuple(
                 self.tiling.chunks.get(d, self.tiling.tile.get(d, WHOLE_DIM)) for d in dims

@@ -123,7 +123,9 @@ class PipelineConfig:
     spec_text: str = ""
     station_dim: str | None = None
     station_coords: tuple[str, ...] = ()
-    blend: tuple[int, ...] = ()  # cells per side over which neighbouring tiles are blended
+    # cells per side over which neighbouring tiles are blended; None: half the halo, where
+    # the cores allow it (resolved against the grid, see tiling.auto_blend)
+    blend: tuple[int, ...] | None = ()
     # shared hyperparameters: halos of this many lengthscales (phase 1 uses `halo`)
     halo_lengthscales: float | None = None
     wrap: tuple[str, ...] = ()  # dims that wrap around (a global longitude)

@@ -2,7 +2,8 @@
 
 Before any tile, each of a few tiles spread over the plan fits every candidate family
 (one Matérn smoothness for every input column, in the spec's isotropic grouping) by
-maximum likelihood on the `fit_points` observations nearest its core, per variable; the
+maximum likelihood on the observations nearest its core (`fit_points`, at most
+KERNEL_CHOICE_POINTS), per variable; the
 family with the largest summed log marginal likelihood per observation is the run's, for
 every tile, so neighbouring tiles never differ in kind. Smoothness is a short-range
 property: the compact windows the tiles fit on hold the short lags that decide it.
@@ -23,6 +24,7 @@ from pipeline.work import ModelPlan, TileWork
 
 CANDIDATES = ("matern12", "matern32", "matern52")
 KERNEL_CHOICE_TILES = 4  # tiles spread over the plan that each fit every candidate
+KERNEL_CHOICE_POINTS = 500  # observations nearest each one's core: a compact patch
 
 
 def with_family(plan: ModelPlan, family: str) -> ModelPlan:
@@ -47,7 +49,8 @@ def family_likelihoods(work: TileWork, tile: Tile) -> dict[str, float]:
         observed = np.flatnonzero(np.isfinite(values))
         if observed.size < max(MIN_OBSERVATIONS, 10) or constant_observations(values[observed]):
             continue
-        used = nearest_to_core(observed, tile, plan.halo, plan.model.fit_points, tile.index)
+        points = min(plan.model.fit_points, KERNEL_CHOICE_POINTS)
+        used = nearest_to_core(observed, tile, plan.halo, points, tile.index)
         tx, ty = tensors(plan, work.device, x[used], values[used])
         for family in CANDIDATES:
             model = ExactGP(build_kernel(with_family(plan, family)), mean=plan.model.tile_mean)

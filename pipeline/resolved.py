@@ -23,7 +23,7 @@ from pipeline.hyperparameters import sample_tile_indices
 from pipeline.journal import plan_of
 from pipeline.output_guard import check_output_location, check_replaceable
 from pipeline.target import check_new_grid, resolve_forecast, target_dataset
-from pipeline.tiling import Tile, plan_tiles
+from pipeline.tiling import Tile, auto_blend, plan_tiles
 from pipeline.work import ModelPlan, TileWork, WindowSource
 
 
@@ -122,6 +122,10 @@ def resolve_run(config: PipelineConfig, ds: xr.Dataset) -> ResolvedRun:
     tiled = tuple(ds.sizes[d] for d in config.dims) if config.regrid else shape
     chunks = tuple(min(t, n) for t, n in zip(config.tile, tiled, strict=True))
     wrap = [dim in config.wrap for dim in config.dims]
+    if config.blend is None:  # blending where it can run: same grid, no shards, no forecast
+        plain = not (config.regrid or config.chunks or forecast is not None)
+        margins = auto_blend(tiled, chunks, config.halo, wrap) if plain else ()
+        config = replace(config, blend=margins)
     history = [source.history(dim) for dim in config.dims]
     tiles = plan_tiles(tiled, chunks, config.halo, config.blend, wrap, history)
     check_output_location(output_path, _protected_paths(config))

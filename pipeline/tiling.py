@@ -99,6 +99,19 @@ def plan_tiles(
     return tiles
 
 
+def auto_blend(
+    shape: Sequence[int], tile: Sequence[int], halo: Sequence[int], wrap: Sequence[bool]
+) -> tuple[int, ...]:
+    """Blend margins of half the halo per dim, cut to what every core allows (half the
+    smallest core, a wrapped dim's ragged last one included): tiles that each learn their
+    own hyperparameters then meet without a visible edge in the mean or the std."""
+    margins = []
+    for n, t, h, wraps in zip(shape, tile, halo, wrap, strict=True):
+        cores = [min(t, n)] + ([n % t] if wraps and n % t else [])
+        margins.append(0 if n <= t else min(h // 2, min(cores) // 2))
+    return tuple(margins)
+
+
 def _window_along(core: slice, halo: int, n: int, wraps: bool, past: int) -> slice:
     """A window along one dim: the core grown by the halo, clipped to the grid, except
     around a wrapped dim and back into a forecast's `past` steps of history."""
