@@ -16,6 +16,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import requests
 
 from pipeline.config import PipelineConfig
@@ -162,3 +163,16 @@ def our_processes(group: int, temp_dir: str) -> list[int]:
         if state != "Z" and (int(pgid) == group or temp_dir in cmdline or temp_dir in cwd):
             found.append(int(proc.name))
     return found
+
+
+def edge_jump_ratio(field: np.ndarray, axis: int, edges: list[int]) -> float:
+    """Mean |step| between neighbouring cells along `axis` across tile edges (the step from
+    cell i - 1 to cell i for each edge i) over the mean |step| inside tiles: about 1 when
+    no edge shows, NaN steps (land, cells left unfilled) left out."""
+    steps = np.abs(np.diff(field, axis=axis))
+    at_edge = np.zeros(steps.shape[axis], dtype=bool)
+    at_edge[[i - 1 for i in edges]] = True
+    shape = [1] * steps.ndim
+    shape[axis] = -1
+    mask = np.broadcast_to(at_edge.reshape(shape), steps.shape)
+    return float(np.nanmean(steps[mask]) / np.nanmean(steps[~mask]))
