@@ -139,6 +139,9 @@ def test_home_paths_are_expanded(tmp_path, monkeypatch) -> None:
 
 def test_tiles_without_data_are_counted_in_the_summary_and_inspect(tmp_path) -> None:
     spec = job(tmp_path, (3, 20, 20), str(tmp_path / "out.zarr"))
+    unblended = yaml.safe_load(spec.read_text())
+    unblended["tiling"]["blend"] = {}  # each tile's own cells, as it predicted them
+    spec.write_text(yaml.safe_dump(unblended))
     source = xr.open_zarr(tmp_path / "in.zarr").load()
     values = source["tas"].values.copy()
     values[:, 7:, 7:] = 4.0  # tile (1, 1) reads only this constant (and the NaN below)

@@ -21,6 +21,7 @@ def spec(input_path, output_path, target: dict | None = None) -> dict:  # noqa: 
         "tiling": {
             "tile": {"time": 4, "lat": 12, "lon": 12},
             "halo": {"time": 0, "lat": 4, "lon": 4},
+            "blend": {},  # a new grid is never blended: compare like with like
         },
         "output": {"path": str(output_path)},
     }
