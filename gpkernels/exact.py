@@ -184,18 +184,7 @@ class ExactGP(GPModel):
         self, x: torch.Tensor, include_noise: bool = False, block_size: int = 2048
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and variance at x (of f, or of y with `include_noise`), in blocks."""
-        self._check_prediction_input(
-            self._cache, x, self._cache["x"].shape[1] if self._cache else 0
-        )
-        train_x = self._cache["x"]
-        x = x.to(dtype=train_x.dtype, device=train_x.device)
-        means, variances = [], []
-        for xb in torch.split(x, block_size):
-            cross = self.kernel(xb, train_x)
-            means.append(cross @ self._cache["alpha"])
-            v = torch.linalg.solve_triangular(self._cache["factor"], cross.T, upper=False)
-            variances.append(self.kernel.diag(xb) - (v * v).sum(0))
-        return self._finish_prediction(means, variances, x, include_noise)
+        return self._predict_with(x, self.kernel, include_noise, block_size)
 
     @torch.no_grad()
     def predict_part(
@@ -204,6 +193,13 @@ class ExactGP(GPModel):
         """Posterior mean (with the prior mean) and variance at x of one additive part of
         the kernel, e.g. the long-range term of a sum: the data's covariance is the whole
         kernel's, the cross-covariance only the part's. In y's units."""
+        return self._predict_with(x, part, False, block_size)
+
+    def _predict_with(
+        self, x: torch.Tensor, cross_kernel: Kernel, include_noise: bool, block_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior moments at x of the process whose covariance with the data (and with
+        itself) is `cross_kernel`'s: the whole kernel, or one additive part of it."""
         self._check_prediction_input(
             self._cache, x, self._cache["x"].shape[1] if self._cache else 0
         )
@@ -211,11 +207,11 @@ class ExactGP(GPModel):
         x = x.to(dtype=train_x.dtype, device=train_x.device)
         means, variances = [], []
         for xb in torch.split(x, block_size):
-            cross = part(xb, train_x)
+            cross = cross_kernel(xb, train_x)
             means.append(cross @ self._cache["alpha"])
             v = torch.linalg.solve_triangular(self._cache["factor"], cross.T, upper=False)
-            variances.append(part.diag(xb) - (v * v).sum(0))
-        return self._finish_prediction(means, variances, x, include_noise=False)
+            variances.append(cross_kernel.diag(xb) - (v * v).sum(0))
+        return self._finish_prediction(means, variances, x, include_noise)
 
 
 def _set_lengthscales(factors: list, fraction: float, spans: torch.Tensor) -> None:
