@@ -42,7 +42,7 @@ from pipeline.journal import (
     write_plan,
     write_shared,
 )
-from pipeline.kernel_choice import CANDIDATES, KERNEL_CHOICE_TILES, choose_family
+from pipeline.kernel_choice import KERNEL_CHOICE_TILES, choose_family
 from pipeline.output_guard import is_gpgrid_store, remove_store
 from pipeline.resolved import ResolvedRun, halo_from_lengthscales, resolve_run
 from pipeline.store import create_output_store, finalize_store, write_tile
@@ -220,9 +220,7 @@ def _chosen_kernels(
     if progress:
         print(f"kernel: choosing by likelihood on {len(sample)} tiles", file=sys.stderr)
     remote = ray.remote(family_likelihoods_on_worker).options(**resources, max_retries=MAX_RETRIES)
-    work = ray.put(
-        run.work(device, kernels=(AxisKernel(CANDIDATES[0]),) * len(run.config.input_columns))
-    )
+    work = ray.put(run.work(device))  # each candidate sets its own kernels (with_family)
     family, sums = choose_family(ray.get([remote.remote(work, run.tiles[i]) for i in sample]))
     attrs["gpgrid_kernel_choice"] = {
         "chosen": family,
