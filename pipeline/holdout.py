@@ -118,11 +118,14 @@ def deepened(
     ball = (offsets**2).sum(0) <= DEEP_RING**2
     budget = fraction * observed.sum()
     boxes = ndimage.find_objects(pieces)
+    held = 0  # ring cells so far, counted per box (a sum over the grid per piece is slow)
     for label in gen.permutation(count) + 1:
         box = tuple(slice(max(s.start - radius, 0), s.stop + radius) for s in boxes[label - 1])
         grown = ndimage.binary_dilation(pieces[box] == label, structure=ball)
-        rings[box] |= grown & observed[box] & ~gaps[box]
-        if rings.sum() >= budget:
+        new = grown & observed[box] & ~gaps[box] & ~rings[box]
+        rings[box] |= new
+        held += int(new.sum())
+        if held >= budget:
             break
     return rings
 
