@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from gpkernels.kernels import LENGTHSCALE_FLOOR, Kernel, stationary_factors
+from gpkernels.kernels import LENGTHSCALE_FLOOR, Kernel, multiscale_parts, stationary_factors
 from gpkernels.likelihoods import GaussianLikelihood
 from gpkernels.linalg import NumericalWarning
 
@@ -169,25 +169,32 @@ class GPModel(nn.Module):
         centre, slopes = self.trend
         return self.y_mean + (x - centre.to(x)) @ slopes.to(x)
 
-    def separable_hyperparameters(self) -> dict:
-        """A separable kernel's lengthscale per input column, outputscale and noise (both
-        variances in y's units): what `set_separable_hyperparameters` takes back."""
+    def shared_hyperparameters(self) -> dict:
+        """The kernel's hyperparameters as plain values that `set_shared_hyperparameters`
+        takes back, for another tile's data: one lengthscale per stationary factor in order
+        (one per column for a separable kernel) with the columns each reads, the shares of
+        a MultiScale's parts, and outputscale and noise as variances in y's units."""
         variance = self.y_scale**2
+        factors = stationary_factors(self.kernel)
         return {
-            "lengthscales": [float(f.lengthscale.detach().max()) for f in self.kernel.base.factors],
+            "lengthscales": [float(f.lengthscale.detach().max()) for f in factors],
+            "columns": [list(f.dims or []) for f in factors],
+            "shares": [float(p.outputscale.detach()) for p in multiscale_parts(self.kernel)],
             "outputscale": float(self.kernel.outputscale.detach()) * variance,
             "noise": float(self.likelihood.noise.detach()) * variance,
         }
 
-    def set_separable_hyperparameters(self, values: dict, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Set hyperparameters given in y's units (as `separable_hyperparameters` reports them)
+    def set_shared_hyperparameters(self, values: dict, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Set hyperparameters given in y's units (as `shared_hyperparameters` reports them)
         for data (x, y), converting to the standardised units this model will learn y in;
         the noise is kept just above its floor."""
         variance = self._target_scaling(x, y)[1] ** 2
-        for factor, lengthscale in zip(
-            self.kernel.base.factors, values["lengthscales"], strict=True
-        ):
+        factors = stationary_factors(self.kernel)
+        for factor, lengthscale in zip(factors, values["lengthscales"], strict=True):
             factor.lengthscale = lengthscale
+        parts = multiscale_parts(self.kernel)
+        for part, share in zip(parts, values.get("shares", []), strict=True):
+            part.outputscale = share
         self.kernel.outputscale = values["outputscale"] / variance
         floor = self.likelihood.noise_param.floor
         self.likelihood.noise = max(values["noise"] / variance, 1.01 * floor)

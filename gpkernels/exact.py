@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from gpkernels.base import FitReport, GPModel
-from gpkernels.kernels import Kernel, stationary_factors
+from gpkernels.kernels import Kernel, start_lengthscales
 from gpkernels.likelihoods import GaussianLikelihood
 from gpkernels.linalg import LOG_2PI, NumericalWarning, robust_cholesky
 from gpkernels.optim import LBFGSResult, lbfgs
@@ -118,13 +118,12 @@ class ExactGP(GPModel):
             idx = torch.randperm(x.shape[0], generator=gen)[:INIT_SUBSAMPLE].to(x.device)
             x, z = x[idx], z[idx]
         spans = (x.max(0).values - x.min(0).values).clamp_min(1e-3)
-        factors = stationary_factors(self.kernel)
         if hasattr(self.kernel, "outputscale"):
             self.kernel.outputscale = 1.0
         best: tuple[float, float, float] | None = None
         for frac in INIT_LENGTHSCALE_FRACTIONS:
             for noise in INIT_NOISE_FRACTIONS:
-                _set_lengthscales(factors, frac, spans)
+                start_lengthscales(self.kernel, frac, spans)
                 self.likelihood.noise = noise
                 try:
                     lml = float(self._standardised_lml(x, z, warn=False)[0])
@@ -135,7 +134,7 @@ class ExactGP(GPModel):
         if best is None:
             raise torch.linalg.LinAlgError("no starting hyperparameters gave a factorisable matrix")
         _, frac, noise = best
-        _set_lengthscales(factors, frac, spans)
+        start_lengthscales(self.kernel, frac, spans)
         self.likelihood.noise = noise
 
     def fit(
@@ -212,11 +211,3 @@ class ExactGP(GPModel):
             v = torch.linalg.solve_triangular(self._cache["factor"], cross.T, upper=False)
             variances.append(cross_kernel.diag(xb) - (v * v).sum(0))
         return self._finish_prediction(means, variances, x, include_noise)
-
-
-def _set_lengthscales(factors: list, fraction: float, spans: torch.Tensor) -> None:
-    """Each stationary factor's lengthscales to `fraction` of its columns' spans (an isotropic
-    one: of their mean span)."""
-    for k in factors:
-        own = spans if k.dims is None else spans[k.dims]
-        k.lengthscale = fraction * (own.mean(0, keepdim=True) if k.isotropic else own)

@@ -222,6 +222,43 @@ class Sum(_Combination):
         return out
 
 
+class MultiScale(Sum):
+    """Copies of one kernel at different ranges, each with its own share of the variance:
+    short-range variation near the data and a long range that carries information deep
+    into large gaps, where one compromise range would be too short there and too long
+    near the data. Fits start the copies `RANGE_RATIO` apart (see `start_ranges`)."""
+
+    RANGE_RATIO = 8.0
+
+    def __init__(self, parts: Sequence[Scale]) -> None:
+        if len(parts) < 2 or not all(isinstance(p, Scale) for p in parts):
+            raise ValueError("a MultiScale kernel sums two or more Scale(kernel) parts")
+        super().__init__(parts)
+
+    def start_ranges(self, fraction: float, spans: torch.Tensor) -> None:
+        """Part j's lengthscales to fraction * RANGE_RATIO^j of its columns' spans, and equal
+        shares of the variance."""
+        for j, part in enumerate(self.factors):
+            start_lengthscales(part, fraction * self.RANGE_RATIO**j, spans)
+            part.outputscale = 1.0 / len(self.factors)
+
+
+def start_lengthscales(kernel: Kernel, fraction: float, spans: torch.Tensor) -> None:
+    """Every stationary factor's lengthscales to `fraction` of its columns' spans (an
+    isotropic one: of their mean span); the copies of a MultiScale start apart."""
+    if isinstance(kernel, MultiScale):
+        kernel.start_ranges(fraction, spans)
+        return
+    if isinstance(kernel, Stationary):
+        own = spans if kernel.dims is None else spans[kernel.dims]
+        kernel.lengthscale = fraction * (own.mean(0, keepdim=True) if kernel.isotropic else own)
+        return
+    children = getattr(kernel, "factors", None) or [getattr(kernel, "base", None)]
+    for child in children:
+        if isinstance(child, Kernel):
+            start_lengthscales(child, fraction, spans)
+
+
 class Periodic(Kernel):
     """exp(-2 sin^2(pi |x1 - x2| / period) / lengthscale^2) on one input column.
 
@@ -413,6 +450,11 @@ def stationary_factors(kernel: Kernel) -> list[Stationary]:
 def periodic_factors(kernel: Kernel) -> list[Periodic]:
     """Every Periodic kernel inside a kernel, in order."""
     return _parts_of_type(kernel, Periodic)
+
+
+def multiscale_parts(kernel: Kernel) -> list[Scale]:
+    """The parts of every MultiScale inside a kernel, in order."""
+    return [part for multi in _parts_of_type(kernel, MultiScale) for part in multi.factors]
 
 
 def _parts_of_type(kernel: Kernel, kind: type) -> list:

@@ -16,7 +16,7 @@ import torch
 
 from gpkernels.base import FitReport
 from gpkernels.exact import ExactGP
-from gpkernels.kernels import Scale, Sum, stationary_factors
+from gpkernels.kernels import Scale, Sum, start_lengthscales, stationary_factors
 
 TREND_START = 0.5  # the trend's lengthscales start at this fraction of each column's span
 LOCAL_START = 0.02  # the local part's at this one
@@ -43,7 +43,7 @@ class DomainTrend:
         spans = (x.max(0).values - x.min(0).values).clamp_min(1e-6)
         self.model.to(device=x.device, dtype=x.dtype)
         for part, fraction in ((self.trend, TREND_START), (self.local, LOCAL_START)):
-            _start_lengthscales(part, fraction, spans)
+            start_lengthscales(part, fraction, spans)
             part.outputscale = PART_START
         self.model.likelihood.noise = NOISE_START
         self.model.fit(x, y, max_iter=max_iter, init_from_data=False)
@@ -66,12 +66,6 @@ class DomainTrend:
         found["noise"] = float(self.model.likelihood.noise.detach()) * variance
         found["mean"] = self.model.y_mean
         return found
-
-
-def _start_lengthscales(part: Scale, fraction: float, spans: torch.Tensor) -> None:
-    for factor in stationary_factors(part):
-        own = spans if factor.dims is None else spans[factor.dims]
-        factor.lengthscale = fraction * (own.mean(0, keepdim=True) if factor.isotropic else own)
 
 
 def _relative_range(part: Scale, spans: torch.Tensor) -> float:

@@ -291,21 +291,37 @@ class ModelSpec(Strict):
         "cover 95% of observed cells hidden under the tile's own gaps, moved (conformal)",
     )
 
+    scales: Literal[1, 2] | None = Field(
+        None,
+        description="copies of the kernel summed at different ranges, each with its own "
+        "variance: 2 for short-range variation near the data plus a long range that carries "
+        "into large gaps (kiss then keeps the subsample fit); omitted: 2 when model.kernel "
+        "is omitted too (the data choose the family), else 1",
+    )
+
     def resolved_type(self, stations: bool) -> str:
         """The model type to run: `auto` becomes kiss on grids and svgp for stations."""
         if self.type != "auto":
             return self.type
         return "svgp" if stations else "kiss"
 
-    def to_model_config(self, columns: list[str], stations: bool) -> ModelConfig:
+    def resolved_scales(self, new_grid: bool) -> int:
+        """How many ranges the kernel sums: as given, else 2 when the data choose the kernel
+        (1 for a new grid, whose interpolated path needs one separable kernel)."""
+        if self.scales is not None:
+            return self.scales
+        return 2 if self.kernel is None and not new_grid else 1
+
+    def to_model_config(self, columns: list[str], stations: bool, new_grid: bool) -> ModelConfig:
         """The pipeline's model config: the fields the two share, copied by name, plus the
-        kernels in column order and the resolved type."""
-        shared = MODEL_FIELDS - {"kernels", "type", "isotropic"}
+        kernels in column order, the resolved type and number of scales."""
+        shared = MODEL_FIELDS - {"kernels", "type", "isotropic", "scales"}
         return ModelConfig(
             **self.model_dump(include=shared),
             kernels=None if self.kernel is None else tuple(self.kernel[c] for c in columns),
             type=self.resolved_type(stations),
             isotropic=tuple(self.isotropic),
+            scales=self.resolved_scales(new_grid),
         )
 
 
@@ -497,7 +513,8 @@ class JobSpec(Strict):
             )
 
     def _check_model_options(self, model_type: str) -> None:
-        """Calibrated variances on kiss grids only; a linear mean per variable; isotropic
+        """Calibrated variances on kiss grids only; two scales not onto a new grid by kiss; a
+        linear mean per variable; isotropic
         columns: two or more known ones, one kernel name with no periodic part, and no
         wrapping, shared hyperparameters or multitask."""
         model, columns = self.model, self.input.columns
@@ -505,6 +522,11 @@ class JobSpec(Strict):
             raise ValueError(
                 f"model.calibrate_variance hides cells of a grid: it needs model.type kiss "
                 f"on gridded data, got {model_type!r}: drop calibrate_variance"
+            )
+        if model.scales == 2 and self.target.kind == "grid" and model_type == "kiss":
+            raise ValueError(
+                "model.scales 2 sums two kernels, but kiss reaches a new grid (target.kind "
+                "grid) by interpolation, which needs one separable kernel: drop model.scales"
             )
         chosen = model.isotropic
         if model.mean != "constant" and model.multitask:
@@ -595,7 +617,9 @@ class JobSpec(Strict):
             if self.tiling.chunks
             else (),
             halo_lengthscales=self.tiling.halo_lengthscales,
-            model=self.model.to_model_config(self.input.columns, stations is not None),
+            model=self.model.to_model_config(
+                self.input.columns, stations is not None, self.target.kind == "grid"
+            ),
             num_cpus=self.resources.num_cpus,
             num_gpus=self.resources.num_gpus,
             max_in_flight=self.resources.max_in_flight,

@@ -53,7 +53,9 @@ class ModelConfig:
     an LMC model with `rank` latent GPs. `isotropic` columns share one kernel of their
     Euclidean distance (kiss then solves by FFT and CG, keeping the subsample fit);
     `mean` is the prior mean: a constant or a linear trend fitted per tile, or a trend
-    over the whole domain (see pipeline/trend.py) under constant-mean tiles.
+    over the whole domain (see pipeline/trend.py) under constant-mean tiles. With
+    `scales` 2 the kernel is a sum of two copies of itself at different ranges (kiss
+    then solves by FFT and CG, keeping the subsample fit).
     """
 
     # one per input column (see PipelineConfig.input_columns); None: chosen by the data
@@ -77,6 +79,9 @@ class ModelConfig:
     mean: str = "constant"
     trend_points: int = 600
     calibrate_variance: bool = False  # kiss: variance scale by conformal hold-out of gaps
+    # copies of the kernel at different ranges, summed (gpkernels.MultiScale): 2 gives
+    # short-range variation near the data and a long range deep in gaps
+    scales: int = 1
 
     @property
     def tile_mean(self) -> str:

@@ -1,7 +1,9 @@
 """Shared hyperparameters: learned on a sample of tiles (phase 1), used by every tile (phase 2).
 
-One set per variable, in the data's units: a lengthscale per input column, the
-outputscale and noise variances. Torch-free: the driver pools, workers fit and apply.
+One set per variable, in the data's units: a lengthscale per stationary factor of the
+kernel (per input column for a separable one) with the columns it reads, the shares of
+a multi-scale kernel's parts, the outputscale and noise variances.
+Torch-free: the driver pools, workers fit and apply.
 """
 
 from __future__ import annotations
@@ -34,16 +36,20 @@ def pool(samples: Sequence[dict[str, dict]]) -> dict[str, dict]:
                 f"no sampled tile had enough observations of {var!r} to learn hyperparameters: "
                 "use model.hyperparameters: per_tile"
             )
-        columns = len(fits[0]["lengthscales"])
         pooled[var] = {
-            "lengthscales": [
-                _log_median([f["lengthscales"][c] for f in fits]) for c in range(columns)
-            ],
+            "lengthscales": _log_medians([f["lengthscales"] for f in fits]),
+            "columns": fits[0]["columns"],
+            "shares": _log_medians([f["shares"] for f in fits]),
             "outputscale": _log_median([f["outputscale"] for f in fits]),
             "noise": _log_median([f["noise"] for f in fits]),
             "tiles": len(fits),
         }
     return pooled
+
+
+def _log_medians(vectors: Sequence[Sequence[float]]) -> list[float]:
+    """The elementwise log-median of equally long vectors."""
+    return [_log_median(column) for column in zip(*vectors, strict=True)]
 
 
 def _log_median(values: Sequence[float]) -> float:

@@ -22,14 +22,15 @@ from gpkernels import (
     SVGP,
     ExactGP,
     FitReport,
+    Kernel,
     KissGP,
     Lattice,
+    MultiScale,
     MultitaskExactGP,
     Product,
     Scale,
     make_kernel,
     seasonal,
-    separable,
 )
 from pipeline.config import ModelConfig
 from pipeline.tiling import Tile
@@ -311,9 +312,18 @@ def tensors(plan: ModelPlan, device: str, *arrays: np.ndarray) -> tuple[torch.Te
     return tuple(torch.as_tensor(a, dtype=dtype, device=where) for a in arrays)
 
 
-def build_kernel(plan: ModelPlan):  # noqa: ANN201
+def build_kernel(plan: ModelPlan, scales: int | None = None) -> Scale:
     """The kernel the spec names: one factor per input column, except that the `isotropic`
-    columns share one factor of their Euclidean distance."""
+    columns share one factor of their Euclidean distance; with `scales` (the model's by
+    default) above 1, that many copies of it summed at different ranges."""
+    scales = plan.model.scales if scales is None else scales
+    if scales == 1:
+        return Scale(_one_range(plan))
+    return Scale(MultiScale([Scale(_one_range(plan), 1.0 / scales) for _ in range(scales)]))
+
+
+def _one_range(plan: ModelPlan) -> Kernel:
+    """One copy of the spec's kernel, unscaled: a product of the columns' factors."""
     shared = [plan.columns.index(c) for c in plan.model.isotropic]
     factors = []
     for column, kernel in enumerate(plan.model.kernels):
@@ -325,11 +335,7 @@ def build_kernel(plan: ModelPlan):  # noqa: ANN201
             factors.append(make_kernel(kernel.base, dims=[column]))
         else:
             factors.append(seasonal(kernel.base, kernel.period, column))
-    if shared and len(factors) == 1:
-        return Scale(factors[0])
-    if shared:
-        return Scale(Product(factors))
-    return separable(factors)
+    return factors[0] if shared and len(factors) == 1 else Product(factors)
 
 
 def trend_kernel(plan: ModelPlan) -> Scale:
@@ -405,7 +411,7 @@ def _named(model, plan: ModelPlan):  # noqa: ANN001, ANN202
 
 def _condition_on_shared(model, fixed: dict, t: Tensors) -> FitReport:  # noqa: ANN001
     """Set the shared hyperparameters (data units) on `model` and condition it on the data."""
-    model.set_separable_hyperparameters(fixed, t.x, t.y)
+    model.set_shared_hyperparameters(fixed, t.x, t.y)
     model.condition(t.x, t.y)
     reason = f"shared hyperparameters from {fixed['tiles']} sampled tiles"
     return FitReport(0, True, reason, float("nan"), 0.0, 0.0)

@@ -160,7 +160,8 @@ def _shared_plan(config: PipelineConfig, tiles: int) -> SharedPlan | None:
 
 
 def halo_from_lengthscales(run: ResolvedRun, shared: dict, ds: xr.Dataset) -> tuple[int, ...]:
-    """Halos of `halo_lengthscales` times each dim's longest shared lengthscale, in cells
+    """Halos of `halo_lengthscales` times each dim's longest shared lengthscale (over every
+    factor reading it), in cells
     (at least the blend margin; a wrapped dim's at most what fits around the circle)."""
     config = run.config
     halo = []
@@ -169,7 +170,12 @@ def halo_from_lengthscales(run: ResolvedRun, shared: dict, ds: xr.Dataset) -> tu
             halo.append(0)
             continue
         column = config.input_columns.index(dim)
-        longest = max(v["lengthscales"][column] for v in shared.values())
+        longest = max(
+            scale
+            for v in shared.values()
+            for scale, columns in zip(v["lengthscales"], v["columns"], strict=True)
+            if column in columns
+        )
         step = float(np.median(np.abs(np.diff(coordinate_values(ds[dim])))))
         cells = max(
             math.ceil(run.shared.halo_lengthscales * longest / step),

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from gpkernels import ExactGP, NumericalWarning
+from gpkernels.initial import subsample_for_init
 from pipeline.grid import (
     never_observed,
     read_window,
@@ -32,7 +33,6 @@ from pipeline.models import (
     Problem,
     build_kernel,
     fit_and_predict,
-    nearest_to_core,
     tensors,
 )
 from pipeline.store import std_name
@@ -271,9 +271,10 @@ def _run_row(window: _Window, row, values: np.ndarray, fixed: dict | None) -> tu
 
 
 def fit_tile_hyperparameters(work: TileWork, tile: Tile) -> dict[str, dict | None]:
-    """Phase 1 on one sampled tile: per variable, an ExactGP's hyperparameters (L-BFGS on the
-    `fit_points` observations nearest the core), in the data's units; None when too few
-    or constant."""
+    """Phase 1 on one sampled tile: per variable, an ExactGP's hyperparameters (L-BFGS on
+    `fit_points` observations of the window, half spread over it and half one compact
+    cluster, so that long and short lags are both seen), in the data's units; None when
+    too few or constant."""
     source, plan = work.source, work.plan
     ds = open_input(source.input_path)
     x = window_inputs(source, tile, ds)
@@ -287,9 +288,10 @@ def fit_tile_hyperparameters(work: TileWork, tile: Tile) -> dict[str, dict | Non
         if observed.size < max(MIN_OBSERVATIONS, 10) or constant_observations(values[observed]):
             found[var] = None  # too few, or constant: no hyperparameters to learn
             continue
-        used = nearest_to_core(observed, tile, plan.halo, plan.model.fit_points, tile.index)
-        tx, ty = tensors(plan, work.device, x[used], values[used])
+        tx, ty = tensors(plan, work.device, x[observed], values[observed])
+        used = subsample_for_init(tx, plan.model.fit_points, tile.index)
+        tx, ty = tx[used], ty[used]
         model = ExactGP(build_kernel(plan), mean=plan.model.tile_mean)
         model.fit(tx, ty, max_iter=plan.model.max_iter, seed=tile.index)
-        found[var] = model.separable_hyperparameters()
+        found[var] = model.shared_hyperparameters()
     return found

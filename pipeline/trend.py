@@ -73,7 +73,7 @@ def fit_trend(
     chosen = np.sort(gen.choice(observed, min(points, observed.size), replace=False))
     x = _inputs(axes, chosen, values.shape)
     tx, ty = tensors(plan, device, x, values.reshape(-1)[chosen])
-    trend = DomainTrend(trend_kernel(plan), build_kernel(plan))
+    trend = DomainTrend(trend_kernel(plan), build_kernel(plan, scales=1))
     trend.fit(tx, ty, max_iter=plan.model.max_iter)
     nodes = _strided(sizes, LATTICE_NODES)
     lattice = [_grid_axis(source, ds, d)[p] for d, p in zip(dims, nodes, strict=True)]

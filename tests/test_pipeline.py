@@ -191,18 +191,19 @@ def test_domain_trend_is_each_tiles_prior_mean_and_its_variance_adds_to_the_std(
 @pytest.mark.parametrize("truth", ["matern12", "matern52"])
 def test_a_spec_without_kernels_gets_the_family_its_data_were_drawn_from(truth, tmp_path) -> None:
     """model.kernel omitted: the family with the best likelihood on the sampled tiles is
-    the draw's own, and the run then equals one that names that family."""
+    the draw's own, and the run then equals one that names that family (with two scales,
+    what an omitted kernel gets from the spec)."""
     recipe = SyntheticGrid(shape=(4, 24, 24), kernels=(truth,) * 3, seed=5)
     path = str(tmp_path / "in.zarr")
     write_synthetic(path, recipe, chunks=(4, 12, 12))
     common = dict(tile=(4, 12, 12), halo=(0, 3, 3))
     chosen = config_for(
-        path, str(tmp_path / "auto.zarr"), model=replace(MODEL, kernels=None), **common
+        path, str(tmp_path / "auto.zarr"), model=replace(MODEL, kernels=None, scales=2), **common
     )
     named = config_for(
         path,
         str(tmp_path / "named.zarr"),
-        model=replace(MODEL, kernels=(AxisKernel(truth),) * 3),
+        model=replace(MODEL, kernels=(AxisKernel(truth),) * 3, scales=2),
         **common,
     )
     run_pipeline(chosen, progress=False)

@@ -33,15 +33,36 @@ CHANGED = {
 }
 
 
-def test_every_model_config_field_but_kernels_and_type_is_a_spec_field_with_its_default() -> None:
+def test_every_model_config_field_but_the_resolved_ones_is_a_spec_field_with_its_default() -> None:
     spec_fields = ModelSpec.model_fields
     for field in dataclasses.fields(ModelConfig):
-        if field.name in ("kernels", "type"):
+        if field.name in ("kernels", "type", "scales"):  # resolved: see the test below
             continue
         assert field.name in spec_fields, f"ModelSpec lacks {field.name}"
         default = spec_fields[field.name].get_default(call_default_factory=True)
         got = tuple(default) if field.name == "isotropic" else default
         assert got == field.default, field.name
+
+
+@pytest.mark.parametrize(
+    ("kernel", "scales", "kind", "expected"),
+    [
+        (None, None, "same_grid", 2),  # the data choose: short and long ranges
+        ({"time": "matern32", "lat": "matern32", "lon": "matern32"}, None, "same_grid", 1),
+        (None, None, "grid", 1),  # a new grid's interpolated path needs one kernel
+        ({"time": "matern32", "lat": "matern32", "lon": "matern32"}, 2, "same_grid", 2),
+        (None, 1, "same_grid", 1),
+    ],
+)
+def test_model_scales_resolve_from_the_kernel_and_the_target(
+    kernel: dict | None, scales: int | None, kind: str, expected: int
+) -> None:
+    model = {"type": "kiss", "kernel": kernel, "scales": scales}
+    target = {"kind": kind}
+    if kind == "grid":
+        target["grid"] = {"lat": {"start": 0.0, "step": 0.5, "size": 4}}
+    spec = parse_spec({**SMALL_SPEC, "model": model, "target": target})
+    assert spec.to_pipeline_config().model.scales == expected
 
 
 def test_to_pipeline_config_carries_every_model_field() -> None:
@@ -124,3 +145,9 @@ def test_one_function_resolves_a_forecast_run_and_tasks_get_no_config(tmp_path: 
     assert wider.plan.halo == (1, 5, 5) and wider.plan.fixed("tas") == shared["tas"]
     assert wider.device == "cuda" and not _configs_inside(wider)
     assert [t.window for t in run.tiles_with((1, 5, 5))] != [t.window for t in run.tiles]
+
+
+def test_two_scales_onto_a_new_grid_by_kiss_are_refused_with_the_fix() -> None:
+    target = {"kind": "grid", "grid": {"lat": {"start": 0.0, "step": 0.5, "size": 4}}}
+    with pytest.raises(ValueError, match="model.scales 2 .* drop model.scales"):
+        parse_spec({**SMALL_SPEC, "model": {"type": "kiss", "scales": 2}, "target": target})
