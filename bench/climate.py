@@ -26,6 +26,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.settings import add_set_argument, merged, settings  # noqa: E402
 from jobs.run import run_job  # noqa: E402
 from jobs.spec import load_spec  # noqa: E402
 from jobs.validate import format_validation, validate_job  # noqa: E402
@@ -61,22 +62,12 @@ def climate_field(seed: int) -> xr.Dataset:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--model",
-        action="append",
-        default=[],
-        metavar="FIELD=YAML",
-        help="set a model field, e.g. --model 'kernel={time: matern32, lat: matern32, "
-        "lon: matern32}' (the issue's plain per-axis spec) or --model calibrate_variance=true",
-    )
+    add_set_argument(parser)  # e.g. --set 'model.kernel={time: matern32, lat: matern32,
+    # lon: matern32}': the plain per-axis spec
     parser.add_argument(
         "--truth-only", action="store_true", help="skip gpgrid validate: run and score the gaps"
     )
     args = parser.parse_args()
-    model = {"type": "kiss"}
-    for setting in args.model:
-        field, _, value = setting.partition("=")
-        model[field.strip()] = yaml.safe_load(value)
     os.environ.setdefault("RAY_TMPDIR", "/tmp/ray_climate")
     ds = climate_field(args.seed)
     with tempfile.TemporaryDirectory(prefix="climate_") as tmp:
@@ -88,14 +79,14 @@ def main() -> None:
                 "variables": ["tas"],
                 "dims": ["time", "lat", "lon"],
             },
-            "model": model,
+            "model": {"type": "kiss"},
             "tiling": {
                 "tile": {"time": 40, "lat": 24, "lon": 32},
                 "halo": {"time": 0, "lat": 6, "lon": 6},
             },
             "output": {"path": str(folder / "output.zarr"), "std": "observation"},
         }
-        (folder / "job.yaml").write_text(yaml.safe_dump(spec))
+        (folder / "job.yaml").write_text(yaml.safe_dump(merged(spec, settings(args.set))))
         job, _ = load_spec(folder / "job.yaml")
         if not args.truth_only:
             print(format_validation(validate_job(job, progress=False)))

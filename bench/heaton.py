@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.memory import TreeRSS  # noqa: E402
+from bench.settings import add_set_argument, merged, settings  # noqa: E402
 from bench.table import Column, Table  # noqa: E402
 from jobs.examples import datasets  # noqa: E402
 from pipeline.bands import (  # noqa: E402
@@ -107,17 +108,32 @@ BASELINE = {
 
 def learned_hyperparameters(attrs: dict) -> dict[str, np.ndarray]:
     """Per tile: variance / lengthscale (the exponential kernel's identifiable microergodic
-    parameter), lengthscale (geometric mean over axes), variance and nugget."""
+    parameter; for a multi-scale kernel the sum over its parts), the lengthscale it
+    implies (variance over that), variance and nugget."""
     tiles = attrs["gpgrid_tiles"]
     tiles = json.loads(tiles) if isinstance(tiles, str) else tiles
     rows = []
     for tile in tiles:
         found = tile["variables"]["lst"]["hyperparameters"]
         kernel = found["kernel"]
-        factors = kernel["base"].get("factors", [kernel["base"]])
-        ell = float(np.prod([max(f["lengthscale"]) for f in factors]) ** (1 / len(factors)))
-        rows.append((kernel["outputscale"] / ell, ell, kernel["outputscale"], found["noise"]))
+        base = kernel["base"]
+        parts = (
+            base["factors"]
+            if base["kind"] == "multiscale"
+            else [{"outputscale": 1.0, "base": base}]
+        )
+        sigma2 = kernel["outputscale"] * sum(part["outputscale"] for part in parts)
+        slope = kernel["outputscale"] * sum(
+            part["outputscale"] / _geometric_lengthscale(part["base"]) for part in parts
+        )
+        rows.append((slope, sigma2 / slope, sigma2, found["noise"]))
     return dict(zip(("sigma2/ell", "ell", "sigma2", "nugget"), np.array(rows).T, strict=True))
+
+
+def _geometric_lengthscale(kernel: dict) -> float:
+    """The geometric mean of a described kernel's lengthscales over its factors."""
+    factors = kernel.get("factors", [kernel])
+    return float(np.prod([max(f["lengthscale"]) for f in factors]) ** (1 / len(factors)))
 
 
 def hold_out(observed: np.ndarray, fold: int) -> tuple[np.ndarray, np.ndarray]:
@@ -161,14 +177,6 @@ def evaluate(ds: xr.Dataset, hidden: np.ndarray, spec: dict, rings: np.ndarray) 
         }
 
 
-def merged(spec: dict, changes: dict) -> dict:
-    """`spec` with `changes` applied section by section (one level of nesting)."""
-    out = {key: dict(value) if isinstance(value, dict) else value for key, value in spec.items()}
-    for section, fields in changes.items():
-        out.setdefault(section, {}).update(fields)
-    return out
-
-
 def spec_from_args(args: argparse.Namespace) -> dict:
     """The shipped spec with the command line's changes."""
     spec = yaml.safe_load(SPEC.read_text())
@@ -180,11 +188,7 @@ def spec_from_args(args: argparse.Namespace) -> dict:
         changes["tiling"]["halo"] = {"lat": args.halo, "lon": args.halo}
     if args.blend:
         changes["tiling"]["blend"] = {"lat": args.blend, "lon": args.blend}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        section, _, field = key.partition(".")
-        changes.setdefault(section, {})[field] = yaml.safe_load(value)
-    return merged(spec, changes)
+    return merged(merged(spec, changes), settings(args.set))
 
 
 def with_kernel(spec: dict, kernel: str) -> dict:
@@ -245,12 +249,7 @@ def main() -> None:
     parser.add_argument("--tile", default=None, help="tile core as LATxLON, e.g. 100x100")
     parser.add_argument("--halo", type=int, default=None, help="halo cells per side")
     parser.add_argument("--blend", type=int, default=0, help="cells blended across tile edges")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        help="any spec field, as section.key=value (YAML value), e.g. model.fit_points=2000",
-    )
+    add_set_argument(parser)
     parser.add_argument(
         "--compare",
         default="",

@@ -22,11 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.memory import TreeRSS  # noqa: E402
+from bench.settings import add_set_argument, merged, settings  # noqa: E402
 from jobs.examples.catalog import prepare_example  # noqa: E402
 from jobs.run import run_job  # noqa: E402
 from jobs.spec import load_spec  # noqa: E402
@@ -36,12 +38,15 @@ from jobs.validate import format_validation, validate_job  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0, help="which random cells and blocks")
+    add_set_argument(parser)
     args = parser.parse_args()
     os.environ.setdefault("RAY_TMPDIR", "/tmp/ray_ostia")
     sampler = TreeRSS(os.getpid())
     sampler.start()
     with tempfile.TemporaryDirectory(prefix="ostia_") as tmp:
         spec_path = prepare_example("ostia", Path(tmp))
+        changed = merged(yaml.safe_load(spec_path.read_text()), settings(args.set))
+        spec_path.write_text(yaml.safe_dump(changed))
         spec, text = load_spec(spec_path)
         start = time.perf_counter()
         summary = run_job(spec, text, progress=False)

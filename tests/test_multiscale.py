@@ -51,9 +51,7 @@ def test_a_fit_starts_the_copies_apart_and_recovers_both_ranges() -> None:
     y = y + 0.05 * torch.randn(len(y), generator=torch.Generator().manual_seed(2), dtype=y.dtype)
     keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(3))[:900]
     model = ExactGP(two_ranges(1.0, 1.0)).fit(cells[keep], y[keep], max_iter=200)
-    found = sorted(
-        float(f.lengthscale.detach()) for f in stationary_factors(model.kernel)
-    )
+    found = sorted(float(f.lengthscale.detach()) for f in stationary_factors(model.kernel))
     assert found[0] < 1.6 and found[-1] > 3.0, found  # one short pair, one long pair
 
 
