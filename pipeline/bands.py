@@ -108,14 +108,23 @@ def reweighted(
     )
 
 
+# What to try when a band's intervals are too narrow: a second range for the kernel (one
+# range fitted to two-scale data is too long near the data), or widening on moved gaps.
+UNDERSTATED_FIX = "try model.scales: 2 (a short and a long range) or model.calibrate_variance: true"
+
+
 def coverage_warnings(variable: str, banded: Mapping[str, Mapping[str, float]]) -> list[str]:
-    """A line for each band (with enough cells) whose 95% coverage leaves COVERAGE_RANGE."""
+    """A line for each band (with enough cells) whose 95% coverage leaves COVERAGE_RANGE,
+    with what to try where the std understates the error."""
     low, high = COVERAGE_RANGE
     return [
         f"{variable}: 95% coverage {s['coverage95']:.3f} at {label} cells from the nearest "
         f"observation ({s['n']:,} hidden cells) is outside {low:.2f}-{high:.2f}: the std "
-        + ("understates" if s["coverage95"] < low else "overstates")
-        + " the error there"
+        + (
+            f"understates the error there; {UNDERSTATED_FIX}"
+            if s["coverage95"] < low
+            else "overstates the error there"
+        )
         for label, s in banded.items()
         if s["n"] >= WARN_MIN_CELLS and not low <= s["coverage95"] <= high
     ]

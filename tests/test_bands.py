@@ -70,7 +70,7 @@ def test_coverage_outside_the_range_is_warned_about_where_cells_suffice() -> Non
     }
     warnings = coverage_warnings("lst", bands)
     assert len(warnings) == 1 and "0.620 at 8-16 cells" in warnings[0]
-    assert "understates" in warnings[0]
+    assert "understates" in warnings[0] and "model.scales: 2" in warnings[0]
 
 
 def test_moved_gaps_keep_the_input_gaps_shapes_on_observed_cells() -> None:
