@@ -29,23 +29,27 @@ def quicklook(
     time_index: int = 0,
     input_title: str = "input (gaps blank)",
 ) -> Path:
-    """Input, mean and std side by side, saved as a PNG. Fields of three or more dims are
-    shown at step `time_index` of the first; 2-D fields (a lat x lon grid, or time x
-    station) whole, with non-numeric coordinates (station names) as positions."""
+    """Input, mean and std side by side (and the truth, where the input carries it as
+    `<variable>_true`), saved as a PNG. Fields of three or more dims are shown at step
+    `time_index` of the first; 2-D fields (a lat x lon grid, or time x station) whole,
+    with non-numeric coordinates (station names) as positions."""
     field = output[variable]
     step = {field.dims[0]: time_index} if field.ndim > 2 else {}
     observed = source[variable].isel(step)
     mean, std = field.isel(step), output[std_name(variable)].isel(step)
     units = source[variable].attrs.get("units", "")
     vmin, vmax = float(mean.min()), float(mean.max())
-    fig = Figure(figsize=(15, 4.2), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 3)
-    panels = (
+    panels = [
         (observed, input_title, "viridis", (vmin, vmax)),
         (mean, "GP predictive mean", "viridis", (vmin, vmax)),
         (std, "GP predictive std", "magma", (None, None)),
-    )
+    ]
+    truth_name = f"{variable}_true"
+    if truth_name in source:
+        panels.insert(1, (source[truth_name].isel(step), "truth", "viridis", (vmin, vmax)))
+    fig = Figure(figsize=(5 * len(panels), 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels))
     for ax, (panel, title, cmap, (lo, hi)) in zip(axes, panels, strict=True):
         row_dim, col_dim = panel.dims
         mesh = ax.pcolormesh(

