@@ -359,6 +359,18 @@ def nearest_to_core(
     return np.sort(nearest_first(candidates, tile, halo, seed)[:limit])
 
 
+def nearest_to_core_centre(candidates: np.ndarray, tile: Tile, limit: int) -> np.ndarray:
+    """The `limit` candidate window cells (flat indices) nearest the centre of the tile's
+    core, counting cells along every dim: one compact cluster, in index order."""
+    if candidates.size <= limit:
+        return candidates
+    coords = np.unravel_index(candidates, tile.window_shape)
+    sq = np.zeros(candidates.size)
+    for c, core in zip(coords, tile.core_in_window, strict=True):
+        sq += (c - (core.start + core.stop - 1) / 2) ** 2
+    return np.sort(candidates[np.argsort(sq, kind="stable")[:limit]])
+
+
 def nearest_first(
     candidates: np.ndarray, tile: Tile, halo: tuple[int, ...], seed: int
 ) -> np.ndarray:

@@ -271,3 +271,30 @@ def test_multitask_tiles_fill_a_block_from_a_correlated_variable(tmp_path) -> No
         errors[name] = float(np.sqrt(np.mean(block**2)))
         assert np.isfinite(out["dew_std"].values).all() and (out["tas_std"].values > 0).all()
     assert errors["joint"] < 0.8 * errors["alone"], errors
+
+
+def test_shared_hyperparameters_are_calibrated_in_phase_one_when_asked(source, tmp_path) -> None:
+    """calibrate_variance with shared hyperparameters: each sampled tile widens its fitted
+    outputscale and noise by its own moved-gap factor (at least 1) before they are
+    pooled; the lengthscales are the uncalibrated fit's."""
+    from pipeline.tasks import fit_tile_hyperparameters
+
+    input_path, _ = source
+    model = replace(MODEL, type="kiss", hyperparameters="shared")
+    tile = plan_tiles(RECIPE.shape, (6, 15, 15), (0, 4, 4))[0]
+    found = {}
+    for calibrate in (False, True):
+        config = config_for(
+            input_path,
+            str(tmp_path / "unused.zarr"),
+            model=replace(model, calibrate_variance=calibrate),
+            tile=(6, 15, 15),
+            halo=(0, 4, 4),
+        )
+        found[calibrate] = fit_tile_hyperparameters(tile_work(config), tile)["tas"]
+    plain, widened = found[False], found[True]
+    factor = widened["variance_factor"]
+    assert 1.0 < factor <= 4.0  # this draw asks for some widening (1.05)
+    assert widened["lengthscales"] == pytest.approx(plain["lengthscales"], rel=1e-6)
+    for key in ("outputscale", "noise"):
+        assert widened[key] == pytest.approx(plain[key] * factor, rel=1e-6)
