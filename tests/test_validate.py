@@ -138,3 +138,22 @@ def test_quicklook_draws_two_dim_grids_and_station_series(tmp_path) -> None:
     for name, ds in (("grid", grid), ("stations", stations)):
         png = quicklook(ds, ds, "v", tmp_path / f"{name}.png")
         assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_quicklook_shows_the_truth_beside_the_mean_where_the_input_carries_it(tmp_path) -> None:
+    from matplotlib.image import imread
+
+    from jobs.plots import quicklook
+
+    cells = ("lat", "lon")
+    values = np.random.default_rng(1).normal(size=(6, 8))
+    plain = xr.Dataset(
+        {"v": (cells, values), "v_std": (cells, np.ones((6, 8)))},
+        coords={"lat": np.arange(6.0), "lon": np.arange(8.0)},
+    )
+    with_truth = plain.assign(v_true=(cells, values + 0.1))
+    widths = [
+        imread(quicklook(ds, plain, "v", tmp_path / f"{name}.png")).shape[1]
+        for name, ds in (("plain", plain), ("truth", with_truth))
+    ]
+    assert widths[1] == round(widths[0] * 4 / 3)  # a fourth panel of the same width
