@@ -191,13 +191,14 @@ class GPModel(nn.Module):
         variance = self._target_scaling(x, y)[1] ** 2
         factors = stationary_factors(self.kernel)
         for factor, lengthscale in zip(factors, values["lengthscales"], strict=True):
-            factor.lengthscale = lengthscale
+            factor.lengthscale = _above(lengthscale, factor.lengthscale_param.floor)
         parts = multiscale_parts(self.kernel)
         for part, share in zip(parts, values.get("shares", []), strict=True):
-            part.outputscale = share
+            part.outputscale = _above(share, part.outputscale_param.floor)
         self.kernel.outputscale = values["outputscale"] / variance
-        floor = self.likelihood.noise_param.floor
-        self.likelihood.noise = max(values["noise"] / variance, 1.01 * floor)
+        self.likelihood.noise = _above(
+            values["noise"] / variance, self.likelihood.noise_param.floor
+        )
 
     def _reviewed(self, report: FitReport, x: torch.Tensor) -> GPModel:
         """Keep `report` as `fit_report`, with a note and a LengthscaleWarning for each
@@ -241,3 +242,9 @@ class GPModel(nn.Module):
                 "slopes": self.trend[1].cpu().tolist(),
             }
         return found
+
+
+def _above(value: float, floor: float) -> float:
+    """`value`, or just above `floor` where a fit left it there (a collapsed lengthscale or
+    an unused part of a multi-scale kernel, read back with rounding)."""
+    return max(value, 1.01 * floor)

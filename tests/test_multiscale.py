@@ -69,3 +69,20 @@ def test_shared_hyperparameters_round_trip_through_a_second_model() -> None:
         torch.testing.assert_close(torch.tensor(again[key]), torch.tensor(values[key]))
     for key in ("outputscale", "noise"):
         assert abs(again[key] - values[key]) < 1e-9 * values[key]
+
+
+def test_shared_values_at_their_floors_are_set_just_above_them() -> None:
+    """A fit can leave a lengthscale or an unused part's share at its floor; read back
+    with rounding it is a hair below, and setting it must not fail."""
+    cells, x, y = gappy_grid(seed=5)
+    model = ExactGP(two_ranges())
+    values = {
+        "lengthscales": [0.9999999974e-6, 1.0, 2.0, 3.0],
+        "columns": [[0], [1], [0], [1]],
+        "shares": [1.0, 0.99999999e-8],
+        "outputscale": 1.0,
+        "noise": 1e-12,
+    }
+    model.set_shared_hyperparameters(values, x, y)
+    first = stationary_factors(model.kernel)[0]
+    assert float(first.lengthscale) > first.lengthscale_param.floor
