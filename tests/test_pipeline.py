@@ -280,7 +280,8 @@ def test_shared_hyperparameters_are_calibrated_in_phase_one_when_asked(source, t
     from pipeline.tasks import fit_tile_hyperparameters
 
     input_path, _ = source
-    model = replace(MODEL, type="kiss", hyperparameters="shared")
+    # fitted on a 60-cell cluster, this draw's intervals are too narrow for its moved gaps
+    model = replace(MODEL, type="kiss", hyperparameters="shared", fit_points=60)
     tile = plan_tiles(RECIPE.shape, (6, 15, 15), (0, 4, 4))[0]
     found = {}
     for calibrate in (False, True):
@@ -294,7 +295,7 @@ def test_shared_hyperparameters_are_calibrated_in_phase_one_when_asked(source, t
         found[calibrate] = fit_tile_hyperparameters(tile_work(config), tile)["tas"]
     plain, widened = found[False], found[True]
     factor = widened["variance_factor"]
-    assert 1.0 < factor <= 4.0  # this draw asks for some widening (1.05)
+    assert 1.0 < factor <= 4.0  # this draw asks for some widening (1.11)
     assert widened["lengthscales"] == pytest.approx(plain["lengthscales"], rel=1e-6)
     for key in ("outputscale", "noise"):
         assert widened[key] == pytest.approx(plain[key] * factor, rel=1e-6)
