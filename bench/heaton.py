@@ -17,7 +17,8 @@ lengthscale, variance and nugget: median and range over tiles.
     .venv/bin/python bench/heaton.py --baseline          # shipped spec vs whole-grid fit
     .venv/bin/python bench/heaton.py --which simulated --set model.calibrate_variance=false \
         --compare matern12,matern32,matern52              # the twin is stationary: ML variances
-    .venv/bin/python bench/heaton.py --folds 0,1,2,3     # all four moved cloud masks
+    .venv/bin/python bench/heaton.py --folds 0,1,2,3     # all four moved cloud masks, pooled
+    .venv/bin/python bench/heaton.py --which simulated --oracle   # vs the truth's own kernel
     .venv/bin/python bench/heaton.py --tile 50x50 --halo 20 --set model.fit_points=2000
 """
 
@@ -26,10 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +43,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.kriging_oracle import Exponential, local_kriging  # noqa: E402
 from bench.memory import TreeRSS  # noqa: E402
 from bench.settings import add_set_argument, merged, settings  # noqa: E402
 from bench.table import Column, Table  # noqa: E402
@@ -98,6 +103,7 @@ def run_job(spec: dict, folder: Path) -> tuple[float, float]:
 # The simulated twin's truth (Heaton et al. 2019): 16.41 exp(-h / l), l = 1 / 0.75, nugget 0.05.
 SIMULATED_MICROERGODIC = 16.41 * 0.75
 SIMULATED_NUGGET = 0.05
+SIMULATED_KERNEL = Exponential(sill=16.41, lengthscale=1 / 0.75, nugget=SIMULATED_NUGGET)
 # The plain stationary GP every choice is judged against: Matérn 1/2 of the Euclidean
 # distance, constant mean, one fit for the whole grid.
 BASELINE = {
@@ -144,11 +150,19 @@ def hold_out(observed: np.ndarray, fold: int) -> tuple[np.ndarray, np.ndarray]:
     return moved | rings, rings
 
 
-def evaluate(ds: xr.Dataset, hidden: np.ndarray, spec: dict, rings: np.ndarray) -> dict:
-    """Run the spec on the grid with `hidden` cells removed; scores, time, memory, learned.
-    Bands score every hidden cell; the headline, the cells off the nested-deletion `rings`
-    where a band has enough of them (as gpgrid validate does)."""
-    values = ds["lst"].values
+@dataclass(frozen=True)
+class Filled:
+    """A run's mean and std (of readings) at the hidden cells, its cost and what it learned."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    seconds: float
+    peak_mb: float
+    learned: dict[str, np.ndarray]
+
+
+def gpgrid_fill(ds: xr.Dataset, hidden: np.ndarray, spec: dict) -> Filled:
+    """`gpgrid run` of the spec on the grid with `hidden` cells removed."""
     with tempfile.TemporaryDirectory(prefix="heaton_") as tmp:
         folder = Path(tmp)
         masked = ds.copy()
@@ -158,23 +172,59 @@ def evaluate(ds: xr.Dataset, hidden: np.ndarray, spec: dict, rings: np.ndarray) 
         spec["output"] = {"path": str(folder / "output.zarr"), "std": "observation"}
         seconds, peak_mb = run_job(spec, folder)
         out = xr.open_zarr(folder / "output.zarr")
-        mean, std = out["lst"].values[hidden], out["lst_std"].values[hidden]
-        scores = score(mean, std, values[hidden])
-        observed = np.isfinite(values)
-        left = distance_to_observed(observed & ~hidden)[hidden]
-        bands = banded_scores(mean, std, values[hidden], left)
-        dense = ~rings[hidden]
-        like_job = banded_scores(mean[dense], std[dense], values[hidden][dense], left[dense])
-        shares = fill_shares(distance_to_observed(observed)[~observed])
-        return {
-            **scores,
-            "bands": bands,
-            "shares": shares,
-            "headline": headline_like_job(bands, like_job, shares),
-            "seconds": seconds,
-            "peak_mb": peak_mb,
-            "learned": learned_hyperparameters(out.attrs),
-        }
+        return Filled(
+            out["lst"].values[hidden],
+            out["lst_std"].values[hidden],
+            seconds,
+            peak_mb,
+            learned_hyperparameters(out.attrs),
+        )
+
+
+def oracle_fill(ds: xr.Dataset, hidden: np.ndarray) -> Filled:
+    """The twin's own covariance, known hyperparameters, local universal kriging."""
+    values = ds["lst"].values
+    start = time.perf_counter()
+    mean, std = local_kriging(
+        values,
+        (ds["lat"].values, ds["lon"].values),
+        np.isfinite(values) & ~hidden,
+        hidden,
+        SIMULATED_KERNEL,
+    )
+    truth = {
+        "sigma2/ell": [SIMULATED_MICROERGODIC],
+        "ell": [SIMULATED_KERNEL.lengthscale],
+        "sigma2": [SIMULATED_KERNEL.sill],
+        "nugget": [SIMULATED_NUGGET],
+    }
+    learned = {name: np.array(v) for name, v in truth.items()}
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this process
+    return Filled(mean, std, time.perf_counter() - start, peak_mb, learned)
+
+
+def evaluate(ds: xr.Dataset, hidden: np.ndarray, rings: np.ndarray, filled: Filled) -> dict:
+    """Scores of a run's hidden cells: overall and per band; the headline on the cells off
+    the nested-deletion `rings` where a band has enough of them (as gpgrid validate does)."""
+    values = ds["lst"].values
+    mean, std = filled.mean, filled.std
+    scores = score(mean, std, values[hidden])
+    observed = np.isfinite(values)
+    left = distance_to_observed(observed & ~hidden)[hidden]
+    bands = banded_scores(mean, std, values[hidden], left)
+    dense = ~rings[hidden]
+    like_job = banded_scores(mean[dense], std[dense], values[hidden][dense], left[dense])
+    shares = fill_shares(distance_to_observed(observed)[~observed])
+    return {
+        **scores,
+        "bands": bands,
+        "shares": shares,
+        "headline": headline_like_job(bands, like_job, shares),
+        "seconds": filled.seconds,
+        "peak_mb": filled.peak_mb,
+        "learned": filled.learned,
+        "cells": (mean, std, values[hidden], left),
+    }
 
 
 def spec_from_args(args: argparse.Namespace) -> dict:
@@ -238,6 +288,20 @@ def report(label: str, fold: int, found: dict, which: str) -> None:
         print(f"{'':<33}against the truth: sigma2/ell x{ratio:.3f}, nugget x{nugget:.3f}")
 
 
+def report_pooled(label: str, rows: list[dict]) -> None:
+    """Bands over the cells of every fold together: deep bands hold few distinct gaps per
+    fold, so one fold's deep coverage is noisy."""
+    mean, std, truth, left = (
+        np.concatenate(part) for part in zip(*(r["cells"] for r in rows), strict=True)
+    )
+    print(f"{label}: all {len(rows)} folds pooled")
+    for band, s in banded_scores(mean, std, truth, left).items():
+        print(
+            f"{'':<33}{band:>5} cells from data: {s['n']:>6,} hidden, RMSE {s['rmse']:.3f}, "
+            f"CRPS {s['crps']:.3f}, cov95 {s['coverage95']:.3f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -258,6 +322,11 @@ def main() -> None:
     parser.add_argument(
         "--baseline", action="store_true", help="also run the plain stationary whole-grid GP"
     )
+    parser.add_argument(
+        "--oracle",
+        action="store_true",
+        help="simulated twin: also krige with its true covariance (the best the data allow)",
+    )
     parser.add_argument("--folds", default="0", help="moved cloud masks to score, e.g. 0,1,2,3")
     args = parser.parse_args()
 
@@ -266,21 +335,28 @@ def main() -> None:
     spec = spec_from_args(args)
     kernel = spec["model"]["kernel"]["lat"]
     runs = {
-        f"{k}" if args.compare else "gpgrid": with_kernel(spec, k)
+        f"{k}" if args.compare else "gpgrid": partial(gpgrid_fill, ds, spec=with_kernel(spec, k))
         for k in (args.compare.split(",") if args.compare else [kernel])
     }
     if args.baseline:
-        runs["baseline (whole grid)"] = merged(spec, BASELINE)
+        runs["baseline (whole grid)"] = partial(gpgrid_fill, ds, spec=merged(spec, BASELINE))
+    if args.oracle:
+        if args.which != "simulated":
+            parser.error("--oracle needs --which simulated: only the twin's covariance is known")
+        runs["oracle (true kernel)"] = partial(oracle_fill, ds)
     folds = [int(f) for f in args.folds.split(",")]
     print(f"heaton {args.which}: model {spec['model']}, tiling {spec['tiling']}")
     print(RESULTS.header())
     results: dict[str, list[dict]] = {label: [] for label in runs}
     for fold in folds:
         hidden, rings = hold_out(observed, fold)
-        for label, run_spec in runs.items():
-            found = evaluate(ds, hidden, run_spec, rings)
+        for label, fill in runs.items():
+            found = evaluate(ds, hidden, rings, fill(hidden))
             results[label].append(found)
             report(label, fold, found, args.which)
+    if len(folds) > 1:
+        for label, rows in results.items():
+            report_pooled(label, rows)
     hidden, rings = hold_out(observed, folds[0])
     print(
         f"hold-out: {int(hidden.sum()):,} cells in fold {folds[0]}, {int(rings.sum()):,} of "

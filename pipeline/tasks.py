@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from gpkernels import ExactGP, NumericalWarning
+from gpkernels.initial import subsample_for_init
 from pipeline.grid import (
     never_observed,
     read_window,
@@ -39,7 +40,7 @@ from pipeline.models import (
 from pipeline.store import std_name
 from pipeline.tiling import Tile, TileResult
 from pipeline.value_scan import MIN_OBSERVATIONS
-from pipeline.work import TileWork
+from pipeline.work import ModelPlan, TileWork
 
 # Observations whose range is within this fraction of their magnitude count as constant: a
 # few float32 rounding steps, a field with nothing for a GP to learn (zero precipitation).
@@ -273,10 +274,8 @@ def _run_row(window: _Window, row, values: np.ndarray, fixed: dict | None) -> tu
 
 def fit_tile_hyperparameters(work: TileWork, tile: Tile) -> dict[str, dict | None]:
     """Phase 1 on one sampled tile: per variable, an ExactGP's hyperparameters (L-BFGS on
-    the `fit_points` observations nearest the core: the short lags that gaps near data
-    are predicted from; a spread subsample's longer lags lengthened OSTIA's ranges and
-    left its cloud gaps at 0.81 coverage, against 0.93), in the data's units, widened by
-    the tile's own calibration where the spec asks for it; None when too few or constant."""
+    `fit_points` observations, `_phase_one_points`), in the data's units, widened by the
+    tile's own calibration where the spec asks for it; None when too few or constant."""
     source, plan = work.source, work.plan
     ds = open_input(source.input_path)
     x = window_inputs(source, tile, ds)
@@ -291,8 +290,7 @@ def fit_tile_hyperparameters(work: TileWork, tile: Tile) -> dict[str, dict | Non
             found[var] = None  # too few, or constant: no hyperparameters to learn
             continue
         tx, ty = tensors(plan, work.device, x[observed], values[observed])
-        nearest = nearest_to_core_centre(observed, tile, plan.model.fit_points)
-        used = torch.as_tensor(np.searchsorted(observed, nearest), device=tx.device)
+        used = _phase_one_points(plan, tile, observed, tx)
         model = ExactGP(build_kernel(plan), mean=plan.model.tile_mean)
         model.fit(tx[used], ty[used], max_iter=plan.model.max_iter, seed=tile.index)
         found[var] = model.shared_hyperparameters()
@@ -306,6 +304,24 @@ def fit_tile_hyperparameters(work: TileWork, tile: Tile) -> dict[str, dict | Non
             )
             found[var] = _calibrated(work, problem, found[var], tx, ty)
     return found
+
+
+def _phase_one_points(
+    plan: ModelPlan, tile: Tile, observed: np.ndarray, x: torch.Tensor
+) -> torch.Tensor:
+    """The rows of the tile's observations (`x`, at window cells `observed`) phase 1 fits.
+
+    One range: the `fit_points` nearest the core's centre, one compact cluster, whose short
+    lags are what gaps near data are predicted from (a spread subsample's longer lags
+    lengthened OSTIA's range and left its cloud gaps at 0.73 coverage, against 0.87).
+    Several ranges: half spread over the window and half a cluster, as per-tile fits start
+    from, since a compact cluster holds no lag that identifies the long range.
+    """
+    points = plan.model.fit_points
+    if plan.model.scales > 1:
+        return subsample_for_init(x, points, seed=tile.index)
+    nearest = nearest_to_core_centre(observed, tile, points)
+    return torch.as_tensor(np.searchsorted(observed, nearest), device=x.device)
 
 
 def _calibrated(work: TileWork, problem: Problem, fitted: dict, x, y) -> dict:  # noqa: ANN001

@@ -299,3 +299,32 @@ def test_shared_hyperparameters_are_calibrated_in_phase_one_when_asked(source, t
     assert widened["lengthscales"] == pytest.approx(plain["lengthscales"], rel=1e-6)
     for key in ("outputscale", "noise"):
         assert widened[key] == pytest.approx(plain[key] * factor, rel=1e-6)
+
+
+def test_phase_one_fits_a_compact_cluster_for_one_range_and_spreads_for_two(
+    source, tmp_path
+) -> None:
+    """Phase 1 fits one range on the cells nearest the core's centre, but a kernel with
+    two ranges on half a spread subsample, whose long lags identify the long range."""
+    from pipeline.tasks import _phase_one_points
+
+    input_path, _ = source
+    tile = plan_tiles(RECIPE.shape, (6, 15, 15), (0, 4, 4))[0]
+    observed = np.arange(int(np.prod(tile.window_shape)))
+    cells = np.stack(np.unravel_index(observed, tile.window_shape), axis=1)
+    spans = {}
+    for scales in (1, 2):
+        model = replace(MODEL, type="kiss", hyperparameters="shared", fit_points=100)
+        config = config_for(
+            input_path,
+            str(tmp_path / "unused.zarr"),
+            model=replace(model, scales=scales),
+            tile=(6, 15, 15),
+            halo=(0, 4, 4),
+        )
+        x = torch.as_tensor(cells, dtype=torch.float64)
+        rows = _phase_one_points(tile_work(config).plan, tile, observed, x).numpy()
+        assert rows.size == 100 and np.unique(rows).size == 100
+        spans[scales] = cells[rows].max(axis=0) - cells[rows].min(axis=0)
+    assert (spans[1][1:] <= 6).all(), spans  # about a 5-cell cube around the centre
+    assert (spans[2][1:] >= 18).all(), spans  # across most of the 23-cell window
