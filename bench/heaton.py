@@ -223,7 +223,7 @@ def evaluate(ds: xr.Dataset, hidden: np.ndarray, rings: np.ndarray, filled: Fill
         "seconds": filled.seconds,
         "peak_mb": filled.peak_mb,
         "learned": filled.learned,
-        "cells": (mean, std, values[hidden], left),
+        "cells": (mean, std, values[hidden], left, dense),
     }
 
 
@@ -289,16 +289,25 @@ def report(label: str, fold: int, found: dict, which: str) -> None:
 
 
 def report_pooled(label: str, rows: list[dict]) -> None:
-    """Bands over the cells of every fold together: deep bands hold few distinct gaps per
-    fold, so one fold's deep coverage is noisy."""
-    mean, std, truth, left = (
+    """Bands, and the headline weighted like the real clouds, over the cells of every fold
+    together: deep bands hold few distinct gaps per fold, so one fold's deep coverage is
+    noisy."""
+    mean, std, truth, left, dense = (
         np.concatenate(part) for part in zip(*(r["cells"] for r in rows), strict=True)
     )
     print(f"{label}: all {len(rows)} folds pooled")
-    for band, s in banded_scores(mean, std, truth, left).items():
+    bands = banded_scores(mean, std, truth, left)
+    for band, s in bands.items():
         print(
             f"{'':<33}{band:>5} cells from data: {s['n']:>6,} hidden, RMSE {s['rmse']:.3f}, "
             f"CRPS {s['crps']:.3f}, cov95 {s['coverage95']:.3f}"
+        )
+    like_job = banded_scores(mean[dense], std[dense], truth[dense], left[dense])
+    head = headline_like_job(bands, like_job, rows[0]["shares"])  # the same real clouds
+    if head is not None:
+        print(
+            f"{'':<33}weighted like the real clouds ({head.measured_share:.0%}): "
+            f"RMSE {head.rmse:.3f}, CRPS {head.crps:.3f}, cov95 {head.coverage95:.3f}"
         )
 
 

@@ -21,7 +21,7 @@ import xarray as xr
 
 from jobs.run import run_job
 from jobs.spec import JobSpec
-from pipeline.bands import band_labels
+from pipeline.bands import RANGE_EDGES, band_labels
 from pipeline.errors import InputError
 from pipeline.holdout import (
     BandedScores,
@@ -171,4 +171,27 @@ def _format_bands(var: str, banded: BandedScores) -> str:
             f"cover95 {head.coverage95:.3f}"
         )
     rows.extend(f"warning: {line}" for line in banded.warnings)
+    if banded.range_bands is not None and banded.cells_per_lengthscale is not None:
+        rows.append(_format_range_bands(var, banded.range_bands, banded.cells_per_lengthscale))
+    return "\n".join(rows)
+
+
+def _format_range_bands(
+    var: str, range_bands: Mapping[str, Mapping[str, float]], per_range: Mapping[str, float]
+) -> str:
+    """The same hidden cells by distance in learned lengthscales (each dim's longest, median
+    over tiles): where the std should have grown to the prior's."""
+    spans = ", ".join(f"{dim} {cells:.3g}" for dim, cells in per_range.items())
+    rows = [
+        f"{var}: by distance in learned lengthscales (cells per lengthscale: {spans})",
+        f"{'band':<8}{'cells':>9}{'RMSE':>10}{'CRPS':>10}{'cover95':>9}",
+    ]
+    for label in band_labels(RANGE_EDGES):
+        s = range_bands.get(label)
+        if s is None:
+            rows.append(f"{label:<8}{0:>9}{'-':>10}{'-':>10}{'-':>9}")
+            continue
+        rows.append(
+            f"{label:<8}{s['n']:>9,}{s['rmse']:>10.4g}{s['crps']:>10.4g}{s['coverage95']:>9.3f}"
+        )
     return "\n".join(rows)

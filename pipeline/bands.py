@@ -11,7 +11,7 @@ before anything runs.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,29 +20,31 @@ from scipy import ndimage
 from pipeline.scores import score
 
 BAND_EDGES = (2.0, 4.0, 8.0, 16.0)  # cells: 0-2, 2-4, 4-8, 8-16, 16+
+# The same idea in learned lengthscales: beyond about 1 the data barely inform a cell.
+RANGE_EDGES = (0.25, 0.5, 1.0, 2.0)
 COVERAGE_RANGE = (0.90, 0.98)  # a band's 95% coverage outside this is warned about
 WARN_MIN_CELLS = 30  # fewer hidden cells than this in a band: too noisy to warn about
 
 
-def band_labels() -> list[str]:
+def band_labels(edges: Sequence[float] = BAND_EDGES) -> list[str]:
     """'0-2', '2-4', ..., '16+': a band holds distances in (low, high]."""
-    lows = (0.0, *BAND_EDGES)
-    return [f"{lo:g}-{hi:g}" for lo, hi in zip(lows, BAND_EDGES, strict=False)] + [
-        f"{BAND_EDGES[-1]:g}+"
-    ]
+    lows = (0.0, *edges)
+    return [f"{lo:g}-{hi:g}" for lo, hi in zip(lows, edges, strict=False)] + [f"{edges[-1]:g}+"]
 
 
-def distance_to_observed(observed: np.ndarray) -> np.ndarray:
-    """Each cell's distance in cells to the nearest observed cell (0 on one; inf everywhere
-    when nothing is observed)."""
+def distance_to_observed(
+    observed: np.ndarray, sampling: Sequence[float] | None = None
+) -> np.ndarray:
+    """Each cell's distance to the nearest observed cell (0 on one; inf everywhere when
+    nothing is observed): in cells, or with `sampling` (one step per axis) in those units."""
     if not observed.any():
         return np.full(observed.shape, np.inf)
-    return ndimage.distance_transform_edt(~observed)
+    return ndimage.distance_transform_edt(~observed, sampling=sampling)
 
 
-def band_index(distance: np.ndarray) -> np.ndarray:
+def band_index(distance: np.ndarray, edges: Sequence[float] = BAND_EDGES) -> np.ndarray:
     """The band of each distance: 0 for (0, 2], 1 for (2, 4], ..., 4 beyond 16."""
-    return np.searchsorted(np.asarray(BAND_EDGES), distance, side="left")
+    return np.searchsorted(np.asarray(edges), distance, side="left")
 
 
 def fill_shares(distance: np.ndarray) -> dict[str, float]:
@@ -55,13 +57,17 @@ def fill_shares(distance: np.ndarray) -> dict[str, float]:
 
 
 def banded_scores(
-    mean: np.ndarray, std: np.ndarray, truth: np.ndarray, distance: np.ndarray
+    mean: np.ndarray,
+    std: np.ndarray,
+    truth: np.ndarray,
+    distance: np.ndarray,
+    edges: Sequence[float] = BAND_EDGES,
 ) -> dict[str, dict[str, float]]:
     """Scores of the given cells (flat arrays) per distance band, bands without cells left out."""
-    bands = band_index(distance)
+    bands = band_index(distance, edges)
     return {
         label: score(mean[bands == i], std[bands == i], truth[bands == i])
-        for i, label in enumerate(band_labels())
+        for i, label in enumerate(band_labels(edges))
         if (bands == i).any()
     }
 

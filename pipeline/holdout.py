@@ -22,6 +22,7 @@ from scipy import ndimage
 
 from pipeline.bands import (
     BAND_EDGES,
+    RANGE_EDGES,
     WARN_MIN_CELLS,
     Headline,
     banded_scores,
@@ -31,6 +32,7 @@ from pipeline.bands import (
     reweighted,
 )
 from pipeline.errors import InputError
+from pipeline.learned_ranges import cells_per_lengthscale
 from pipeline.scores import score
 from pipeline.store import std_name
 
@@ -66,12 +68,16 @@ class HoldOut:
 @dataclass(frozen=True)
 class BandedScores:
     """One variable's hidden cells scored per distance band, each band's share of the fill
-    cells, the headline re-weighted to those shares, and the bands' coverage warnings."""
+    cells, the headline re-weighted to those shares, and the bands' coverage warnings; then
+    the same cells banded by distance in learned lengthscales (RANGE_EDGES), with how many
+    cells a lengthscale spans along each dim (both None when the model has no range)."""
 
     bands: dict[str, dict[str, float]]
     shares: dict[str, float]
     headline: Headline | None
     warnings: list[str]
+    range_bands: dict[str, dict[str, float]] | None = None
+    cells_per_lengthscale: dict[str, float] | None = None
 
 
 def fill_cells(observed: np.ndarray, dims: Sequence[str], never_along: str | None) -> np.ndarray:
@@ -238,7 +244,16 @@ def score_bands(
         shares = fill_shares(distance_to_observed(observed)[hold_out.fill[var]])
         like_job = banded_scores(mean[dense], std[dense], true[dense], left[dense])
         headline = headline_like_job(bands, like_job, shares)
-        out[var] = BandedScores(bands, shares, headline, coverage_warnings(var, bands))
+        per_range = cells_per_lengthscale(output, var, dims)
+        range_bands = None
+        if per_range is not None:
+            sampling = [1.0 / per_range[d] for d in dims]
+            in_ranges = distance_to_observed(observed & ~hold_out.hidden(var), sampling)
+            range_bands = banded_scores(
+                mean[cells], std[cells], true[cells], in_ranges[cells], RANGE_EDGES
+            )
+        warned = coverage_warnings(var, bands)
+        out[var] = BandedScores(bands, shares, headline, warned, range_bands, per_range)
     return out
 
 

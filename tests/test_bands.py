@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from gpkernels import MultiScale, Product, Scale, make_kernel, seasonal
 from pipeline.bands import (
+    RANGE_EDGES,
     band_index,
     band_labels,
     banded_scores,
@@ -19,6 +21,7 @@ from pipeline.bands import (
     reweighted,
 )
 from pipeline.holdout import DEEP_RING, deepened, fill_cells, moved_gaps
+from pipeline.learned_ranges import kernel_lengthscales
 
 
 def test_distance_to_the_nearest_observation_is_the_brute_force_one() -> None:
@@ -30,6 +33,32 @@ def test_distance_to_the_nearest_observation_is_the_brute_force_one() -> None:
     brute = np.sqrt(((cells[:, None, :] - seen[None, :, :]) ** 2).sum(-1)).min(1)
     np.testing.assert_allclose(ours.ravel(), brute)
     assert np.isinf(distance_to_observed(np.zeros((3, 3), dtype=bool))).all()
+    # In lengthscales: each axis' steps scaled by how many cells one lengthscale spans.
+    per_range = np.array([4.0, 0.5])
+    scaled = np.sqrt((((cells[:, None, :] - seen[None, :, :]) / per_range) ** 2).sum(-1)).min(1)
+    np.testing.assert_allclose(distance_to_observed(observed, 1 / per_range).ravel(), scaled)
+
+
+def test_range_bands_are_labelled_by_their_edges() -> None:
+    assert band_labels(RANGE_EDGES) == ["0-0.25", "0.25-0.5", "0.5-1", "1-2", "2+"]
+    assert band_index(np.array([0.1, 0.5, 0.6, 3.0]), RANGE_EDGES).tolist() == [0, 1, 2, 4]
+
+
+def test_each_column_takes_its_longest_learned_range_and_periodic_factors_none() -> None:
+    """A two-scale isotropic space kernel (ranges 0.3 and 2.4) times a seasonal time factor
+    (a Matérn range of 5 days plus a yearly cycle whose lengthscale is a fraction of it)."""
+    space = make_kernel("matern12", dims=[1, 2], isotropic=True)
+    space.lengthscale = 0.3
+    long = make_kernel("matern12", dims=[1, 2], isotropic=True)
+    long.lengthscale = 2.4
+    time = seasonal("matern32", 365.25, dim=0)
+    time.factors[0].lengthscale = 5.0
+    kernel = Scale(Product([time, MultiScale([Scale(space), Scale(long)])]))
+    assert kernel_lengthscales(kernel.describe()) == pytest.approx({0: 5.0, 1: 2.4, 2: 2.4})
+    ard = make_kernel("rbf", dims=[0, 1])
+    ard.lengthscale = [1.5, 7.0]
+    assert kernel_lengthscales(ard.describe()) == pytest.approx({0: 1.5, 1: 7.0})
+    assert kernel_lengthscales(None) == {}
 
 
 def test_bands_hold_distances_in_half_open_intervals() -> None:

@@ -5,6 +5,7 @@ call (test_cli runs the installed command as a process of its own)."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -74,6 +75,39 @@ def test_validate_inspect_and_plot_commands(tmp_path, monkeypatch) -> None:
     assert "headline, weighted like the cells to fill (100% of them" in result.stdout
     for rmse, coverage in rows.values():
         assert rmse < 1.0 and 0.8 <= coverage <= 1.0  # a draw from the model's own prior
+    spans = re.search(
+        r"tas: by distance in learned lengthscales \(cells per lengthscale: "
+        r"time (\S+), lat (\S+), lon (\S+)\)",
+        result.stdout,
+    )
+    assert spans is not None, result.stdout
+    # The validation's own tile records: each dim's one per-axis Matérn range over its step.
+    validated = xr.open_zarr(tmp_path / "out.zarr.validate" / "output.zarr")
+    for dim, shown in zip(("time", "lat", "lon"), spans.groups(), strict=True):
+        column = SPEC["input"]["dims"].index(dim)
+        learned = [
+            factor["lengthscale"][0]
+            for record in json.loads(validated.attrs["gpgrid_tiles"])
+            for factor in record["variables"]["tas"]["hyperparameters"]["kernel"]["base"]["factors"]
+            if factor["dims"] == [column]
+        ]
+        steps = np.diff(validated[dim].values)
+        if np.issubdtype(steps.dtype, np.timedelta64):
+            steps = steps / np.timedelta64(1, "D")  # the GP reads time in days
+        step = float(np.abs(steps).mean())
+        assert float(shown) == pytest.approx(np.median(learned) / step, rel=5e-3)  # 3 digits
+    cells_by_kind = sum(
+        int(m.replace(",", ""))
+        for m in re.findall(
+            r"^tas\s+(?:random|blocks|gaps|deep)\s+([\d,]+)", result.stdout, re.MULTILINE
+        )
+    )
+    table = result.stdout.split("by distance in learned lengthscales")[1]
+    in_ranges = sum(
+        int(m.replace(",", ""))
+        for m in re.findall(r"^\S+\s+([\d,]+)\s+\S+\s+\S+\s+[\d.]+$", table, re.MULTILINE)
+    )
+    assert in_ranges == cells_by_kind  # every hidden cell lands in one range band
     assert not (tmp_path / "out.zarr").exists()  # validation leaves the job's output alone
 
     run = gpgrid("run", "job.yaml", "--no-progress")

@@ -1,0 +1,73 @@
+"""Each grid dim's learned range, read back from an output store's tile records.
+
+The validation also bands its hidden cells by distance in these ranges: a cell 16 cells
+from data is deep in a gap for a 3-cell range and close for a 300-cell one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import xarray as xr
+
+from pipeline.coordinates import coordinate_values
+
+
+def kernel_lengthscales(described: object) -> dict[int, float]:
+    """The longest lengthscale of each input column over the stationary parts of a kernel
+    as `Kernel.describe` gives it. Periodic factors are skipped: their lengthscale is a
+    fraction of the period, not a range in the column's units."""
+    found: dict[int, float] = {}
+    if isinstance(described, Mapping):
+        if "lengthscale" in described and "period" not in described and described.get("dims"):
+            scales = np.atleast_1d(described["lengthscale"]).astype(float)
+            for i, column in enumerate(described["dims"]):
+                value = float(scales[i if len(scales) > 1 else 0])
+                found[column] = max(found.get(column, 0.0), value)
+        children = list(described.values())
+    elif isinstance(described, list):
+        children = described
+    else:
+        return found
+    for child in children:
+        for column, value in kernel_lengthscales(child).items():
+            found[column] = max(found.get(column, 0.0), value)
+    return found
+
+
+def median_lengthscales(output: xr.Dataset, var: str, n_columns: int) -> list[float] | None:
+    """Per input column, the median over tiles of `var`'s longest learned lengthscale, from
+    the store's `gpgrid_tiles`; None where a column has none (e.g. only a periodic factor)."""
+    tiles = output.attrs.get("gpgrid_tiles")
+    records = json.loads(tiles) if isinstance(tiles, str) else tiles or []
+    per_column: list[list[float]] = [[] for _ in range(n_columns)]
+    for record in records:
+        info = record.get("variables", {}).get(var, {})
+        kernel = info.get("hyperparameters", {}).get("kernel") if isinstance(info, dict) else None
+        for column, value in kernel_lengthscales(kernel).items():
+            if column < n_columns:
+                per_column[column].append(value)
+    if not all(per_column):
+        return None
+    return [float(np.median(values)) for values in per_column]
+
+
+def cells_per_lengthscale(
+    output: xr.Dataset, var: str, dims: Sequence[str]
+) -> dict[str, float] | None:
+    """How many grid cells one learned lengthscale spans along each dim (None when some dim
+    has no learned range); a grid job's input columns are its dims, in order."""
+    scales = median_lengthscales(output, var, len(dims))
+    if scales is None:
+        return None
+    steps = [_step(output[d]) for d in dims]
+    return {d: scale / step for d, scale, step in zip(dims, scales, steps, strict=True)}
+
+
+def _step(coord: xr.DataArray) -> float:
+    """A dim's median cell step in the GP's input units (1 for a single cell, along which
+    every distance is 0 anyway)."""
+    values = coordinate_values(coord)
+    return float(np.median(np.abs(np.diff(values)))) if len(values) > 1 else 1.0
