@@ -12,6 +12,7 @@ from torch import nn
 from gpkernels.kernels import LENGTHSCALE_FLOOR, Kernel, multiscale_parts, stationary_factors
 from gpkernels.likelihoods import GaussianLikelihood
 from gpkernels.linalg import NumericalWarning
+from gpkernels.regression import KrigedColumns
 
 
 class LengthscaleWarning(NumericalWarning):
@@ -198,6 +199,14 @@ class GPModel(nn.Module):
         self.kernel.outputscale = values["outputscale"] / variance
         self.likelihood.noise = _above(
             values["noise"] / variance, self.likelihood.noise_param.floor
+        )
+
+    def kriged(self, columns: torch.Tensor) -> KrigedColumns:
+        """Simple kriging of other columns at the conditioned data (universal kriging needs
+        it, gpkernels.regression); models that solve with their data's covariance offer it."""
+        raise NotImplementedError(
+            f"{type(self).__name__} offers no kriging of other columns, which universal "
+            "kriging (covariates) needs: use ExactGP or KissGP on gridded inputs"
         )
 
     def _reviewed(self, report: FitReport, x: torch.Tensor) -> GPModel:

@@ -14,6 +14,7 @@ from gpkernels.kernels import Kernel, start_lengthscales
 from gpkernels.likelihoods import GaussianLikelihood
 from gpkernels.linalg import LOG_2PI, NumericalWarning, robust_cholesky
 from gpkernels.optim import LBFGSResult, lbfgs
+from gpkernels.regression import KrigedColumns
 
 INIT_LENGTHSCALE_FRACTIONS = (0.03, 0.1, 0.3, 1.0)
 INIT_NOISE_FRACTIONS = (0.01, 0.1, 0.5)
@@ -193,6 +194,22 @@ class ExactGP(GPModel):
         the kernel, e.g. the long-range term of a sum: the data's covariance is the whole
         kernel's, the cross-covariance only the part's. In y's units."""
         return self._predict_with(x, part, False, block_size)
+
+    @torch.no_grad()
+    def kriged(self, columns: torch.Tensor) -> KrigedColumns:
+        """Simple kriging of other columns (n, p) at the conditioned data, with the same
+        covariance (what universal kriging needs, gpkernels.regression)."""
+        if self._cache is None:
+            raise RuntimeError("call fit(x, y) or condition(x, y) before kriged")
+        train_x, factor = self._cache["x"], self._cache["factor"]
+        solved = torch.cholesky_solve(columns.to(factor), factor)
+
+        @torch.no_grad()
+        def at(x: torch.Tensor) -> torch.Tensor:
+            x = x.to(dtype=train_x.dtype, device=train_x.device)
+            return torch.cat([self.kernel(xb, train_x) @ solved for xb in torch.split(x, 2048)])
+
+        return KrigedColumns(solved, at)
 
     def _predict_with(
         self, x: torch.Tensor, cross_kernel: Kernel, include_noise: bool, block_size: int

@@ -42,6 +42,7 @@ from gpkernels.likelihoods import GaussianLikelihood
 from gpkernels.linalg import NumericalWarning
 from gpkernels.ongrid import SeparableGridSolver
 from gpkernels.optim import FitSteps, LBFGSResult
+from gpkernels.regression import KrigedColumns
 from gpkernels.scattered import IterativeInterpolatedSolver
 from gpkernels.stationary_grid import StationaryGridSolver
 
@@ -156,6 +157,7 @@ class KissGP(GPModel):
         # How the latest likelihood or conditioning was solved (None before either).
         self.diagnostics: SolverDiagnostics | None = None
         self.posterior: Posterior | None = None  # the latest `condition`'s result
+        self._conditioned: KissSolver | None = None  # the solver it came from
 
     # -- structure -----------------------------------------------------------------
     def settings(self, dtype: torch.dtype) -> KissSettings:
@@ -334,6 +336,15 @@ class KissGP(GPModel):
         with torch.no_grad():
             self.posterior = solver.condition(self.kernel, self.likelihood)
         self.diagnostics = self.posterior.diagnostics
+        self._conditioned = solver
+
+    @torch.no_grad()
+    def kriged(self, columns: torch.Tensor) -> KrigedColumns:
+        """Simple kriging of other columns (n, p) at the conditioned data, with the same
+        covariance (what universal kriging needs, gpkernels.regression); on-grid paths."""
+        if self.posterior is None:
+            raise RuntimeError("call fit(x, y) or condition(x, y) before kriged")
+        return self._conditioned.kriged(self.kernel, self.likelihood, columns)
 
     @torch.no_grad()
     def predict(

@@ -26,6 +26,7 @@ from gpkernels.lattice import Lattice
 from gpkernels.likelihoods import GaussianLikelihood
 from gpkernels.local import KrigingInputs, LocalKriging
 from gpkernels.optim import AdamSteps, FitSteps
+from gpkernels.regression import KrigedColumns
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,29 @@ class KissSolver(ABC):
     @abstractmethod
     def condition(self, kernel: Kernel, likelihood: GaussianLikelihood) -> Posterior:
         """Solve for the posterior at the current hyperparameters."""
+
+    def kriged(
+        self, kernel: Kernel, likelihood: GaussianLikelihood, columns: torch.Tensor
+    ) -> KrigedColumns:
+        """Simple kriging of other columns (n, p) at the data (universal kriging needs it);
+        the on-grid paths offer it."""
+        raise NotImplementedError(
+            f"{self.diagnostics.path}: universal kriging (covariates) needs the inputs on "
+            "the cells of a regular grid, or the exact model"
+        )
+
+
+def grid_kriged(lattice: Lattice, solved: torch.Tensor, fields: torch.Tensor) -> KrigedColumns:
+    """Kriged columns of an on-grid path: K^-1 C at the data and the kriged fields (every
+    cell of the lattice, p columns), read at the cells asked for."""
+
+    def at(x: torch.Tensor) -> torch.Tensor:
+        cells = lattice.cell_index(x)
+        if cells is None:
+            raise ValueError(f"the targets are not all on cells of the grid {lattice}")
+        return fields[cells]
+
+    return KrigedColumns(solved, at)
 
 
 def axis_columns(

@@ -39,6 +39,7 @@ from gpkernels.kiss_paths import (
     KissSettings,
     KissSolver,
     axis_columns,
+    grid_kriged,
     local_kriging,
 )
 from gpkernels.lattice import Lattice, detect_lattice
@@ -46,6 +47,7 @@ from gpkernels.likelihoods import GaussianLikelihood
 from gpkernels.linalg import LOG_2PI, NumericalWarning
 from gpkernels.optim import FitSteps, LBFGSSteps
 from gpkernels.preconditioners import Preconditioner
+from gpkernels.regression import KrigedColumns
 from gpkernels.solvers import gauss_quadrature_log, pcg, rademacher
 from gpkernels.structured import (
     Kronecker,
@@ -501,3 +503,23 @@ class SeparableGridSolver(KissSolver):
         )
         note = f"local kriging, {settings.neighbours} nearest observations"
         return GridPosterior(lattice, mean, replace(diagnostics, variance=note), kriging=kriging)
+
+    @torch.no_grad()
+    def kriged(
+        self, kernel: Kernel, likelihood: GaussianLikelihood, columns: torch.Tensor
+    ) -> KrigedColumns:
+        problem = self.problem
+        op = problem.operator(
+            axis_columns(kernel, problem.lattice, problem.z.dtype, problem.z.device),
+            kernel.outputscale,
+            likelihood.noise,
+        )
+        settings = problem.settings
+        solved = torch.cat(  # one column at a time: the solve's tolerance is of one column
+            [
+                op.solve(column[:, None], None, settings.cg_tol, settings.max_cg_iter)[0]
+                for column in columns.to(problem.z).T
+            ],
+            1,
+        )
+        return grid_kriged(problem.lattice, solved, op.grid.matmul(op.embed(solved)))

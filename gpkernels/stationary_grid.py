@@ -17,10 +17,17 @@ import torch
 
 from gpkernels.diagnostics import SolverDiagnostics
 from gpkernels.kernels import Kernel, lag_table
-from gpkernels.kiss_paths import GridPosterior, KissSettings, KissSolver, local_kriging
+from gpkernels.kiss_paths import (
+    GridPosterior,
+    KissSettings,
+    KissSolver,
+    grid_kriged,
+    local_kriging,
+)
 from gpkernels.lattice import Lattice
 from gpkernels.likelihoods import GaussianLikelihood
 from gpkernels.preconditioners import CirculantPreconditioner
+from gpkernels.regression import KrigedColumns
 from gpkernels.structured import ObservedGrid, ToeplitzGrid
 
 
@@ -48,15 +55,22 @@ class StationaryGridSolver(KissSolver):
             "one learns its hyperparameters from the exact fit on a subsample only"
         )
 
+    def _operator(
+        self, kernel: Kernel, likelihood: GaussianLikelihood
+    ) -> tuple[ObservedGrid, CirculantPreconditioner, torch.Tensor]:
+        """S K S^T + noise I at the current hyperparameters in float64, its preconditioner,
+        and the kernel's lag table."""
+        scale, noise = kernel.outputscale.detach(), likelihood.noise.detach()
+        table = lag_table(kernel, self.lattice.spacings, self.lattice.shape).to(self.z.device)
+        op = ObservedGrid(ToeplitzGrid(table, scale.double()), self.observed, noise.double())
+        op.label = "KissGP stationary-grid CG"
+        return op, CirculantPreconditioner(op.grid, self.observed, float(noise)), table
+
     @torch.no_grad()
     def condition(self, kernel: Kernel, likelihood: GaussianLikelihood) -> GridPosterior:
         """Posterior mean of every grid cell given z at the observed cells; CG runs in float64."""
         lattice, z, settings = self.lattice, self.z, self.settings
-        scale, noise = kernel.outputscale.detach(), likelihood.noise.detach()
-        table = lag_table(kernel, lattice.spacings, lattice.shape).to(z.device)
-        op = ObservedGrid(ToeplitzGrid(table, scale.double()), self.observed, noise.double())
-        op.label = "KissGP stationary-grid CG"
-        preconditioner = CirculantPreconditioner(op.grid, self.observed, float(noise))
+        op, preconditioner, table = self._operator(kernel, likelihood)
         solved, report = op.solve(
             z.double()[:, None], preconditioner, settings.cg_tol, settings.max_cg_iter
         )
@@ -70,3 +84,14 @@ class StationaryGridSolver(KissSolver):
             variance=f"local kriging, {settings.neighbours} nearest observations",
         )
         return GridPosterior(lattice, mean, diagnostics, kriging=kriging)
+
+    @torch.no_grad()
+    def kriged(
+        self, kernel: Kernel, likelihood: GaussianLikelihood, columns: torch.Tensor
+    ) -> KrigedColumns:
+        op, preconditioner, _ = self._operator(kernel, likelihood)
+        settings = self.settings
+        solved, _ = op.solve(
+            columns.double(), preconditioner, settings.cg_tol, settings.max_cg_iter
+        )
+        return grid_kriged(self.lattice, solved, op.grid.matmul(op.embed(solved)))

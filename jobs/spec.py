@@ -279,6 +279,13 @@ class ModelSpec(Strict):
         "domain: a smooth GP trend over the whole grid, learned on trend_points observations "
         "drawn across it, under constant-mean tiles that model what it leaves",
     )
+    covariates: UniqueNames = Field(
+        default_factory=list,
+        description="other variables of the input (over the same dims or some of them, e.g. "
+        "elevation over lat and lon; finite everywhere) that each tile's mean regresses on, "
+        "with the coefficients' uncertainty in the std (universal kriging); kiss or exact "
+        "on the input's own grid, one model per variable",
+    )
     trend_points: StrictInt = Field(
         _default("trend_points"),
         ge=100,
@@ -315,12 +322,13 @@ class ModelSpec(Strict):
     def to_model_config(self, columns: list[str], stations: bool, new_grid: bool) -> ModelConfig:
         """The pipeline's model config: the fields the two share, copied by name, plus the
         kernels in column order, the resolved type and number of scales."""
-        shared = MODEL_FIELDS - {"kernels", "type", "isotropic", "scales"}
+        shared = MODEL_FIELDS - {"kernels", "type", "isotropic", "scales", "covariates"}
         return ModelConfig(
             **self.model_dump(include=shared),
             kernels=None if self.kernel is None else tuple(self.kernel[c] for c in columns),
             type=self.resolved_type(stations),
             isotropic=tuple(self.isotropic),
+            covariates=tuple(self.covariates),
             scales=self.resolved_scales(new_grid),
         )
 
@@ -532,6 +540,7 @@ class JobSpec(Strict):
         if model.mean != "constant" and model.multitask:
             raise ValueError(f"model.mean {model.mean} fits one trend per variable: drop multitask")
         self._check_domain_trend()
+        self._check_covariates(model_type)
         if not chosen:
             return
         if len(set(chosen)) < 2 or not set(chosen) <= set(columns):
@@ -549,6 +558,37 @@ class JobSpec(Strict):
             raise ValueError(
                 f"model.isotropic cannot be combined with input.wrap on its columns ({wrapped}), "
                 "hyperparameters: shared or multitask: drop one"
+            )
+
+    def _check_covariates(self, model_type: str) -> None:
+        """Covariates are other variables of the input, read at the input's own cells, by a
+        model that conditions each variable on its whole window (kiss or exact)."""
+        covariates = self.model.covariates
+        if not covariates:
+            return
+        targets = sorted(set(covariates) & set(self.input.variables))
+        if targets:
+            raise ValueError(
+                f"model.covariates {targets} are also input.variables: a covariate is given "
+                "everywhere, not predicted; drop it from one of the two"
+            )
+        blocked = [
+            name
+            for name, present in (
+                (f"model.type {model_type}", model_type not in ("kiss", "exact")),
+                ("model.multitask", self.model.multitask),
+                ("model.mean linear", self.model.mean == "linear"),
+                ("input.stations", self.input.stations is not None),
+                (f"target.kind {self.target.kind}", self.target.kind != "same_grid"),
+            )
+            if present
+        ]
+        if blocked:
+            raise ValueError(
+                f"model.covariates regress each variable's mean on other variables at the "
+                f"input's own cells, which {blocked} do not allow: use model.type kiss or "
+                "exact, one model per variable, mean constant or domain, target.kind "
+                "same_grid; or drop model.covariates"
             )
 
     def _check_domain_trend(self) -> None:

@@ -78,6 +78,8 @@ class ModelConfig:
     # whole grid (fitted on `trend_points` observations across it) under constant-mean tiles
     mean: str = "constant"
     trend_points: int = 600
+    # other variables of the input that each tile's mean regresses on (universal kriging)
+    covariates: tuple[str, ...] = ()
     calibrate_variance: bool = False  # kiss: variance scale by conformal hold-out of gaps
     # copies of the kernel at different ranges, summed (gpkernels.MultiScale): 2 gives
     # short-range variation near the data and a long range deep in gaps

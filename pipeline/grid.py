@@ -54,6 +54,22 @@ def read_window(source: WindowSource, tile: Tile, ds: xr.Dataset, var: str) -> n
     return values
 
 
+def read_covariates(source: WindowSource, tile: Tile, ds: xr.Dataset) -> np.ndarray | None:
+    """The window's covariates (cells in C order over the dims, one column each; a
+    covariate over fewer dims is repeated along the others), or None without any."""
+    if not source.covariates:
+        return None
+    selection = _selection(source, tile.window, ds)
+    columns = []
+    for name in source.covariates:
+        covariate = ds[name]
+        own = [d for d in source.dims if d in covariate.dims]
+        values = covariate.isel({d: selection[d] for d in own}).transpose(*own).values
+        shape = [values.shape[own.index(d)] if d in own else 1 for d in source.dims]
+        columns.append(np.broadcast_to(values.reshape(shape), tile.window_shape).reshape(-1))
+    return np.stack(columns, axis=1).astype(np.float64)
+
+
 def never_observed(source: WindowSource, tile: Tile, ds: xr.Dataset, var: str) -> np.ndarray:
     """Cells of the tile's output region with no observation anywhere along
     `never_observed_along` (all of its data, e.g. every month): land in a sea field."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 import xarray as xr
 
 from pipeline.config import PipelineConfig
@@ -35,6 +36,7 @@ def check_input(ds: xr.Dataset, config: PipelineConfig) -> None:
     """Refuse a dataset the run cannot use: missing variables, dims or station coordinates,
     and coordinates the model cannot take (its values are checked by value_scan)."""
     _check_names(ds, config)
+    _check_covariates(ds, config)
     needs_lattice = config.model.type == "kiss" and not config.model.multitask
     for dim in config.dims:
         if dim != config.station_dim:
@@ -67,4 +69,31 @@ def _check_names(ds: xr.Dataset, config: PipelineConfig) -> None:
             raise InputError(
                 f"station coordinate {name!r} must be a coordinate along {config.station_dim!r}; "
                 f"found {found}: fix input.stations.coords"
+            )
+
+
+def _check_covariates(ds: xr.Dataset, config: PipelineConfig) -> None:
+    """Each covariate must be a numeric variable of the input over some of the run's dims,
+    finite on every cell: the mean needs it wherever a cell is read or predicted."""
+    for name in config.model.covariates:
+        if name not in ds.data_vars:
+            raise InputError(
+                f"covariate {name!r} is not in the input; it has "
+                f"{sorted(map(str, ds.data_vars))}: fix model.covariates"
+            )
+        covariate = ds[name]
+        if not set(covariate.dims) <= set(config.dims) or not np.issubdtype(
+            covariate.dtype, np.number
+        ):
+            raise InputError(
+                f"covariate {name!r} has dims {covariate.dims} and dtype {covariate.dtype}: "
+                f"it must be numeric over some of input.dims {config.dims}: fix the variable "
+                "or model.covariates"
+            )
+        missing = int(covariate.isnull().sum())
+        if missing:
+            raise InputError(
+                f"covariate {name!r} is missing (NaN) at {missing:,} of its "
+                f"{covariate.size:,} cells: a covariate must be known everywhere; fill it "
+                "(e.g. from its nearest cells) or drop it from model.covariates"
             )

@@ -16,7 +16,8 @@ from dataclasses import replace
 import numpy as np
 
 from pipeline.config import AxisKernel
-from pipeline.grid import read_window, window_inputs
+from pipeline.covariates import residualised
+from pipeline.grid import read_covariates, read_window, window_inputs
 from pipeline.inputs import open_input
 from pipeline.tiling import Tile
 from pipeline.value_scan import MIN_OBSERVATIONS
@@ -43,6 +44,7 @@ def family_likelihoods(work: TileWork, tile: Tile) -> dict[str, float]:
     source, plan = work.source, work.plan
     ds = open_input(source.input_path)
     x = window_inputs(source, tile, ds)
+    covariates = read_covariates(source, tile, ds)
     totals = dict.fromkeys(CANDIDATES, 0.0)
     for var in source.variables:
         values = read_window(source, tile, ds, var).reshape(-1)
@@ -51,7 +53,10 @@ def family_likelihoods(work: TileWork, tile: Tile) -> dict[str, float]:
             continue
         points = min(plan.model.fit_points, KERNEL_CHOICE_POINTS)
         used = nearest_to_core(observed, tile, plan.halo, points, tile.index)
-        tx, ty = tensors(plan, work.device, x[used], values[used])
+        y = values[used]
+        if covariates is not None:  # the families compete on what the covariates leave
+            y = residualised(y, covariates[used], source.covariates)
+        tx, ty = tensors(plan, work.device, x[used], y)
         for family in CANDIDATES:
             model = ExactGP(build_kernel(with_family(plan, family)), mean=plan.model.tile_mean)
             model.fit(tx, ty, max_iter=plan.model.max_iter, seed=tile.index)

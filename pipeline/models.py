@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -33,6 +33,7 @@ from gpkernels import (
     seasonal,
 )
 from pipeline.config import ModelConfig
+from pipeline.covariates import Design, universal_moments
 from pipeline.tiling import Tile
 from pipeline.value_scan import MIN_OBSERVATIONS
 from pipeline.work import ModelPlan
@@ -49,13 +50,16 @@ LOVE_ROOT_VALUES = 50_000_000  # 400 MB of float64: the largest variance root a 
 class Problem:
     """One model's data: inputs `x` and values `y` of the rows it takes (one column per
     variable for multitask models, NaN where missing), the targets `x_core`, the tile's
-    seed, and the window's lattice (built only when a grid model asks for it)."""
+    seed, the window's lattice (built only when a grid model asks for it), and with
+    model.covariates their values at those rows and at the targets."""
 
     x: np.ndarray
     y: np.ndarray
     x_core: np.ndarray
     seed: int
     lattice: Callable[[], Lattice]
+    covariates: np.ndarray | None = None
+    target_covariates: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -285,12 +289,23 @@ def fit_and_predict(
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Fit `row`'s model to the problem (or condition it on `fixed` shared hyperparameters),
     predict at its targets (std of the field, or of a new observation as the plan asks),
-    and collect the diagnostics and timings."""
+    and collect the diagnostics and timings. With covariates the model is fitted to and
+    conditioned on the residuals of their least-squares fit, and its prediction made
+    universal kriging's (pipeline/covariates.py)."""
+    design = None
+    if problem.covariates is not None:
+        design = Design.fit(
+            problem.covariates, problem.target_covariates, problem.y, plan.model.covariates
+        )
+        problem = replace(problem, y=design.residuals(problem.y))
     t = Tensors(*tensors(plan, device, problem.x, problem.y, problem.x_core))
     start = time.perf_counter()
     model, report, n_fit = row.fit(plan, problem, t, fixed)
     fitted = time.perf_counter()
     mean, var = model.predict(t.core, include_noise=plan.std_includes_noise)
+    regression = None
+    if design is not None:
+        mean, var, regression = universal_moments(model, design, t.y, t.core, mean, var)
     diagnostics = {
         "model": row.name,
         "fit": report.as_dict(),
@@ -302,6 +317,8 @@ def fit_and_predict(
         "n_conditioned": int(np.isfinite(problem.y).sum()),
         "solver": row.solver(model),
     }
+    if regression is not None:
+        diagnostics["regression"] = regression
     return mean.cpu().numpy(), var.sqrt().cpu().numpy(), diagnostics
 
 

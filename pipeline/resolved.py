@@ -115,6 +115,7 @@ def resolve_run(config: PipelineConfig, ds: xr.Dataset) -> ResolvedRun:
         forecast,
         config.regrid,
         config.never_observed_along,
+        config.model.covariates,
     )
     target = target_dataset(source, ds)
     shape = tuple(target.sizes[d] for d in config.dims)

@@ -290,7 +290,12 @@ def _new_store(run: ResolvedRun) -> None:
         "gpgrid_version": __version__,
         "gpgrid_spec": config.spec_text,
         "gpgrid_input": config.input_path,
-        "gpgrid_model": f"{config.model.type} GP per tile, kernels {kernels}",
+        "gpgrid_model": f"{config.model.type} GP per tile, kernels {kernels}"
+        + (
+            f", mean regressed on {list(config.model.covariates)}"
+            if config.model.covariates
+            else ""
+        ),
     }
     create_output_store(
         run.output_path,

@@ -18,8 +18,10 @@ import torch
 
 from gpkernels import ExactGP, NumericalWarning
 from gpkernels.initial import subsample_for_init
+from pipeline.covariates import residualised
 from pipeline.grid import (
     never_observed,
+    read_covariates,
     read_window,
     target_inputs,
     target_region,
@@ -90,7 +92,8 @@ def predict_constant(
 @dataclass(frozen=True)
 class _Window:
     """A tile being predicted: its work and table, the opened input, the window's GP inputs,
-    the targets' inputs and the shape its predictions are written in."""
+    the targets' inputs, the shape its predictions are written in, and the covariates at
+    the window's cells and at the targets (None without model.covariates)."""
 
     work: TileWork
     models: ModelTable
@@ -99,6 +102,8 @@ class _Window:
     x: np.ndarray
     x_core: np.ndarray
     shape: tuple[int, ...]
+    covariates: np.ndarray | None = None
+    target_covariates: np.ndarray | None = None
 
 
 def predict_tile(work: TileWork, tile: Tile, models: ModelTable = MODELS) -> TileResult:
@@ -107,6 +112,8 @@ def predict_tile(work: TileWork, tile: Tile, models: ModelTable = MODELS) -> Til
     source = work.source
     ds = open_input(source.input_path)
     x = window_inputs(source, tile, ds)
+    covariates = read_covariates(source, tile, ds)
+    target_covariates = None
     if source.regrid:  # predict the new grid's cells that fall in this tile's core
         written = replace(tile, core=target_region(source, tile, ds), output=None)
         x_core = target_inputs(source, written.core, ds)
@@ -115,7 +122,11 @@ def predict_tile(work: TileWork, tile: Tile, models: ModelTable = MODELS) -> Til
         predicted = np.zeros(tile.window_shape, dtype=bool)
         predicted[tile.output_in_window] = True
         x_core = x[predicted.reshape(-1)]
-    window = _Window(work, models, tile, ds, x, x_core, written.output_shape)
+        if covariates is not None:  # covariates come with the input's own grid only
+            target_covariates = covariates[predicted.reshape(-1)]
+    window = _Window(
+        work, models, tile, ds, x, x_core, written.output_shape, covariates, target_covariates
+    )
     diagnostics: dict = {"tile": tile.index}
     if not len(x_core):  # a new grid may have no cell inside this tile's core
         empty = np.full(window.shape, np.nan)
@@ -268,6 +279,8 @@ def _run_row(window: _Window, row, values: np.ndarray, fixed: dict | None) -> tu
         window.x_core,
         tile.index,
         lambda: window_lattice(window_axes(work.source, tile, window.ds), work.source.dims),
+        None if window.covariates is None else window.covariates[used],
+        window.target_covariates,
     )
     return fit_and_predict(row, work.plan, problem, work.device, fixed)
 
@@ -279,6 +292,7 @@ def fit_tile_hyperparameters(work: TileWork, tile: Tile) -> dict[str, dict | Non
     source, plan = work.source, work.plan
     ds = open_input(source.input_path)
     x = window_inputs(source, tile, ds)
+    covariates = read_covariates(source, tile, ds)
     found: dict[str, dict | None] = {}
     for var in source.variables:
         values = read_window(source, tile, ds, var).reshape(-1)
@@ -289,6 +303,11 @@ def fit_tile_hyperparameters(work: TileWork, tile: Tile) -> dict[str, dict | Non
         if observed.size < max(MIN_OBSERVATIONS, 10) or constant_observations(values[observed]):
             found[var] = None  # too few, or constant: no hyperparameters to learn
             continue
+        if covariates is not None:  # learn from what the covariates leave, as tiles do
+            values = values.astype(np.float64)
+            values[observed] = residualised(
+                values[observed], covariates[observed], source.covariates
+            )
         tx, ty = tensors(plan, work.device, x[observed], values[observed])
         used = _phase_one_points(plan, tile, observed, tx)
         model = ExactGP(build_kernel(plan), mean=plan.model.tile_mean)

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 class WindowSource:
     """How to read a tile's window from the input: the store, the variables and dims, the
     station layout, a resolved forecast (its history and step), a new target grid
-    (`regrid`: (dim, start, step, size) per dim given new coordinates) and the dim along
-    which never-observed cells are left NaN."""
+    (`regrid`: (dim, start, step, size) per dim given new coordinates), the dim along
+    which never-observed cells are left NaN, and the covariates the mean regresses on."""
 
     input_path: str
     variables: tuple[str, ...]
@@ -30,6 +30,7 @@ class WindowSource:
     forecast: Forecast | None = None
     regrid: tuple[tuple[str, float, float, int], ...] = ()
     never_observed_along: str | None = None
+    covariates: tuple[str, ...] = ()  # read at every window cell (model.covariates)
 
     def history(self, dim: str) -> int:
         """Steps of data before the target along `dim` (a forecast's history; otherwise 0)."""

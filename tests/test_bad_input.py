@@ -132,6 +132,17 @@ def set_coord(dim: str, values: Callable[[np.ndarray], np.ndarray]):  # noqa: AN
     return change
 
 
+def with_elevation(missing: int):  # noqa: ANN201
+    """The input with an `elev` covariate over lat and lon, `missing` of its cells NaN."""
+
+    def change(ds: xr.Dataset) -> xr.Dataset:
+        elev = np.add.outer(ds["lat"].values, ds["lon"].values)
+        elev.flat[:missing] = np.nan
+        return ds.assign(elev=(("lat", "lon"), elev))
+
+    return change
+
+
 def one_observation(values: np.ndarray) -> np.ndarray:
     out = np.full_like(values, np.nan)
     out.flat[7] = 1.0
@@ -389,6 +400,25 @@ CASES = [
     # the data
     Case("input missing", run_with(input={"path": "gone.zarr"}), r"gone\.zarr", "input.path"),
     Case("unknown variable", run_with(input={"variables": ["pr"]}), "'pr'", "input.variables"),
+    Case("unknown covariate", run_with(model={"covariates": ["elev"]}), "'elev'", "covariates"),
+    Case(
+        "covariate with gaps",
+        with_data(with_elevation(3), model={"covariates": ["elev"]}),
+        r"'elev' is missing \(NaN\) at 3 ",
+        "fill it",
+    ),
+    Case(
+        "covariate is a variable",
+        run_with(model={"covariates": ["tas"]}),
+        r"\['tas'\] are also input.variables",
+        "drop it",
+    ),
+    Case(
+        "covariates by svgp",
+        with_data(with_elevation(0), model={"type": "svgp", "covariates": ["elev"]}),
+        "model.type svgp",
+        "drop model.covariates",
+    ),
     Case(
         "dims in another order than the data's",
         with_data(lambda ds: ds.rename({"lat": "y"})),
