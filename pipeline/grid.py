@@ -55,18 +55,31 @@ def read_window(source: WindowSource, tile: Tile, ds: xr.Dataset, var: str) -> n
 
 
 def read_covariates(source: WindowSource, tile: Tile, ds: xr.Dataset) -> np.ndarray | None:
-    """The window's covariates (cells in C order over the dims, one column each; a
-    covariate over fewer dims is repeated along the others), or None without any."""
+    """The window's covariates (cells in C order over the dims, one column each), or None
+    without any."""
     if not source.covariates:
         return None
     selection = _selection(source, tile.window, ds)
+    return covariates_at(ds, source.covariates, source.dims, selection, tile.window_shape)
+
+
+def covariates_at(
+    ds: xr.Dataset,
+    names: tuple[str, ...],
+    dims: tuple[str, ...],
+    selection: dict,
+    shape: tuple[int, ...],
+) -> np.ndarray:
+    """Covariates at the cells that `selection` (indices per dim) picks, `shape` of them,
+    in C order over `dims`, one column each; a covariate over fewer dims is repeated along
+    the others."""
     columns = []
-    for name in source.covariates:
+    for name in names:
         covariate = ds[name]
-        own = [d for d in source.dims if d in covariate.dims]
+        own = [d for d in dims if d in covariate.dims]
         values = covariate.isel({d: selection[d] for d in own}).transpose(*own).values
-        shape = [values.shape[own.index(d)] if d in own else 1 for d in source.dims]
-        columns.append(np.broadcast_to(values.reshape(shape), tile.window_shape).reshape(-1))
+        expanded = values.reshape([values.shape[own.index(d)] if d in own else 1 for d in dims])
+        columns.append(np.broadcast_to(expanded, shape).reshape(-1))
     return np.stack(columns, axis=1).astype(np.float64)
 
 

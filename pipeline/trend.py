@@ -20,7 +20,8 @@ import numpy as np
 import xarray as xr
 from scipy.interpolate import RegularGridInterpolator
 
-from pipeline.grid import axis_coordinates, snapped
+from pipeline.covariates import residualised
+from pipeline.grid import axis_coordinates, covariates_at, snapped
 from pipeline.inputs import open_input
 from pipeline.value_scan import MIN_OBSERVATIONS
 from pipeline.work import ModelPlan, TileWork, WindowSource
@@ -72,7 +73,12 @@ def fit_trend(
     gen = np.random.default_rng(0)
     chosen = np.sort(gen.choice(observed, min(points, observed.size), replace=False))
     x = _inputs(axes, chosen, values.shape)
-    tx, ty = tensors(plan, device, x, values.reshape(-1)[chosen])
+    y = values.reshape(-1)[chosen]
+    if source.covariates:  # the trend is of what the covariates leave, as the tiles see it
+        selection = dict(zip(dims, picks, strict=True))
+        at = covariates_at(ds, source.covariates, dims, selection, values.shape)
+        y = residualised(y, at[chosen], source.covariates)
+    tx, ty = tensors(plan, device, x, y)
     trend = DomainTrend(trend_kernel(plan), build_kernel(plan, scales=1))
     trend.fit(tx, ty, max_iter=plan.model.max_iter)
     nodes = _strided(sizes, LATTICE_NODES)
