@@ -381,10 +381,7 @@ def nearest_to_core_centre(candidates: np.ndarray, tile: Tile, limit: int) -> np
     core, counting cells along every dim: one compact cluster, in index order."""
     if candidates.size <= limit:
         return candidates
-    coords = np.unravel_index(candidates, tile.window_shape)
-    sq = np.zeros(candidates.size)
-    for c, core in zip(coords, tile.core_in_window, strict=True):
-        sq += (c - (core.start + core.stop - 1) / 2) ** 2
+    sq = _squared_offsets(candidates, tile, lambda c, core, _: c - (core.start + core.stop - 1) / 2)
     return np.sort(candidates[np.argsort(sq, kind="stable")[:limit]])
 
 
@@ -396,13 +393,26 @@ def nearest_first(
     Distance is measured from the core box, per dim in units of that dim's halo, so
     all core cells count as distance 0; ties are broken at random (seeded).
     """
-    coords = np.unravel_index(candidates, tile.window_shape)
-    sq = np.zeros(candidates.size)
-    for c, core, h in zip(coords, tile.core_in_window, halo, strict=True):
-        outside = np.maximum(core.start - c, 0) + np.maximum(c - (core.stop - 1), 0)
-        sq += (outside / max(h, 1)) ** 2
+
+    def outside(c: np.ndarray, core: slice, dim: int) -> np.ndarray:
+        beyond = np.maximum(core.start - c, 0) + np.maximum(c - (core.stop - 1), 0)
+        return beyond / max(halo[dim], 1)
+
+    sq = _squared_offsets(candidates, tile, outside)
     shuffled = np.random.default_rng(seed).permutation(candidates.size)
     return candidates[shuffled[np.argsort(sq[shuffled], kind="stable")]]
+
+
+def _squared_offsets(
+    candidates: np.ndarray, tile: Tile, offset: Callable[[np.ndarray, slice, int], np.ndarray]
+) -> np.ndarray:
+    """Per candidate window cell, the sum over dims of offset(its index along the dim, the
+    core's slice there, the dim's number) squared."""
+    coords = np.unravel_index(candidates, tile.window_shape)
+    sq = np.zeros(candidates.size)
+    for dim, (c, core) in enumerate(zip(coords, tile.core_in_window, strict=True)):
+        sq += offset(c, core, dim) ** 2
+    return sq
 
 
 def keeping_every_variable(chosen: np.ndarray, values: np.ndarray, order: np.ndarray) -> np.ndarray:

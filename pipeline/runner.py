@@ -346,7 +346,15 @@ def _warm_start(store_path: str, variables: tuple[str, ...]) -> dict:
             f"warm start {store_path!r} has no hyperparameters for {missing} (it has "
             f"{sorted(shared)}): give a store made for these variables"
         )
-    return {v: shared[v] for v in variables}
+    return {v: _with_columns(shared[v]) for v in variables}
+
+
+def _with_columns(values: dict | None) -> dict | None:
+    """Shared values as this version records them: stores written before multi-scale
+    kernels hold one lengthscale per input column, in order, and no `columns`."""
+    if values is None or "columns" in values:
+        return values
+    return {**values, "columns": [[i] for i in range(len(values["lengthscales"]))]}
 
 
 def _resumable(run: ResolvedRun) -> bool:

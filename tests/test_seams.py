@@ -8,11 +8,13 @@ started) hyperparameters. Runs go through a real local Ray into real zarr stores
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
+import zarr
 
 from pipeline.config import AxisKernel, ModelConfig, PipelineConfig
 from pipeline.runner import run_pipeline
@@ -138,3 +140,27 @@ def test_halos_sized_from_the_learned_lengthscales(runs, tmp_path) -> None:
     reference = xr.open_zarr(whole)
     difference = np.abs(result["tas"].values - reference["tas"].values)
     assert float((difference / reference["tas_std"].values).mean()) < 0.1
+
+
+def test_a_store_from_before_multiscale_kernels_warm_starts_halos_by_lengthscale(
+    runs, tmp_path
+) -> None:
+    """Stores written before `columns` was recorded hold one lengthscale per column in
+    order: warm-started with halos sized from them, they give the same halos."""
+    tiled, _ = runs
+    source = str(Path(tiled).parent / "in.zarr")
+    old = tmp_path / "old.zarr"
+    shutil.copytree(tiled, old)
+    group = zarr.open_group(str(old), mode="r+")
+    shared = json.loads(group.attrs["gpgrid_hyperparameters"])
+    for values in shared.values():
+        del values["columns"]
+    group.attrs["gpgrid_hyperparameters"] = json.dumps(shared)
+    zarr.consolidate_metadata(str(old))
+    halos = []
+    for start in (tiled, str(old)):
+        out = str(tmp_path / f"from_{Path(start).stem}.zarr")
+        config = config_for(source, out, halo=(1, 4, 4), halo_lengthscales=2.0, warm_start=start)
+        run_pipeline(config, progress=False)
+        halos.append(json.loads(xr.open_zarr(out).attrs["gpgrid_halo"]))
+    assert halos[0] == halos[1] and halos[0]["lat"] >= 8
