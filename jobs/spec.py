@@ -292,10 +292,12 @@ class ModelSpec(Strict):
         le=5000,
         description="mean domain: observations the whole-domain trend is learned on",
     )
-    calibrate_variance: StrictBool = Field(
-        _default("calibrate_variance"),
-        description="kiss only: after fitting, scale the variances so that 95% intervals "
-        "cover 95% of observed cells hidden under the tile's own gaps, moved (conformal)",
+    calibrate_variance: StrictBool | None = Field(
+        None,
+        description="kiss only: after fitting, widen the variances where 95% intervals "
+        "cover fewer than 95% of observed cells hidden under the tile's own gaps, moved "
+        "(conformal); omitted: on for kiss on the input's own grid (one model per variable, "
+        "no forecast), else off",
     )
 
     scales: Literal[1, 2] | None = Field(
@@ -319,16 +321,33 @@ class ModelSpec(Strict):
             return self.scales
         return 2 if self.kernel is None and not new_grid else 1
 
-    def to_model_config(self, columns: list[str], stations: bool, new_grid: bool) -> ModelConfig:
+    def resolved_calibration(self, stations: bool, target_kind: str) -> bool:
+        """Whether kiss tiles widen their variances on their own moved gaps: as given, else
+        wherever it can run (kiss on the input's own grid, one model per variable)."""
+        if self.calibrate_variance is not None:
+            return self.calibrate_variance
+        kiss = self.resolved_type(stations) == "kiss"
+        return kiss and not stations and target_kind == "same_grid" and not self.multitask
+
+    def to_model_config(self, columns: list[str], stations: bool, target_kind: str) -> ModelConfig:
         """The pipeline's model config: the fields the two share, copied by name, plus the
-        kernels in column order, the resolved type and number of scales."""
-        shared = MODEL_FIELDS - {"kernels", "type", "isotropic", "scales", "covariates"}
+        kernels in column order, the resolved type, number of scales and calibration."""
+        new_grid = target_kind == "grid"
+        shared = MODEL_FIELDS - {
+            "kernels",
+            "type",
+            "isotropic",
+            "scales",
+            "covariates",
+            "calibrate_variance",
+        }
         return ModelConfig(
             **self.model_dump(include=shared),
             kernels=None if self.kernel is None else tuple(self.kernel[c] for c in columns),
             type=self.resolved_type(stations),
             isotropic=tuple(self.isotropic),
             covariates=tuple(self.covariates),
+            calibrate_variance=self.resolved_calibration(stations, target_kind),
             scales=self.resolved_scales(new_grid),
         )
 
@@ -658,7 +677,7 @@ class JobSpec(Strict):
             else (),
             halo_lengthscales=self.tiling.halo_lengthscales,
             model=self.model.to_model_config(
-                self.input.columns, stations is not None, self.target.kind == "grid"
+                self.input.columns, stations is not None, self.target.kind
             ),
             num_cpus=self.resources.num_cpus,
             num_gpus=self.resources.num_gpus,

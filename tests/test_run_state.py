@@ -36,11 +36,11 @@ CHANGED = {
 def test_every_model_config_field_but_the_resolved_ones_is_a_spec_field_with_its_default() -> None:
     spec_fields = ModelSpec.model_fields
     for field in dataclasses.fields(ModelConfig):
-        if field.name in ("kernels", "type", "scales"):  # resolved: see the test below
+        if field.name in ("kernels", "type", "scales", "calibrate_variance"):  # resolved below
             continue
         assert field.name in spec_fields, f"ModelSpec lacks {field.name}"
         default = spec_fields[field.name].get_default(call_default_factory=True)
-        got = tuple(default) if field.name == "isotropic" else default
+        got = tuple(default) if field.name in ("isotropic", "covariates") else default
         assert got == field.default, field.name
 
 
@@ -63,6 +63,27 @@ def test_model_scales_resolve_from_the_kernel_and_the_target(
         target["grid"] = {"lat": {"start": 0.0, "step": 0.5, "size": 4}}
     spec = parse_spec({**SMALL_SPEC, "model": model, "target": target})
     assert spec.to_pipeline_config().model.scales == expected
+
+
+@pytest.mark.parametrize(
+    ("model", "kind", "expected"),
+    [
+        ({"type": "kiss"}, "same_grid", True),  # wherever it can run
+        ({"type": "auto"}, "same_grid", True),
+        ({"type": "kiss", "calibrate_variance": False}, "same_grid", False),
+        ({"type": "kiss"}, "grid", False),  # interpolated onto a new grid: no moved gaps
+        ({"type": "exact"}, "same_grid", False),
+        ({"type": "svgp"}, "same_grid", False),
+    ],
+)
+def test_variance_calibration_resolves_to_on_wherever_it_can_run(
+    model: dict, kind: str, expected: bool
+) -> None:
+    target = {"kind": kind}
+    if kind == "grid":
+        target["grid"] = {"lat": {"start": 0.0, "step": 0.5, "size": 4}}
+    spec = parse_spec({**SMALL_SPEC, "model": {**SMALL_SPEC["model"], **model}, "target": target})
+    assert spec.to_pipeline_config().model.calibrate_variance is expected
 
 
 def test_to_pipeline_config_carries_every_model_field() -> None:
