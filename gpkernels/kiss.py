@@ -53,6 +53,9 @@ __all__ = ["KissGP", "choose_solver", "interpolation_lattice"]
 NOISE_FLOOR = 1e-4
 # Hidden cells scored to calibrate the variance scale (a 95% quantile needs a few hundred).
 CALIBRATION_CELLS = 2000
+# A hold-out solve whose relative residual stays above this gives means too wrong to
+# calibrate by: the factor would measure the solver, not the variances.
+CALIBRATION_MAX_RESIDUAL = 1e-2
 
 
 def _on_grid_lattice(model: KissGP, x: torch.Tensor) -> Lattice | None:
@@ -309,6 +312,15 @@ class KissGP(GPModel):
         posterior = choose_solver(self, x[~hidden], z[~hidden]).condition(
             self.kernel, self.likelihood
         )
+        solve = posterior.diagnostics.solve
+        if solve is not None and solve.relative_residual > CALIBRATION_MAX_RESIDUAL:
+            self.condition(x, y)
+            note = (
+                f"skipped: the hold-out solve stopped at relative residual "
+                f"{solve.relative_residual:.2g} after {solve.iterations} CG iterations"
+            )
+            self.diagnostics = replace(self.diagnostics, variance_calibration=note)
+            return 1.0
         mean, var = posterior.predict(x[scored])
         var = var.to(x.dtype) + self.likelihood.noise.to(x.dtype)
         score = (z[scored] - mean.to(x.dtype)).abs() / var.clamp_min(1e-30).sqrt()

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gpkernels import ExactGP, GaussianLikelihood, KissGP, Matern, Product, Scale
+from gpkernels import ExactGP, GaussianLikelihood, KissGP, Matern, NumericalWarning, Product, Scale
 from gpkernels.kernels import lag_table
 from gpkernels.preconditioners import CirculantPreconditioner
 from gpkernels.structured import ToeplitzGrid, toeplitz
@@ -190,6 +190,18 @@ def test_calibrated_variance_scale_undoes_a_wrong_one(shrink: float, low: float,
     assert low < factor <= high
     assert float(model.kernel.outputscale) == pytest.approx(2.0 / shrink * factor)
     assert model.diagnostics.variance_calibration.startswith(f"x{factor:.3f}")
+
+
+def test_calibration_is_skipped_when_the_hold_out_solve_fails() -> None:
+    """Three CG iterations leave the hold-out means far from converged: no factor is taken
+    from them (it would measure the solver), and the note says so with the residual."""
+    cells, kept, y = _draw_with_cloud(seed=3)
+    kernel = Scale(Matern(0.5, 8.0, dims=[0, 1], isotropic=True), 2.0 / 4.0)
+    model = KissGP(kernel, GaussianLikelihood(0.01 / 4.0), normalize_y=False, max_cg_iter=3)
+    with pytest.warns(NumericalWarning, match="did not converge"):
+        factor = model.calibrate_variance(cells[kept], y[kept])
+    assert factor == 1.0 and float(model.kernel.outputscale) == pytest.approx(0.5)
+    assert model.diagnostics.variance_calibration.startswith("skipped: the hold-out solve")
 
 
 def test_fit_with_calibration_on_a_separable_grid_reports_the_factor() -> None:
