@@ -6,8 +6,7 @@
   log-determinant (determinant lemma), and can be sampled from, which is what CG,
   stochastic log-determinants and their gradients need.
 - `CirculantPreconditioner`, for observations on a grid under any stationary kernel: the
-  inverse of a circulant of the doubled grid (the minimal embedding, or T. Chan's optimal
-  one from `optimal_circulant_spectrum`), restricted to the observed cells.
+  inverse of the doubled grid's circulant, restricted to the observed cells.
 """
 
 from __future__ import annotations
@@ -107,48 +106,20 @@ class PivotedCholeskyPreconditioner:
         return self.power(rademacher(self.factor.shape[0], t, generator, self.factor), 0.5)
 
 
-def optimal_circulant_spectrum(wide_table: torch.Tensor) -> torch.Tensor:
-    """Eigenvalues (in `rfftn` layout) of T. Chan's optimal circulant on the doubled grid,
-    from the kernel at lags 0 .. 2n - 1 along each axis (`wide_table`, unit outputscale).
-
-    Each lag k of a torus of N cells is weighted by how often it occurs, (N - k) / N, and
-    its wrap N - k by k / N, axis by axis: the circulant nearest the Toeplitz matrix. Unlike
-    the minimal embedding (lags past n dropped), its spectrum is a Fejér average of the
-    kernel's, so it is never negative: a long range no longer leaves a third of the
-    eigenvalues clamped to zero, where CG then took more steps than with no preconditioner.
-    """
-    c = wide_table
-    for axis, n in enumerate(c.shape):
-        lags = torch.arange(n, dtype=c.dtype, device=c.device)
-        weight = ((n - lags) / n).reshape([-1 if a == axis else 1 for a in range(c.dim())])
-        wrapped = torch.roll(torch.flip(c, [axis]), 1, axis)  # index k holds lag (N - k) % N
-        c = weight * c + (1 - weight) * wrapped
-    return torch.fft.rfftn(c)
-
-
 class CirculantPreconditioner:
-    """P^-1 = S (C + noise I)^-1 S^T for the observed-cell system S K S^T + noise I, with C a
-    circulant of the doubled grid (the kernel on a torus twice the grid's size): the
-    minimal embedding of the grid's own lags by default, or the given `spectrum` (e.g.
-    `optimal_circulant_spectrum`).
+    """P^-1 = S (C + noise I)^-1 S^T for the observed-cell system S K S^T + noise I, with C the
+    circulant of the doubled grid (the kernel wrapped on a torus twice the grid's size).
 
     Exact for a complete grid when the torus is large against the correlation length;
     with gaps it still captures the grid's spectrum, so CG needs far fewer iterations.
-    Negative eigenvalues (the minimal embedding need not be positive definite) are
+    Negative eigenvalues of the wrapped kernel (it need not be positive definite) are
     clamped to zero.
     """
 
-    def __init__(
-        self,
-        grid: ToeplitzGrid,
-        observed: torch.Tensor,
-        noise: float,
-        spectrum: torch.Tensor | None = None,
-    ) -> None:
+    def __init__(self, grid: ToeplitzGrid, observed: torch.Tensor, noise: float) -> None:
         self.grid = grid
         self.observed = observed
-        spectrum = grid.spectrum if spectrum is None else spectrum
-        eigenvalues = float(grid.outputscale) * spectrum.real.clamp_min(0.0)
+        eigenvalues = float(grid.outputscale) * grid.spectrum.real.clamp_min(0.0)
         self._inverse = 1.0 / (eigenvalues + noise)
 
     def solve(self, v: torch.Tensor) -> torch.Tensor:

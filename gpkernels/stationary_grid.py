@@ -26,7 +26,7 @@ from gpkernels.kiss_paths import (
 )
 from gpkernels.lattice import Lattice
 from gpkernels.likelihoods import GaussianLikelihood
-from gpkernels.preconditioners import CirculantPreconditioner, optimal_circulant_spectrum
+from gpkernels.preconditioners import CirculantPreconditioner
 from gpkernels.regression import KrigedColumns
 from gpkernels.structured import ObservedGrid, ToeplitzGrid
 
@@ -58,18 +58,13 @@ class StationaryGridSolver(KissSolver):
     def _operator(
         self, kernel: Kernel, likelihood: GaussianLikelihood
     ) -> tuple[ObservedGrid, CirculantPreconditioner, torch.Tensor]:
-        """S K S^T + noise I at the current hyperparameters in float64, its preconditioner
-        (T. Chan's optimal circulant of the doubled grid, positive whatever the range), and
-        the kernel's lag table."""
+        """S K S^T + noise I at the current hyperparameters in float64, its preconditioner,
+        and the kernel's lag table."""
         scale, noise = kernel.outputscale.detach(), likelihood.noise.detach()
-        lattice, device = self.lattice, self.z.device
-        table = lag_table(kernel, lattice.spacings, lattice.shape).to(device)
+        table = lag_table(kernel, self.lattice.spacings, self.lattice.shape).to(self.z.device)
         op = ObservedGrid(ToeplitzGrid(table, scale.double()), self.observed, noise.double())
         op.label = "KissGP stationary-grid CG"
-        doubled = tuple(2 * n for n in lattice.shape)
-        wide = lag_table(kernel, lattice.spacings, doubled).to(device).double()
-        spectrum = optimal_circulant_spectrum(wide)
-        return op, CirculantPreconditioner(op.grid, self.observed, float(noise), spectrum), table
+        return op, CirculantPreconditioner(op.grid, self.observed, float(noise)), table
 
     @torch.no_grad()
     def condition(self, kernel: Kernel, likelihood: GaussianLikelihood) -> GridPosterior:
