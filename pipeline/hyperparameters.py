@@ -54,3 +54,56 @@ def _log_medians(vectors: Sequence[Sequence[float]]) -> list[float]:
 
 def _log_median(values: Sequence[float]) -> float:
     return math.exp(float(np.median(np.log(values))))
+
+
+def candidates(
+    samples: Sequence[dict[str, dict | None]], tiles: Sequence[int]
+) -> dict[str, list[dict]]:
+    """Per variable, the sampled tiles' fits (those that had one), in sample order, each
+    with the tile it was fitted on."""
+    return {
+        var: [
+            {**s[var], "fitted_on_tile": t} for s, t in zip(samples, tiles, strict=True) if s[var]
+        ]
+        for var in samples[0]
+    }
+
+
+def best_supported(
+    fits: dict[str, list[dict]], likelihoods: Sequence[dict[str, list[float] | None]]
+) -> dict[str, dict]:
+    """Per variable, the one fit with the largest log likelihood per observation summed over
+    the sampled tiles that scored it (`likelihoods`, one per tile, one value per fit): a set
+    some tile fitted, and the one all of them support best, for kernels whose parts trade
+    off so that medians taken part by part would describe no fit at all."""
+    chosen: dict[str, dict] = {}
+    for var, options in fits.items():
+        if not options:
+            raise InputError(
+                f"no sampled tile had enough observations of {var!r} to learn hyperparameters: "
+                "use model.hyperparameters: per_tile"
+            )
+        scored = [t[var] for t in likelihoods if t.get(var) is not None]
+        sums = np.sum(scored, axis=0)
+        best = int(np.argmax(sums))
+        chosen[var] = {
+            **{k: v for k, v in options[best].items() if k != "variance_factor"},
+            "tiles": len(options),
+            "log_likelihood_per_observation": [round(float(s), 4) for s in sums],
+        }
+    return chosen
+
+
+def widened(shared: dict[str, dict], factors: Sequence[dict[str, float | None]]) -> dict:
+    """`shared` with each variable's outputscale and noise times the log-median over the
+    sampled tiles of the factor their moved gaps asked of it (KissGP.calibrate_variance)."""
+    out = {}
+    for var, values in shared.items():
+        factor = _log_median([f[var] for f in factors if f.get(var) is not None])
+        out[var] = {
+            **values,
+            "outputscale": values["outputscale"] * factor,
+            "noise": values["noise"] * factor,
+            "variance_factor": factor,
+        }
+    return out

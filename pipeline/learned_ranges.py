@@ -14,11 +14,16 @@ import xarray as xr
 
 from pipeline.coordinates import coordinate_values
 
+# A part of a multi-scale kernel with less of its variance than this does not set how far
+# the data reach (OSTIA's long part, at 0.04% of it, would have made every gap "near").
+MIN_PART_SHARE = 0.05
+
 
 def kernel_lengthscales(described: object) -> dict[int, float]:
     """The longest lengthscale of each input column over the stationary parts of a kernel
     as `Kernel.describe` gives it. Periodic factors are skipped: their lengthscale is a
-    fraction of the period, not a range in the column's units."""
+    fraction of the period, not a range in the column's units; so are the parts of a
+    multi-scale kernel with less than MIN_PART_SHARE of its variance."""
     found: dict[int, float] = {}
     if isinstance(described, Mapping):
         if "lengthscale" in described and "period" not in described and described.get("dims"):
@@ -27,6 +32,8 @@ def kernel_lengthscales(described: object) -> dict[int, float]:
                 value = float(scales[i if len(scales) > 1 else 0])
                 found[column] = max(found.get(column, 0.0), value)
         children = list(described.values())
+        if described.get("kind") == "multiscale":
+            children = _carrying_parts(described["factors"])
     elif isinstance(described, list):
         children = described
     else:
@@ -35,6 +42,17 @@ def kernel_lengthscales(described: object) -> dict[int, float]:
         for column, value in kernel_lengthscales(child).items():
             found[column] = max(found.get(column, 0.0), value)
     return found
+
+
+def _carrying_parts(parts: list) -> list:
+    """The parts of a described multi-scale kernel that carry at least MIN_PART_SHARE of
+    its variance."""
+    shares = np.array([float(part.get("outputscale", 1.0)) for part in parts])
+    return [
+        part
+        for part, share in zip(parts, shares, strict=True)
+        if share >= MIN_PART_SHARE * shares.sum()
+    ]
 
 
 def median_lengthscales(output: xr.Dataset, var: str, n_columns: int) -> list[float] | None:

@@ -27,7 +27,13 @@ from pipeline.cluster import ensure_ray
 from pipeline.config import AxisKernel, PipelineConfig
 from pipeline.errors import InputError, ResourceUnavailableError, StorageError
 from pipeline.faults import crash_if_injected, task_runtime_env
-from pipeline.hyperparameters import pool, sample_tile_indices
+from pipeline.hyperparameters import (
+    best_supported,
+    candidates,
+    pool,
+    sample_tile_indices,
+    widened,
+)
 from pipeline.inputs import check_input, open_input
 from pipeline.journal import (
     RunLock,
@@ -85,11 +91,25 @@ def predict_tile_on_worker(work: TileWork, tile: Tile) -> TileResult:
     return predict_tile(work, tile)
 
 
-def fit_hyperparameters_on_worker(work: TileWork, tile: Tile) -> dict:
+def fit_hyperparameters_on_worker(work: TileWork, tile: Tile, calibrate: bool) -> dict:
     """Phase 1's Ray task: one sampled tile's hyperparameters per variable."""
-    from pipeline.tasks import fit_tile_hyperparameters
+    from pipeline.phase_one import fit_tile_hyperparameters
 
-    return fit_tile_hyperparameters(work, tile)
+    return fit_tile_hyperparameters(work, tile, calibrate)
+
+
+def likelihoods_on_worker(work: TileWork, tile: Tile, fits: dict) -> dict:
+    """Phase 1's Ray task for multi-scale kernels: one sampled tile's likelihood of each fit."""
+    from pipeline.phase_one import tile_likelihoods
+
+    return tile_likelihoods(work, tile, fits)
+
+
+def variance_factors_on_worker(work: TileWork, tile: Tile, shared: dict) -> dict:
+    """Phase 1's Ray task: how much one sampled tile's moved gaps widen the chosen set."""
+    from pipeline.phase_one import tile_variance_factors
+
+    return tile_variance_factors(work, tile, shared)
 
 
 def fit_trends_on_worker(work: TileWork) -> dict:
@@ -319,15 +339,37 @@ def _shared_hyperparameters(
     if shared is None and run.shared.warm_start:
         shared = _warm_start(run.shared.warm_start, run.config.variables)
     if shared is None:
-        sample = run.shared.sample
-        if progress:
-            print(f"phase 1: hyperparameters on {len(sample)} sampled tiles", file=sys.stderr)
-        remote = ray.remote(fit_hyperparameters_on_worker).options(
-            **resources, max_retries=MAX_RETRIES
-        )
-        work_ref = ray.put(work)
-        shared = pool(ray.get([remote.remote(work_ref, run.tiles[i]) for i in sample]))
+        shared = _pooled_fits(run, work, resources, progress)
     write_shared(run.output_path, shared)
+    return shared
+
+
+def _pooled_fits(run: ResolvedRun, work: TileWork, resources: dict, progress: bool) -> dict:
+    """Phase 1's fits on the sampled tiles, pooled: one range, each tile's calibrated fit
+    and their medians; several ranges (parts that trade off), the fit the sampled tiles'
+    likelihoods support best, then calibrated on each of them (see pipeline/phase_one.py)."""
+    sample = [run.tiles[i] for i in run.shared.sample]
+    work_ref = ray.put(work)
+
+    def on_sample(task, *args):  # noqa: ANN001, ANN002, ANN202
+        remote = ray.remote(task).options(**resources, max_retries=MAX_RETRIES)
+        return ray.get([remote.remote(work_ref, tile, *args) for tile in sample])
+
+    if progress:
+        print(f"phase 1: hyperparameters on {len(sample)} sampled tiles", file=sys.stderr)
+    calibrate = run.config.model.calibrate_variance
+    if run.config.model.scales == 1:
+        return pool(on_sample(fit_hyperparameters_on_worker, calibrate))
+    fits = candidates(on_sample(fit_hyperparameters_on_worker, False), run.shared.sample)
+    shared = best_supported(fits, on_sample(likelihoods_on_worker, fits))
+    if progress:
+        chosen = {var: values["fitted_on_tile"] for var, values in shared.items()}
+        print(
+            f"phase 1: per variable, the tile whose fit the sampled tiles support best: {chosen}",
+            file=sys.stderr,
+        )
+    if calibrate:
+        shared = widened(shared, on_sample(variance_factors_on_worker, shared))
     return shared
 
 

@@ -14,10 +14,8 @@ import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
-import torch
 
-from gpkernels import ExactGP, NumericalWarning
-from pipeline.covariates import residualised
+from gpkernels import NumericalWarning
 from pipeline.grid import (
     never_observed,
     read_covariates,
@@ -33,15 +31,12 @@ from pipeline.models import (
     MODELS,
     ModelTable,
     Problem,
-    build_kernel,
     fit_and_predict,
-    nearest_to_core_centre,
-    tensors,
 )
 from pipeline.store import std_name
 from pipeline.tiling import Tile, TileResult
 from pipeline.value_scan import MIN_OBSERVATIONS
-from pipeline.work import ModelPlan, TileWork
+from pipeline.work import TileWork
 
 # Observations whose range is within this fraction of their magnitude count as constant: a
 # few float32 rounding steps, a field with nothing for a GP to learn (zero precipitation).
@@ -282,71 +277,3 @@ def _run_row(window: _Window, row, values: np.ndarray, fixed: dict | None) -> tu
         window.target_covariates,
     )
     return fit_and_predict(row, work.plan, problem, work.device, fixed)
-
-
-def fit_tile_hyperparameters(work: TileWork, tile: Tile) -> dict[str, dict | None]:
-    """Phase 1 on one sampled tile: per variable, an ExactGP's hyperparameters (L-BFGS on
-    `fit_points` observations, `_phase_one_points`), in the data's units, widened by the
-    tile's own calibration where the spec asks for it; None when too few or constant."""
-    source, plan = work.source, work.plan
-    ds = open_input(source.input_path)
-    x = window_inputs(source, tile, ds)
-    covariates = read_covariates(source, tile, ds)
-    found: dict[str, dict | None] = {}
-    for var in source.variables:
-        values = read_window(source, tile, ds, var).reshape(-1)
-        trend = plan.trend(var)
-        if trend is not None:
-            values = values - trend.at(x)
-        observed = np.flatnonzero(np.isfinite(values))
-        if observed.size < max(MIN_OBSERVATIONS, 10) or constant_observations(values[observed]):
-            found[var] = None  # too few, or constant: no hyperparameters to learn
-            continue
-        if covariates is not None:  # learn from what the covariates leave, as tiles do
-            values = values.astype(np.float64)
-            values[observed] = residualised(
-                values[observed], covariates[observed], source.covariates
-            )
-        tx, ty = tensors(plan, work.device, x[observed], values[observed])
-        used = _phase_one_points(plan, tile, observed, tx)
-        model = ExactGP(build_kernel(plan), mean=plan.model.tile_mean)
-        model.fit(tx[used], ty[used], max_iter=plan.model.max_iter, seed=tile.index)
-        found[var] = model.shared_hyperparameters()
-        if plan.model.calibrate_variance:
-            problem = Problem(
-                x[observed],
-                values[observed],
-                x[:0],
-                tile.index,
-                lambda: window_lattice(window_axes(source, tile, ds), source.dims),
-            )
-            found[var] = _calibrated(work, problem, found[var], tx, ty)
-    return found
-
-
-def _phase_one_points(
-    plan: ModelPlan, tile: Tile, observed: np.ndarray, x: torch.Tensor
-) -> torch.Tensor:
-    """The rows of the tile's observations (`x`, at window cells `observed`) phase 1 fits:
-    the `fit_points` nearest the core's centre, one compact cluster, whose short lags are
-    what gaps near data are predicted from (a spread subsample's longer lags lengthened
-    OSTIA's range and left its cloud gaps at 0.73 coverage, against 0.87).
-
-    With two ranges a spread subsample does identify the long one, but on OSTIA that long
-    range (the pole-to-equator gradient, far above a tiny noise) left the stationary-grid
-    CG unconverged after 1,000 iterations: RMSE 0.60 K and coverage 0.28, against 0.096
-    and 0.959 from the cluster (where the long part keeps a small share). The cluster
-    stays until that solve has a preconditioner for such sums.
-    """
-    nearest = nearest_to_core_centre(observed, tile, plan.model.fit_points)
-    return torch.as_tensor(np.searchsorted(observed, nearest), device=x.device)
-
-
-def _calibrated(work: TileWork, problem: Problem, fitted: dict, x, y) -> dict:  # noqa: ANN001
-    """`fitted` with outputscale and noise widened as the kiss tile's own calibration on
-    its moved gaps asks (`KissGP.calibrate_variance`), so that shared runs calibrate too:
-    the pooled values are then the sampled tiles' calibrated ones."""
-    model = MODELS.row("kiss", False).build(work.plan, problem)
-    model.set_shared_hyperparameters(fitted, x, y)
-    factor = model.calibrate_variance(x, y)
-    return {**model.shared_hyperparameters(), "variance_factor": factor}

@@ -46,7 +46,8 @@ def test_range_bands_are_labelled_by_their_edges() -> None:
 
 def test_each_column_takes_its_longest_learned_range_and_periodic_factors_none() -> None:
     """A two-scale isotropic space kernel (ranges 0.3 and 2.4) times a seasonal time factor
-    (a Matérn range of 5 days plus a yearly cycle whose lengthscale is a fraction of it)."""
+    (a Matérn range of 5 days plus a yearly cycle whose lengthscale is a fraction of it);
+    a part with under 5% of the variance sets no range."""
     space = make_kernel("matern12", dims=[1, 2], isotropic=True)
     space.lengthscale = 0.3
     long = make_kernel("matern12", dims=[1, 2], isotropic=True)
@@ -55,6 +56,8 @@ def test_each_column_takes_its_longest_learned_range_and_periodic_factors_none()
     time.factors[0].lengthscale = 5.0
     kernel = Scale(Product([time, MultiScale([Scale(space), Scale(long)])]))
     assert kernel_lengthscales(kernel.describe()) == pytest.approx({0: 5.0, 1: 2.4, 2: 2.4})
+    negligible = Scale(MultiScale([Scale(space, 1.0), Scale(long, 0.04)]))  # 3.8% of it
+    assert kernel_lengthscales(negligible.describe()) == pytest.approx({1: 0.3, 2: 0.3})
     ard = make_kernel("rbf", dims=[0, 1])
     ard.lengthscale = [1.5, 7.0]
     assert kernel_lengthscales(ard.describe()) == pytest.approx({0: 1.5, 1: 7.0})

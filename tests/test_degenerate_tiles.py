@@ -26,11 +26,11 @@ from gpkernels import (
 from gpkernels.base import collapsed_lengthscales
 from gpkernels.solvers import pcg
 from pipeline.config import AxisKernel, ModelConfig, PipelineConfig
+from pipeline.phase_one import fit_tile_hyperparameters
 from pipeline.store import consolidated_v3_allowed
 from pipeline.tasks import (
     MIN_OBSERVATIONS,
     DegenerateTileWarning,
-    fit_tile_hyperparameters,
     predict_tile,
 )
 from pipeline.tiling import TileResult, plan_tiles

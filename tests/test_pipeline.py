@@ -277,7 +277,7 @@ def test_shared_hyperparameters_are_calibrated_in_phase_one_when_asked(source, t
     """calibrate_variance with shared hyperparameters: each sampled tile widens its fitted
     outputscale and noise by its own moved-gap factor (at least 1) before they are
     pooled; the lengthscales are the uncalibrated fit's."""
-    from pipeline.tasks import fit_tile_hyperparameters
+    from pipeline.phase_one import fit_tile_hyperparameters
 
     input_path, _ = source
     # fitted on a 60-cell cluster, this draw's intervals are too narrow for its moved gaps
@@ -304,7 +304,7 @@ def test_shared_hyperparameters_are_calibrated_in_phase_one_when_asked(source, t
 def test_phase_one_fits_a_compact_cluster_at_the_core_centre(source, tmp_path) -> None:
     """Phase 1 fits the cells nearest the core's centre, for one range and for two (see
     `_phase_one_points` for why not a spread subsample)."""
-    from pipeline.tasks import _phase_one_points
+    from pipeline.phase_one import _phase_one_points
 
     input_path, _ = source
     tile = plan_tiles(RECIPE.shape, (6, 15, 15), (0, 4, 4))[0]
