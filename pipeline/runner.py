@@ -14,6 +14,7 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -351,7 +352,8 @@ def _pooled_fits(run: ResolvedRun, work: TileWork, resources: dict, progress: bo
     sample = [run.tiles[i] for i in run.shared.sample]
     work_ref = ray.put(work)
 
-    def on_sample(task, *args):  # noqa: ANN001, ANN002, ANN202
+    def on_sample(task: Callable, *args: object) -> list:
+        """`task` run on every sampled tile (Ray tasks), with `args` after the tile."""
         remote = ray.remote(task).options(**resources, max_retries=MAX_RETRIES)
         return ray.get([remote.remote(work_ref, tile, *args) for tile in sample])
 
