@@ -25,7 +25,6 @@ lengthscale, variance and nugget: median and range over tiles.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import subprocess
@@ -56,6 +55,7 @@ from pipeline.bands import (  # noqa: E402
 )
 from pipeline.holdout import DEEP_FRACTION, deepened, headline_like_job  # noqa: E402
 from pipeline.scores import score  # noqa: E402
+from pipeline.tile_records import read_tile_records  # noqa: E402
 
 SPEC = ROOT / "jobs" / "examples" / "heaton_lst.yaml"
 SHIFTS = [(dy, dx) for dy in range(-150, 151, 50) for dx in range(-250, 251, 50)]
@@ -112,12 +112,10 @@ BASELINE = {
 }
 
 
-def learned_hyperparameters(attrs: dict) -> dict[str, np.ndarray]:
+def learned_hyperparameters(tiles: list[dict]) -> dict[str, np.ndarray]:
     """Per tile: variance / lengthscale (the exponential kernel's identifiable microergodic
     parameter; for a multi-scale kernel the sum over its parts), the lengthscale it
     implies (variance over that), variance and nugget."""
-    tiles = attrs["gpgrid_tiles"]
-    tiles = json.loads(tiles) if isinstance(tiles, str) else tiles
     rows = []
     for tile in tiles:
         found = tile["variables"]["lst"]["hyperparameters"]
@@ -177,7 +175,7 @@ def gpgrid_fill(ds: xr.Dataset, hidden: np.ndarray, spec: dict) -> Filled:
             out["lst_std"].values[hidden],
             seconds,
             peak_mb,
-            learned_hyperparameters(out.attrs),
+            learned_hyperparameters(read_tile_records(str(folder / "output.zarr"))),
         )
 
 

@@ -73,12 +73,12 @@ def make_input(size: str, folder: str) -> dict:
 def child(size: str, folder: str) -> dict:
     """One size, in this process: run the job on its input, collect the numbers."""
     import ray
-    import xarray as xr
 
     from pipeline.cluster import ensure_ray
     from pipeline.config import AxisKernel, ModelConfig, PipelineConfig
     from pipeline.runner import run_pipeline
     from pipeline.synthetic import DIMS
+    from pipeline.tile_records import read_tile_records
 
     shape = SIZES[size]
     source = str(Path(folder) / "input.zarr")
@@ -100,7 +100,7 @@ def child(size: str, folder: str) -> dict:
     summary = run_pipeline(config, progress=False)
     sampler.stop.set()
     sampler.join()
-    tiles = json.loads(xr.open_zarr(config.output_path).attrs["gpgrid_tiles"])
+    tiles = read_tile_records(config.output_path)
     records = [
         json.loads(p.read_text())
         for p in sorted(Path(f"{config.output_path}.gpgrid/tiles").glob("*.json"))

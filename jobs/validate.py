@@ -33,6 +33,7 @@ from pipeline.holdout import (
 )
 from pipeline.inputs import open_input
 from pipeline.store import consolidated_v3_allowed
+from pipeline.tile_records import read_tile_records
 
 
 @dataclass
@@ -73,7 +74,8 @@ def validate_job(
     summary = run_job(job, address=address, progress=progress)
     output = xr.open_zarr(summary.output_path)
     scores = score_hold_out(source, output, dims, hold_out)
-    bands = score_bands(source, output, dims, hold_out)
+    records = read_tile_records(summary.output_path)
+    bands = score_bands(source, output, dims, hold_out, records)
     return Validation(scores, folder, summary.seconds, bands)
 
 

@@ -223,7 +223,11 @@ def score_hold_out(
 
 
 def score_bands(
-    truth: xr.Dataset, output: xr.Dataset, dims: Sequence[str], hold_out: HoldOut
+    truth: xr.Dataset,
+    output: xr.Dataset,
+    dims: Sequence[str],
+    hold_out: HoldOut,
+    records: Sequence[Mapping] = (),
 ) -> dict[str, BandedScores]:
     """Per variable: every hidden cell scored by band of distance to the nearest observation
     left after hiding, and the headline re-weighted to the bands of the cells to fill.
@@ -231,7 +235,8 @@ def score_bands(
     The headline scores each band on the hold-outs that leave the data as dense as the job
     has them (all but the nested deletions, which thin the data around them and so
     overstate the error at a given distance); a band those leave with fewer than
-    WARN_MIN_CELLS cells takes every hidden cell in it.
+    WARN_MIN_CELLS cells takes every hidden cell in it. The output's tile `records`
+    give the learned ranges for the bands in lengthscales (none: no such bands).
     """
     out = {}
     for var in hold_out.random:
@@ -244,7 +249,7 @@ def score_bands(
         shares = fill_shares(distance_to_observed(observed)[hold_out.fill[var]])
         like_job = banded_scores(mean[dense], std[dense], true[dense], left[dense])
         headline = headline_like_job(bands, like_job, shares)
-        per_range = cells_per_lengthscale(output, var, dims)
+        per_range = cells_per_lengthscale(output, records, var, dims)
         range_bands = None
         if per_range is not None:
             sampling = [1.0 / per_range[d] for d in dims]

@@ -6,7 +6,6 @@ from data is deep in a gap for a 3-cell range and close for a 300-cell one.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -55,11 +54,10 @@ def _carrying_parts(parts: list) -> list:
     ]
 
 
-def median_lengthscales(output: xr.Dataset, var: str, n_columns: int) -> list[float] | None:
+def median_lengthscales(records: Sequence[Mapping], var: str, n_columns: int) -> list[float] | None:
     """Per input column, the median over tiles of `var`'s longest learned lengthscale, from
-    the store's `gpgrid_tiles`; None where a column has none (e.g. only a periodic factor)."""
-    tiles = output.attrs.get("gpgrid_tiles")
-    records = json.loads(tiles) if isinstance(tiles, str) else tiles or []
+    the store's tile records (`read_tile_records`); None where a column has none (e.g.
+    only a periodic factor)."""
     per_column: list[list[float]] = [[] for _ in range(n_columns)]
     for record in records:
         info = record.get("variables", {}).get(var, {})
@@ -73,11 +71,12 @@ def median_lengthscales(output: xr.Dataset, var: str, n_columns: int) -> list[fl
 
 
 def cells_per_lengthscale(
-    output: xr.Dataset, var: str, dims: Sequence[str]
+    output: xr.Dataset, records: Sequence[Mapping], var: str, dims: Sequence[str]
 ) -> dict[str, float] | None:
-    """How many grid cells one learned lengthscale spans along each dim (None when some dim
-    has no learned range); a grid job's input columns are its dims, in order."""
-    scales = median_lengthscales(output, var, len(dims))
+    """How many grid cells of `output` one learned lengthscale (from its tile `records`)
+    spans along each dim (None when some dim has no learned range); a grid job's input
+    columns are its dims, in order."""
+    scales = median_lengthscales(records, var, len(dims))
     if scales is None:
         return None
     steps = [_step(output[d]) for d in dims]

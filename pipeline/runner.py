@@ -54,6 +54,7 @@ from pipeline.output_guard import is_gpgrid_store, remove_store
 from pipeline.resolved import ResolvedRun, halo_from_lengthscales, resolve_run
 from pipeline.store import create_output_store, finalize_store, write_tile
 from pipeline.target import FORECAST_COORDS
+from pipeline.tile_records import write_tile_records
 from pipeline.tiling import Tile, TileResult
 from pipeline.value_scan import scan_input
 from pipeline.work import TileWork
@@ -179,7 +180,7 @@ def _run_locked(
         timings["tiles"] = time.perf_counter() - mark
         mark = time.perf_counter()
         records = finished_tiles(path)
-        attrs["gpgrid_tiles"] = [_provenance(records[i]) for i in sorted(records)]
+        write_tile_records(path, [_provenance(records[i]) for i in sorted(records)])
         finalize_store(path, attrs)
         mark_complete(path)
         timings["finalize"] = time.perf_counter() - mark

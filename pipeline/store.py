@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -14,6 +13,7 @@ import xarray as xr
 import zarr
 
 from pipeline.errors import InputError
+from pipeline.tile_records import strict_json
 from pipeline.tiling import Tile
 
 CF_COPIED_ATTRS = ("units", "standard_name", "long_name")
@@ -93,10 +93,10 @@ def write_tile(path: str, tile: Tile, predictions: Mapping[str, np.ndarray]) -> 
 
 
 def finalize_store(path: str, attrs: Mapping[str, object]) -> None:
-    """Record run-level attributes (JSON-encoded when not plain) and consolidate metadata."""
+    """Record run-level attributes (strict JSON when not plain) and consolidate metadata."""
     group = zarr.open_group(path, mode="r+")
     group.attrs.update(
-        {k: v if isinstance(v, (str, int, float)) else json.dumps(v) for k, v in attrs.items()}
+        {k: v if isinstance(v, (str, int, float)) else strict_json(v) for k, v in attrs.items()}
     )
     with consolidated_v3_allowed():
         zarr.consolidate_metadata(path)

@@ -4,8 +4,6 @@ report coefficients that bracket the true one."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import xarray as xr
@@ -15,6 +13,7 @@ from jobs.spec import JobSpec
 from pipeline.scores import score_gap_cells
 from pipeline.store import consolidated_v3_allowed
 from pipeline.synthetic import SyntheticGrid, make_synthetic_dataset
+from pipeline.tile_records import read_tile_records
 
 pytestmark = pytest.mark.usefixtures("ray_cluster", "failure_logs")
 
@@ -60,7 +59,7 @@ def spec(tmp_path, covariates: list[str], name: str, mean: str = "constant") -> 
 
 def test_a_covariate_the_field_follows_fills_its_gaps_and_is_uncertain_honestly(tmp_path):
     source = with_elevation(str(tmp_path / "in.zarr"))
-    scores, stores = {}, {}
+    scores, stores, paths = {}, {}, {}
     runs = {
         "with": (["elev"], "constant"),
         "under a domain trend": (["elev"], "domain"),  # fitted on what elev leaves
@@ -68,13 +67,14 @@ def test_a_covariate_the_field_follows_fills_its_gaps_and_is_uncertain_honestly(
     }
     for name, (covariates, mean) in runs.items():
         job = spec(tmp_path, covariates, f"{name.replace(' ', '_')}.zarr", mean)
-        stores[name] = xr.open_zarr(run_job(job, progress=False).output_path)
+        paths[name] = run_job(job, progress=False).output_path
+        stores[name] = xr.open_zarr(paths[name])
         scores[name] = score_gap_cells(stores[name], source, "tas")
     print({name: {k: round(v, 3) for k, v in s.items()} for name, s in scores.items()})
     for name in ("with", "under a domain trend"):
         assert scores[name]["rmse"] < 0.6 * scores["without"]["rmse"]
         assert 0.92 <= scores[name]["coverage95"] <= 0.99
-    for record in json.loads(stores["with"].attrs["gpgrid_tiles"]):
+    for record in read_tile_records(paths["with"]):
         regression = record["variables"]["tas"]["regression"]
         assert regression["names"] == ["intercept", "elev"]
         # in units of elevation's std over the observed cells the tile took (halo too)

@@ -20,6 +20,7 @@ from pipeline.runner import run_pipeline
 from pipeline.scores import score_gap_cells
 from pipeline.synthetic import DIMS, SyntheticGrid, write_synthetic
 from pipeline.tasks import predict_tile
+from pipeline.tile_records import read_tile_records
 from pipeline.tiling import plan_tiles
 from tests.helpers import tile_work
 
@@ -72,7 +73,8 @@ def test_end_to_end_writes_cf_mean_and_std_for_every_cell(source, tmp_path) -> N
     assert result["lat"].attrs["units"] == "degrees_north"
     np.testing.assert_array_equal(result["time"].values, ds["time"].values)
     assert result.attrs["gpgrid_spec"] == "# test spec"
-    tiles = json.loads(result.attrs["gpgrid_tiles"])
+    assert "gpgrid_tiles" not in result.attrs  # records are an array: see test_tile_records
+    tiles = read_tile_records(str(out))
     assert [t["tile"] for t in tiles] == list(range(8))
     fit = tiles[0]["variables"]["tas"]
     assert fit["status"] == "ok" and fit["solver"]["cg_converged"] is True
@@ -141,7 +143,7 @@ def test_isotropic_linear_trend_tile_equals_the_model_run_directly(source, tmp_p
     # CG stops at a relative residual of 1e-4: means agree to well under a thousandth of a K
     np.testing.assert_allclose(result["tas"].values.ravel(), mean.numpy(), rtol=1e-5)
     np.testing.assert_allclose(result["tas_std"].values.ravel(), var.sqrt().numpy(), rtol=1e-5)
-    fitted = json.loads(result.attrs["gpgrid_tiles"])[0]["variables"]["tas"]
+    fitted = read_tile_records(str(out))[0]["variables"]["tas"]
     assert fitted["hyperparameters"]["trend"]["slopes"] == pytest.approx(
         model.hyperparameters()["trend"]["slopes"]
     )

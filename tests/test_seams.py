@@ -19,6 +19,7 @@ import zarr
 from pipeline.config import AxisKernel, ModelConfig, PipelineConfig
 from pipeline.runner import run_pipeline
 from pipeline.synthetic import DIMS, SyntheticGrid, write_synthetic
+from pipeline.tile_records import read_tile_records
 
 MATERN32 = (AxisKernel("matern32"),)
 
@@ -92,7 +93,7 @@ def test_shared_hyperparameters_are_recorded_and_warm_start_the_next_run(runs) -
     hyper = shared["tas"]
     assert len(hyper["lengthscales"]) == 3 and hyper["tiles"] == 8
     assert 0.3 < hyper["lengthscales"][1] < 1.2  # the draw's 0.6 degrees
-    tiles = json.loads(xr.open_zarr(tiled).attrs["gpgrid_tiles"])
+    tiles = read_tile_records(tiled)
     assert all(t["variables"]["tas"]["fit"]["iterations"] == 0 for t in tiles)
 
 

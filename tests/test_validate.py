@@ -5,7 +5,6 @@ call (test_cli runs the installed command as a process of its own)."""
 
 from __future__ import annotations
 
-import json
 import re
 
 import numpy as np
@@ -21,6 +20,7 @@ from jobs.validate import validate_job
 from pipeline.holdout import choose_hold_out
 from pipeline.scores import score_gap_cells
 from pipeline.synthetic import SyntheticGrid, make_synthetic_dataset, write_synthetic
+from pipeline.tile_records import read_tile_records
 
 
 def gpgrid(*args: str) -> Result:
@@ -87,7 +87,7 @@ def test_validate_inspect_and_plot_commands(tmp_path, monkeypatch) -> None:
         column = SPEC["input"]["dims"].index(dim)
         learned = [
             factor["lengthscale"][0]
-            for record in json.loads(validated.attrs["gpgrid_tiles"])
+            for record in read_tile_records(str(tmp_path / "out.zarr.validate" / "output.zarr"))
             for factor in record["variables"]["tas"]["hyperparameters"]["kernel"]["base"]["factors"]
             if factor["dims"] == [column]
         ]
