@@ -24,6 +24,8 @@ from pipeline.runner import run_pipeline
 from pipeline.synthetic import DIMS, SyntheticGrid, write_synthetic
 from tests.helpers import tile_work
 
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
 RECIPE = SyntheticGrid(shape=(4, 24, 24), seed=3)
 TWO_RANGES = ModelConfig(
     kernels=(AxisKernel("matern32"),) * 3,
