@@ -32,10 +32,7 @@ def pool(samples: Sequence[dict[str, dict]]) -> dict[str, dict]:
     for var in samples[0]:
         fits = [s[var] for s in samples if s.get(var)]
         if not fits:
-            raise InputError(
-                f"no sampled tile had enough observations of {var!r} to learn hyperparameters: "
-                "use model.hyperparameters: per_tile"
-            )
+            raise _nothing_to_pool(var)
         pooled[var] = {
             "lengthscales": _log_medians([f["lengthscales"] for f in fits]),
             "columns": fits[0]["columns"],
@@ -45,6 +42,14 @@ def pool(samples: Sequence[dict[str, dict]]) -> dict[str, dict]:
             "tiles": len(fits),
         }
     return pooled
+
+
+def _nothing_to_pool(var: str) -> InputError:
+    """The error for a variable no sampled tile could fit."""
+    return InputError(
+        f"no sampled tile had enough observations of {var!r} to learn hyperparameters: "
+        "use model.hyperparameters: per_tile"
+    )
 
 
 def _log_medians(vectors: Sequence[Sequence[float]]) -> list[float]:
@@ -79,10 +84,7 @@ def best_supported(
     chosen: dict[str, dict] = {}
     for var, options in fits.items():
         if not options:
-            raise InputError(
-                f"no sampled tile had enough observations of {var!r} to learn hyperparameters: "
-                "use model.hyperparameters: per_tile"
-            )
+            raise _nothing_to_pool(var)
         scored = [t[var] for t in likelihoods if t.get(var) is not None]
         sums = np.sum(scored, axis=0)
         best = int(np.argmax(sums))

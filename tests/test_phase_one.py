@@ -13,6 +13,7 @@ import torch
 import xarray as xr
 
 from pipeline.config import AxisKernel, ModelConfig, PipelineConfig
+from pipeline.errors import InputError
 from pipeline.hyperparameters import best_supported, candidates, pool, widened
 from pipeline.phase_one import (
     _variables,
@@ -160,3 +161,10 @@ def _plan(config: PipelineConfig) -> list:
     from pipeline.tiling import plan_tiles
 
     return plan_tiles(RECIPE.shape, config.tile, config.halo)
+
+
+def test_a_variable_no_sampled_tile_could_fit_is_refused_with_the_fix() -> None:
+    with pytest.raises(InputError, match="no sampled tile .* 'v'.*hyperparameters: per_tile"):
+        pool([{"v": None}, {"v": None}])
+    with pytest.raises(InputError, match="no sampled tile .* 'v'.*hyperparameters: per_tile"):
+        best_supported(candidates([{"v": None}], [0]), [{"v": None}])
