@@ -15,7 +15,8 @@ from jobs.preflight import check_paths
 from jobs.spec import load_spec
 from jobs.submit import logs_command, status_command, stop_command, submit_command
 from pipeline.errors import InputError
-from pipeline.journal import TILE_FLAGS, finished_tiles
+from pipeline.journal import TILE_FLAGS, finished_tile_indices
+from pipeline.storage import Location
 
 app = typer.Typer(
     help="Gaussian-process gap filling for gridded spatiotemporal data, sharded over Ray.",
@@ -61,18 +62,18 @@ def _write_traceback(err: Exception) -> Path:
     return log
 
 
-def _interrupted(output_path: str | None) -> NoReturn:
+def _interrupted(output: Location | None) -> NoReturn:
     """Ctrl-C: say what was kept and how to go on, then exit 130 as shells expect."""
-    if output_path is None:
+    if output is None:
         typer.echo(
             "gpgrid: interrupted: tiles finished so far are kept; run the same command again "
             "to resume",
             err=True,
         )
         raise typer.Exit(130)
-    done = len(finished_tiles(output_path))
+    done = len(finished_tile_indices(output))
     typer.echo(
-        f"gpgrid: interrupted: {done} finished tiles are kept in {output_path}; run the same "
+        f"gpgrid: interrupted: {done} finished tiles are kept in {output.url}; run the same "
         "command again to resume with the others",
         err=True,
     )
@@ -105,7 +106,7 @@ def run(
     output = None
     try:
         job, text = load_spec(spec)
-        output = job.output.path if job.target.kind != "forecast" else None
+        output = job.output.location if job.target.kind != "forecast" else None
         check_paths(job, spec)  # before Ray starts: a wrong output.path is refused at once
         from jobs.run import run_job  # run_pipeline starts or joins Ray, once
 

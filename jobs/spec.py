@@ -12,7 +12,7 @@ import re
 from dataclasses import fields
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -34,6 +34,7 @@ from pydantic_core import PydanticCustomError
 
 from pipeline.config import AxisKernel, Forecast, ModelConfig, PipelineConfig
 from pipeline.errors import InputError
+from pipeline.storage import Location, check_reachable, is_url
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -47,16 +48,44 @@ UniqueNames = Annotated[list[str], AfterValidator(_unique)]
 
 
 def _local(path: str) -> str:
-    """Refuse URLs: `s3://bucket/x.zarr` would otherwise become a local folder named `s3:`."""
-    if URL.match(path):
+    """Refuse URLs where only a local path will do: `s3://bucket/x.zarr` would otherwise
+    become a local folder named `s3:`."""
+    if is_url(path):
         raise ValueError(
-            "URLs are not supported yet (gpgrid reads and writes local paths): copy the data "
-            "to a local disk, or mount the bucket, and give that path"
+            "a warm-start store is read from a local path: copy it to a local disk, or "
+            "mount the bucket, and give that path"
         )
     return path
 
 
+def _readable(path: str) -> str:
+    check_reachable(path, "input.path")
+    return path
+
+
+def _writable(path: str) -> str:
+    check_reachable(path, "output.path", writable=True)
+    return path
+
+
 LocalPath = Annotated[str, AfterValidator(_local)]
+InputPath = Annotated[str, AfterValidator(_readable)]
+OutputPath = Annotated[str, AfterValidator(_writable)]
+STORAGE_OPTIONS_TEXT = (
+    "fsspec storage options for a URL path, e.g. {endpoint_url: https://...} for an "
+    "S3-compatible server; credentials are best left to their usual places (AWS_* "
+    "variables, profiles, instance roles); none of this is ever written into the store, "
+    "its journal or a log"
+)
+NOT_RECORDED = "<not recorded>"
+
+
+def _options_need_a_url(section: str, path: str, options: dict) -> None:
+    if options and not is_url(path):
+        raise ValueError(
+            f"{section}.storage_options apply to URL paths (s3://...), but {section}.path "
+            f"{path!r} is local: drop {section}.storage_options, or give a URL"
+        )
 
 
 def _axis_kernel(value: object) -> AxisKernel:
@@ -80,7 +109,6 @@ KernelField = Annotated[
     Field(description=KERNEL_TEXT),
 ]
 WHOLE_DIM = 2**31 - 1  # a tile size that spans any dim
-URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 class SpecError(InputError):
@@ -99,7 +127,11 @@ class StationSpec(Strict):
 
 
 class InputSpec(Strict):
-    path: LocalPath = Field(description="zarr store or netCDF file holding the gridded data")
+    path: InputPath = Field(
+        description="zarr store or netCDF file holding the gridded data: a local path, or a "
+        "URL (s3://, gs://, az://, https://) of a zarr store"
+    )
+    storage_options: dict[str, Any] = Field(default_factory=dict, description=STORAGE_OPTIONS_TEXT)
     variables: UniqueNames = Field(min_length=1, description="data variables to predict")
     dims: UniqueNames = Field(min_length=1, description="grid dims in order, e.g. [time, lat, lon]")
     stations: StationSpec | None = Field(
@@ -110,6 +142,15 @@ class InputSpec(Strict):
         description="dims that wrap around, e.g. [lon] for a global grid: tiles at one end "
         "read across to the other",
     )
+
+    @model_validator(mode="after")
+    def _options_for_urls(self) -> InputSpec:
+        _options_need_a_url("input", self.path, self.storage_options)
+        return self
+
+    @property
+    def location(self) -> Location:
+        return Location(self.path, self.storage_options)
 
     @property
     def columns(self) -> list[str]:
@@ -389,13 +430,25 @@ class ResourcesSpec(Strict):
 
 
 class OutputSpec(Strict):
-    path: LocalPath = Field(description="zarr store to create")
+    path: OutputPath = Field(
+        description="zarr store to create: a local path, or a URL (s3://, gs://, az://)"
+    )
+    storage_options: dict[str, Any] = Field(default_factory=dict, description=STORAGE_OPTIONS_TEXT)
     overwrite: StrictBool = Field(False, description="replace an existing store at path")
     std: Literal["field", "observation"] = Field(
         "field",
         description="field: the std of the noise-free field; observation: of a new "
         "measurement, the learned noise included (what a held-out reading is compared with)",
     )
+
+    @model_validator(mode="after")
+    def _options_for_urls(self) -> OutputSpec:
+        _options_need_a_url("output", self.path, self.storage_options)
+        return self
+
+    @property
+    def location(self) -> Location:
+        return Location(self.path, self.storage_options)
 
 
 class JobSpec(Strict):
@@ -685,7 +738,7 @@ class JobSpec(Strict):
             cpu_fallback=self.resources.cpu_fallback,
             warm_start=self.model.warm_start,
             overwrite=self.output.overwrite,
-            spec_text=spec_text or self.to_yaml(),
+            spec_text=self._recorded_text(spec_text),
             station_dim=stations.dim if stations else None,
             station_coords=tuple(stations.coords) if stations else (),
             forecast=Forecast(
@@ -696,7 +749,20 @@ class JobSpec(Strict):
             never_observed_along=self.target.never_observed_along,
             regrid=tuple((d, g.start, g.step, g.size) for d, g in self.target.grid.items()),
             std_includes_noise=self.output.std == "observation",
+            input_options=self.input.storage_options,
+            output_options=self.output.storage_options,
         )
+
+    def _recorded_text(self, spec_text: str) -> str:
+        """The spec as the store records it: as written, unless it has storage options,
+        whose values (credentials, perhaps) are then left out."""
+        if not (self.input.storage_options or self.output.storage_options):
+            return spec_text or self.to_yaml()
+        data = self.model_dump()
+        for section in ("input", "output"):
+            options = data[section]["storage_options"]
+            data[section]["storage_options"] = dict.fromkeys(options, NOT_RECORDED)
+        return yaml.safe_dump(data, sort_keys=False)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(), sort_keys=False)
@@ -766,7 +832,10 @@ def parse_spec(
 
 def _resolve(path: str, base_dir: Path) -> str:
     """A local path made absolute: `~` expanded, relative ones taken from the spec's folder
-    (links are kept as given, so the output is checked as what the user named)."""
+    (links are kept as given, so the output is checked as what the user named); a URL as
+    it is."""
+    if is_url(path):
+        return path
     return os.path.normpath(base_dir / Path(path).expanduser())
 
 

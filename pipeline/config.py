@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+from pipeline.storage import Location
 
 AXIS_KERNELS = ("rbf", "matern12", "matern32", "matern52")
 _AXIS_KERNEL = re.compile(
@@ -146,6 +150,17 @@ class PipelineConfig:
     # cells never observed along this dim (land in a sea-surface field) are left NaN
     never_observed_along: str | None = None
     warm_start: str | None = None  # a previous output store whose shared hyperparameters to use
+    # fsspec storage options (endpoint, credentials) for URL paths; never recorded anywhere
+    input_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    output_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def input(self) -> Location:
+        return Location(self.input_path, self.input_options)
+
+    @property
+    def output(self) -> Location:
+        return Location(self.output_path, self.output_options)
 
     @property
     def input_columns(self) -> tuple[str, ...]:

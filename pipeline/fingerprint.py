@@ -5,7 +5,8 @@ resume when it differs, since finished tiles were computed from the old data. It
 no data: shapes, dtypes and chunk layout from the metadata, coordinate values (small),
 and for the variables' bytes the size and modification time of every file that holds
 them (a zarr variable's folder, or the netCDF file), so rewriting any chunk shows; so
-does copying the store without its times, which is safe but refused too.
+does copying the store without its times, which is safe but refused too. On object
+storage, the size and version tag (ETag or its like) of every object, from one listing.
 """
 
 from __future__ import annotations
@@ -18,11 +19,26 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from pipeline.storage import Location, as_location
 
-def input_fingerprint(path: str, ds: xr.Dataset, variables: tuple[str, ...]) -> dict:
+# the keys under which filesystems name an object's version, most specific first
+VERSION_KEYS = ("ETag", "etag", "md5Hash", "generation", "LastModified", "last_modified", "mtime")
+
+
+def input_fingerprint(source: str | Location, ds: xr.Dataset, variables: tuple[str, ...]) -> dict:
     """{name: {shape, dtype, chunks, files}} for each variable, and a digest of coordinates."""
-    root = Path(path)
-    single_file = root.is_file()
+    place = as_location(source)
+    if place.is_local:
+        root = Path(place.url)
+        single_file = root.is_file()
+
+        def files(name: str) -> str:
+            return _files_digest(root if single_file else root / name)
+    else:
+
+        def files(name: str) -> str:
+            return _objects_digest(place.child(name))
+
     fingerprint: dict = {"coordinates": _coordinates_digest(ds)}
     for name in variables:
         var = ds[name]
@@ -31,7 +47,7 @@ def input_fingerprint(path: str, ds: xr.Dataset, variables: tuple[str, ...]) -> 
             "shape": list(var.shape),
             "dtype": var.dtype.str,
             "chunks": list(chunks) if chunks else None,
-            "files": _files_digest(root if single_file else root / name),
+            "files": files(name),
         }
     return fingerprint
 
@@ -80,6 +96,17 @@ def _files_digest(path: Path) -> str:
             stat = os.stat(os.path.join(folder, file))
             name = os.path.relpath(os.path.join(folder, file), path)
             entries.append(repr((name, stat.st_size, stat.st_mtime_ns)))
+    return _digest(sorted(entries))
+
+
+def _objects_digest(folder: Location) -> str:
+    """A digest of (relative name, size, version tag) of every object under `folder`."""
+    prefix = folder.path.rstrip("/") + "/"
+    found = folder.fs.find(folder.path, detail=True)
+    entries = []
+    for name, info in found.items():
+        version = next((info[k] for k in VERSION_KEYS if info.get(k) is not None), None)
+        entries.append(repr((name.removeprefix(prefix), info.get("size"), str(version))))
     return _digest(sorted(entries))
 
 

@@ -5,7 +5,6 @@ fails there with a message that names the fix instead of deep inside a Ray task.
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -13,22 +12,38 @@ import xarray as xr
 from pipeline.config import PipelineConfig
 from pipeline.coordinates import check_axis, check_finite, coordinate_values
 from pipeline.errors import InputError
+from pipeline.storage import Location, as_location
 
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf")
 
 
-def open_input(path: str) -> xr.Dataset:
-    """Open a zarr store or netCDF file lazily (nothing is read until indexed)."""
-    if not Path(path).exists():
-        raise InputError(f"input {path!r} does not exist: check input.path in the spec")
-    if _is_netcdf(path):
-        return xr.open_dataset(path, chunks=None)
+def open_input(source: str | Location) -> xr.Dataset:
+    """Open a zarr store or netCDF file lazily (nothing is read until indexed), on a local
+    disk or, for zarr, through fsspec (object storage, http)."""
+    place = as_location(source)
+    if place.is_local and not place.exists():
+        raise InputError(f"input {place.url!r} does not exist: check input.path in the spec")
+    if is_netcdf(place.url):
+        if not place.is_local:
+            raise InputError(
+                f"input {place.url!r} is a netCDF file on remote storage, which gpgrid reads "
+                "only from a local disk: copy it to one, or convert it to zarr"
+            )
+        return xr.open_dataset(place.url, chunks=None)
     with warnings.catch_warnings():  # a store without consolidated metadata is fine here
         warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated")
-        return xr.open_zarr(path, chunks=None)
+        try:
+            return xr.open_zarr(place.zarr_store(), chunks=None)
+        except FileNotFoundError:
+            if place.is_local:
+                raise
+            raise InputError(
+                f"input {place.url!r} is not a zarr store there (nothing found, or no "
+                "metadata): check input.path and input.storage_options in the spec"
+            ) from None
 
 
-def _is_netcdf(path: str) -> bool:
+def is_netcdf(path: str) -> bool:
     return path.endswith(NETCDF_SUFFIXES)
 
 

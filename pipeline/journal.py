@@ -2,36 +2,42 @@
 
 It lives beside the output store, in `<store>.gpgrid/` (so zarr never sees it):
 
-- `lock`: an OS file lock that one live run holds for its whole duration; the kernel
-  releases it when the process dies, even by SIGKILL, so a crashed run never blocks
-  its rerun while a live one is never joined.
+- `lock` (local disk) or `lease/` (object storage): the lock one live run holds for its
+  whole duration; a crashed run never blocks its rerun, a live one is never joined
+  (see pipeline/locks.py).
 - `plan.json`: what the store was made for (input, grid shape, tiling, model); a rerun
   with the same plan resumes, any other is refused.
 - `hyperparameters.json`: shared hyperparameters from phase 1 (when the model shares them).
 - `tiles/<index>.json`: one completion record per finished tile, with its diagnostics,
-  written atomically after all of the tile's chunks.
+  written atomically after all of the tile's chunks; one listing tells a resume which
+  tiles are done.
+
+On object storage each of these is an object, written in one PUT.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import shutil
-import socket
-import time
+import re
 from dataclasses import asdict
-from pathlib import Path
-from typing import IO
 
 from pipeline.config import Forecast, PipelineConfig
-from pipeline.errors import InputError, PlanMismatchError, RunInProgressError
+from pipeline.errors import InputError, PlanMismatchError
 from pipeline.fingerprint import changes as fingerprint_changes
+from pipeline.locks import FileLock, LeaseLock, lock_for
+from pipeline.storage import Location, as_location
+
+TILE_RECORD = re.compile(r"^(\d+)\.json$")
 
 
-def journal_dir(store_path: str) -> Path:
+def journal_dir(store: str | Location) -> Location:
     """The journal folder of an output store: `<store>.gpgrid` beside it."""
-    return Path(f"{store_path.rstrip('/')}.gpgrid")
+    return as_location(store).with_suffix(".gpgrid")
+
+
+def run_lock(store: str | Location) -> FileLock | LeaseLock:
+    """The lock a run holds on `store` for its whole duration (see pipeline/locks.py)."""
+    return lock_for(as_location(store), journal_dir(store))
 
 
 def plan_of(
@@ -64,110 +70,48 @@ def plan_of(
     return json.loads(json.dumps(plan))
 
 
-class RunLock:
-    """An exclusive, non-blocking lock on the journal's `lock` file for the life of a run."""
-
-    def __init__(self, store_path: str) -> None:
-        self.store_path = store_path
-        self.path = journal_dir(store_path) / "lock"
-        self._file = None
-
-    def acquire(self) -> None:
-        """Take the lock, or raise RunInProgressError naming the run that holds it."""
-        while True:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            handle = open(self.path, "a+")  # noqa: SIM115 - held open until release()
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                owner = handle.read().strip() or "unknown"
-                handle.close()
-                raise RunInProgressError(
-                    f"output {self.store_path!r} is being written by another run ({owner}): "
-                    "wait for it to finish, or choose another output.path"
-                ) from None
-            if self._is_current(handle):
-                break
-            handle.close()  # locked a file an ending run just removed: lock the new one
-        handle.seek(0)
-        handle.truncate()
-        started = time.strftime("%Y-%m-%dT%H:%M:%S")
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}")
-        handle.flush()
-        self._file = handle
-
-    def _is_current(self, handle: IO) -> bool:
-        """Whether `handle` is still the file at the lock's path (release may remove it)."""
-        try:
-            on_disk = os.stat(self.path)
-        except FileNotFoundError:
-            return False
-        held = os.fstat(handle.fileno())
-        return (held.st_ino, held.st_dev) == (on_disk.st_ino, on_disk.st_dev)
-
-    def release(self) -> None:
-        """Unlock; a journal holding nothing but the lock (a run that wrote nothing) goes."""
-        if self._file is not None:
-            if [p.name for p in self.path.parent.iterdir()] == ["lock"]:
-                shutil.rmtree(self.path.parent)
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
-
-    def __enter__(self) -> RunLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+def _write(place: Location, payload: object) -> None:
+    """Write JSON so that readers see all of it or nothing (see Location.write_text)."""
+    place.write_text(json.dumps(payload, default=str))
 
 
-def _write_atomically(path: Path, payload: object) -> None:
-    """Write JSON to a temporary file and rename it into place: readers see all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, default=str))
-    os.replace(tmp, path)
-
-
-def reset(store_path: str) -> None:
+def reset(store: str | Location) -> None:
     """Forget plan, shared hyperparameters and completion records (before a new store)."""
-    folder = journal_dir(store_path)
-    (folder / "plan.json").unlink(missing_ok=True)
-    (folder / "hyperparameters.json").unlink(missing_ok=True)
-    (folder / "complete.json").unlink(missing_ok=True)
-    shutil.rmtree(folder / "tiles", ignore_errors=True)
+    folder = journal_dir(store)
+    for name in ("plan.json", "hyperparameters.json", "complete.json"):
+        folder.child(name).remove()
+    folder.child("tiles").remove_tree()
 
 
-def write_shared(store_path: str, hyperparameters: dict) -> None:
+def write_shared(store: str | Location, hyperparameters: dict) -> None:
     """Keep phase 1's result, so that a resumed run uses exactly the same values."""
-    _write_atomically(journal_dir(store_path) / "hyperparameters.json", hyperparameters)
+    _write(journal_dir(store).child("hyperparameters.json"), hyperparameters)
 
 
-def read_shared(store_path: str) -> dict | None:
-    path = journal_dir(store_path) / "hyperparameters.json"
-    return _read_json(path) if path.is_file() else None
+def read_shared(store: str | Location) -> dict | None:
+    place = journal_dir(store).child("hyperparameters.json")
+    return _read_json(place) if place.is_file() else None
 
 
-def write_plan(store_path: str, plan: dict) -> None:
-    _write_atomically(journal_dir(store_path) / "plan.json", plan)
+def write_plan(store: str | Location, plan: dict) -> None:
+    _write(journal_dir(store).child("plan.json"), plan)
 
 
-def read_plan(store_path: str) -> dict:
+def read_plan(store: str | Location) -> dict:
     """The plan a store was made for ({} when it has no journal)."""
-    path = journal_dir(store_path) / "plan.json"
-    return _read_json(path) if path.is_file() else {}
+    place = journal_dir(store).child("plan.json")
+    return _read_json(place) if place.is_file() else {}
 
 
-def check_plan(store_path: str, plan: dict, made_by_gpgrid: bool) -> None:
+def check_plan(store: str | Location, plan: dict, made_by_gpgrid: bool) -> None:
     """Refuse to resume into a store made for another plan or from other input data,
     naming what differs. `made_by_gpgrid`: the store's own attributes say gpgrid made it."""
-    path = journal_dir(store_path) / "plan.json"
+    store_path = as_location(store).url
+    path = journal_dir(store).child("plan.json")
     if not path.is_file():
         if made_by_gpgrid:
             raise PlanMismatchError(
-                f"output {store_path!r} was made by gpgrid, but its journal {str(path)!r} is "
+                f"output {store_path!r} was made by gpgrid, but its journal {path.url!r} is "
                 "missing (deleted?), so which tiles are finished is unknown: set "
                 "output.overwrite: true to compute it again, or choose another output.path"
             )
@@ -208,28 +152,40 @@ def _differences(store: object, job: object, where: str = "") -> list[str]:
     return [f"{where.removesuffix('.')}: store {store!r}, job {job!r}"]
 
 
-def _read_json(path: Path) -> dict:
-    """A journal file's JSON; a damaged one is named, with the fix."""
+def _read_json(place: Location, text: str | None = None) -> dict:
+    """A journal file's JSON (from `text` when already fetched); a damaged one is named,
+    with the fix."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(place.read_text() if text is None else text)
     except (ValueError, UnicodeDecodeError):
         raise InputError(
-            f"journal file {str(path)!r} is damaged (not JSON): delete it and rerun (for a "
+            f"journal file {place.url!r} is damaged (not JSON): delete it and rerun (for a "
             "tile record, that tile is computed again), or set output.overwrite: true"
         ) from None
 
 
-def record_tile(store_path: str, index: int, diagnostics: dict) -> None:
+def record_tile(store: str | Location, index: int, diagnostics: dict) -> None:
     """Mark one tile finished (after all its chunks were written), with its diagnostics."""
-    _write_atomically(journal_dir(store_path) / "tiles" / f"{index:07d}.json", diagnostics)
+    _write(journal_dir(store).child("tiles").child(f"{index:07d}.json"), diagnostics)
 
 
-def finished_tiles(store_path: str) -> dict[int, dict]:
+def finished_tile_indices(store: str | Location) -> set[int]:
+    """The tiles a store already holds, from one listing of its completion records."""
+    return set(_record_names(journal_dir(store).child("tiles")))
+
+
+def finished_tiles(store: str | Location) -> dict[int, dict]:
     """Completion records of the tiles a store already holds: index -> diagnostics."""
-    folder = journal_dir(store_path) / "tiles"
-    if not folder.is_dir():
-        return {}
-    return {int(p.stem): _read_json(p) for p in sorted(folder.glob("[0-9]*.json"))}
+    folder = journal_dir(store).child("tiles")
+    names = _record_names(folder)
+    texts = folder.read_texts(list(names.values()))
+    return {i: _read_json(folder.child(name), texts[name]) for i, name in sorted(names.items())}
+
+
+def _record_names(folder: Location) -> dict[int, str]:
+    """Tile index -> file name of each completion record in `folder`."""
+    found = (TILE_RECORD.match(name) for name in folder.names())
+    return {int(match[1]): match[0] for match in found if match}
 
 
 # what a tile's per-variable diagnostics flag, in words
@@ -251,14 +207,14 @@ def flagged_tiles(records: dict[int, dict]) -> dict[str, dict[str, list[int]]]:
     return flagged
 
 
-def mark_complete(store_path: str) -> None:
+def mark_complete(store: str | Location) -> None:
     """Record that every tile of the store is written and its metadata finalised."""
-    _write_atomically(journal_dir(store_path) / "complete.json", {"complete": True})
+    _write(journal_dir(store).child("complete.json"), {"complete": True})
 
 
-def is_complete(store_path: str) -> bool:
+def is_complete(store: str | Location) -> bool:
     """Whether a run finished this store (interrupted or running ones are not)."""
-    return (journal_dir(store_path) / "complete.json").is_file()
+    return journal_dir(store).child("complete.json").is_file()
 
 
 def _kernel_names(kernels: tuple | None) -> list[str] | str:

@@ -42,7 +42,7 @@ def family_likelihoods(work: TileWork, tile: Tile) -> dict[str, float]:
     from pipeline.tasks import constant_observations
 
     source, plan = work.source, work.plan
-    ds = open_input(source.input_path)
+    ds = open_input(source.input)
     x = window_inputs(source, tile, ds)
     covariates = read_covariates(source, tile, ds)
     totals = dict.fromkeys(CANDIDATES, 0.0)

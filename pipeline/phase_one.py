@@ -46,7 +46,7 @@ def _variables(work: TileWork, tile: Tile) -> dict[str, _FitData | None]:
     from pipeline.tasks import constant_observations
 
     source, plan = work.source, work.plan
-    ds = open_input(source.input_path)
+    ds = open_input(source.input)
     x = window_inputs(source, tile, ds)
     covariates = read_covariates(source, tile, ds)
     found: dict[str, _FitData | None] = {}

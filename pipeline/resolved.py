@@ -22,6 +22,7 @@ from pipeline.fingerprint import input_fingerprint, values_fingerprint
 from pipeline.hyperparameters import sample_tile_indices
 from pipeline.journal import plan_of
 from pipeline.output_guard import check_output_location, check_replaceable
+from pipeline.storage import Location
 from pipeline.target import check_new_grid, resolve_forecast, target_dataset
 from pipeline.tiling import Tile, auto_blend, plan_tiles
 from pipeline.work import ModelPlan, TileWork, WindowSource
@@ -50,7 +51,7 @@ class ResolvedRun:
     """
 
     config: PipelineConfig
-    output_path: str
+    output: Location
     source: WindowSource
     target: xr.Dataset
     shape: tuple[int, ...]
@@ -116,6 +117,7 @@ def resolve_run(config: PipelineConfig, ds: xr.Dataset) -> ResolvedRun:
         config.regrid,
         config.never_observed_along,
         config.model.covariates,
+        config.input_options,
     )
     target = target_dataset(source, ds)
     shape = tuple(target.sizes[d] for d in config.dims)
@@ -129,16 +131,17 @@ def resolve_run(config: PipelineConfig, ds: xr.Dataset) -> ResolvedRun:
         config = replace(config, blend=margins)
     history = [source.history(dim) for dim in config.dims]
     tiles = plan_tiles(tiled, chunks, config.halo, config.blend, wrap, history)
-    check_output_location(output_path, _protected_paths(config))
+    output = Location(output_path, config.output_options)
+    check_output_location(output, _protected_paths(config))
     if config.overwrite:
-        check_replaceable(output_path)
+        check_replaceable(output)
     plan = plan_of(config, forecast, shape, _fingerprint(config, source, ds))
     store_chunks = tuple(
         max(1, min(round(c * n / m), n)) for c, n, m in zip(chunks, shape, tiled, strict=True)
     )
     return ResolvedRun(
         config,
-        output_path,
+        output,
         source,
         target,
         shape,
@@ -208,7 +211,7 @@ def _fingerprint(config: PipelineConfig, source: WindowSource, ds: xr.Dataset) -
     whole input's metadata and files."""
     forecast = source.forecast
     if forecast is None:
-        return input_fingerprint(config.input_path, ds, config.variables)
+        return input_fingerprint(config.input, ds, config.variables)
     back = config.halo[config.dims.index(forecast.dim)]
     read = ds.isel({forecast.dim: slice(max(0, forecast.history - back), forecast.history)})
     return values_fingerprint(read, config.variables)

@@ -10,13 +10,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sys
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import ray
 import zarr
@@ -37,8 +35,8 @@ from pipeline.hyperparameters import (
 )
 from pipeline.inputs import check_input, open_input
 from pipeline.journal import (
-    RunLock,
     check_plan,
+    finished_tile_indices,
     finished_tiles,
     flagged_tiles,
     mark_complete,
@@ -46,12 +44,15 @@ from pipeline.journal import (
     read_shared,
     record_tile,
     reset,
+    run_lock,
     write_plan,
     write_shared,
 )
 from pipeline.kernel_choice import KERNEL_CHOICE_TILES, choose_family
+from pipeline.locks import RunLock
 from pipeline.output_guard import is_gpgrid_store, remove_store
 from pipeline.resolved import ResolvedRun, halo_from_lengthscales, resolve_run
+from pipeline.storage import Location, check_reached
 from pipeline.store import create_output_store, finalize_store, write_tile
 from pipeline.target import FORECAST_COORDS
 from pipeline.tile_records import write_tile_records
@@ -138,15 +139,17 @@ def run_pipeline(
     demand), or at RAY_ADDRESS, or started embedded; once, here.
     """
     start = time.perf_counter()
-    ds = open_input(config.input_path)
+    check_reached(config.input, "input")
+    check_reached(config.output, "output")
+    ds = open_input(config.input)
     check_input(ds, config)
     run = resolve_run(config, ds)
     if not _resumable(run):  # a resume reads the data its first run checked
-        scan_input(ds, config.variables, config.input_path)
+        scan_input(ds, config.variables, config.input)
     ensure_ray(address)
     num_gpus = _placement(config, address)
-    with RunLock(run.output_path):
-        return _run_locked(run, ds, num_gpus, progress, start)
+    with run_lock(run.output) as lock:
+        return _run_locked(run, ds, num_gpus, progress, start, lock)
 
 
 def _run_locked(
@@ -155,11 +158,12 @@ def _run_locked(
     num_gpus: float,
     progress: bool,
     start: float,
+    lock: RunLock,
 ) -> RunSummary:
-    """The run, holding its store's lock: phase 1 where hyperparameters are shared, the
+    """The run, holding its store's `lock`: phase 1 where hyperparameters are shared, the
     tiles still missing, the store finished; a store this run created and left without a
     finished tile is removed again."""
-    path = run.output_path
+    path = run.output
     done = _finished_of_this_plan(run)
     created = not done  # a store without finished tiles starts again from its template
     try:
@@ -176,22 +180,25 @@ def _run_locked(
                 file=sys.stderr,
             )
         mark = time.perf_counter()
-        cells, timings["write"] = _run_tiles(run, work, resources, todo, progress, start, blender)
+        cells, timings["write"] = _run_tiles(
+            run, work, resources, todo, progress, start, lock, blender
+        )
         timings["tiles"] = time.perf_counter() - mark
         mark = time.perf_counter()
         records = finished_tiles(path)
+        lock.confirm()
         write_tile_records(path, [_provenance(records[i]) for i in sorted(records)])
         finalize_store(path, attrs)
         mark_complete(path)
         timings["finalize"] = time.perf_counter() - mark
     except BaseException:
-        if created and not finished_tiles(path):
+        if created and not finished_tile_indices(path):
             reset(path)  # nothing was written: leave nothing behind
-            shutil.rmtree(path, ignore_errors=True)
+            path.remove_tree()
         raise
     seconds = time.perf_counter() - start
     return RunSummary(
-        path,
+        path.url,
         len(tiles),
         cells,
         seconds,
@@ -286,19 +293,19 @@ def _still_to_compute(
 def _finished_of_this_plan(run: ResolvedRun) -> set[int]:
     """The tiles an existing output already holds, refusing one made for another plan;
     none when there is no store yet or it is to be overwritten."""
-    path = run.output_path
-    if not Path(path).exists() or run.config.overwrite:
+    path = run.output
+    if run.config.overwrite or not path.exists():
         return set()
     check_plan(path, run.plan, is_gpgrid_store(path))
-    return set(finished_tiles(path))
+    return finished_tile_indices(path)
 
 
 def _new_store(run: ResolvedRun) -> None:
     """Replace whatever gpgrid store is there by a fresh template and journal; the plan is
     written first, so a store interrupted while being created is still known as ours."""
-    remove_store(run.output_path)
-    reset(run.output_path)
-    write_plan(run.output_path, run.plan)
+    remove_store(run.output)
+    reset(run.output)
+    write_plan(run.output, run.plan)
     config = run.config
     kernels = (
         "chosen by the data (gpgrid_kernel_choice)"
@@ -320,7 +327,7 @@ def _new_store(run: ResolvedRun) -> None:
         ),
     }
     create_output_store(
-        run.output_path,
+        run.output,
         run.target,
         config.variables,
         config.dims,
@@ -337,12 +344,12 @@ def _shared_hyperparameters(
 ) -> dict:
     """Phase 1: the journal's copy when resuming, a warm start's, or pooled fits on a sample
     of tiles (run as Ray tasks); journalled so a resumed run uses the same values."""
-    shared = read_shared(run.output_path)
+    shared = read_shared(run.output)
     if shared is None and run.shared.warm_start:
         shared = _warm_start(run.shared.warm_start, run.config.variables)
     if shared is None:
         shared = _pooled_fits(run, work, resources, progress)
-    write_shared(run.output_path, shared)
+    write_shared(run.output, shared)
     return shared
 
 
@@ -404,12 +411,12 @@ def _with_columns(values: dict | None) -> dict | None:
 
 def _resumable(run: ResolvedRun) -> bool:
     """Whether the output holds finished tiles of this very plan (input fingerprint included)."""
-    path = run.output_path
+    path = run.output
     return (
         not run.config.overwrite
-        and Path(path).exists()
+        and path.exists()
         and read_plan(path) == run.plan
-        and bool(finished_tiles(path))
+        and bool(finished_tile_indices(path))
     )
 
 
@@ -451,11 +458,12 @@ def _run_tiles(
     tiles: list[Tile],
     progress: bool,
     start: float,
+    lock: RunLock,
     blender: Blender | None = None,
 ) -> tuple[int, float]:
     """Compute `tiles` with at most `max_in_flight` tasks at once; write and journal each
-    chunk (through the `blender` when tiles overlap). Returns the cells written and the
-    seconds the driver spent writing."""
+    chunk (through the `blender` when tiles overlap), while the run still holds its
+    `lock`. Returns the cells written and the seconds the driver spent writing."""
     remote = ray.remote(predict_tile_on_worker).options(
         **resources,
         max_retries=MAX_RETRIES,
@@ -471,7 +479,8 @@ def _run_tiles(
         nonlocal cells, writing
         result: TileResult = _result_of(ref, pending.pop(ref))
         mark = time.perf_counter()
-        cells += _write_result(run.output_path, result, blender)
+        lock.confirm()
+        cells += _write_result(run.output, result, blender)
         writing += time.perf_counter() - mark
         bar.update(1)
         bar.set_postfix(cells_per_s=f"{cells / (time.perf_counter() - start):,.0f}")
@@ -486,7 +495,7 @@ def _run_tiles(
     return cells, writing
 
 
-def _write_result(path: str, result: TileResult, blender: Blender | None) -> int:
+def _write_result(path: Location, result: TileResult, blender: Blender | None) -> int:
     """Write and journal the chunks a tile's result completes (itself, or through the
     blender those whose neighbours have all arrived); returns the cells written."""
     if blender is None:
@@ -500,7 +509,7 @@ def _write_result(path: str, result: TileResult, blender: Blender | None) -> int
             record_tile(path, chunk.index, diagnostics)
         except OSError as err:
             raise StorageError(
-                f"writing tile {chunk.index} to {path!r} failed: "
+                f"writing tile {chunk.index} to {path.url!r} failed: "
                 f"{err.strerror or err} ({err.filename or 'a chunk file'}); the tiles "
                 "written so far are kept: fix the storage (free disk space) and rerun "
                 "to resume"

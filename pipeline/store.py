@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 
 import dask.array as da
 import numpy as np
@@ -13,6 +12,7 @@ import xarray as xr
 import zarr
 
 from pipeline.errors import InputError
+from pipeline.storage import Location, as_location
 from pipeline.tile_records import strict_json
 from pipeline.tiling import Tile
 
@@ -45,7 +45,7 @@ def _prediction_attrs(
 
 
 def create_output_store(
-    path: str,
+    store: str | Location,
     source: xr.Dataset,
     variables: tuple[str, ...],
     dims: tuple[str, ...],
@@ -62,9 +62,10 @@ def create_output_store(
     copied too. With `inner_chunks` the arrays are sharded: one shard per tile (`chunks`), stored in
     smaller chunks that readers can fetch one by one.
     """
-    if Path(path).exists():
+    place = as_location(store)
+    if place.exists():
         raise InputError(
-            f"output {path!r} already exists: choose another output.path, or set "
+            f"output {place.url!r} already exists: choose another output.path, or set "
             "output.overwrite: true to replace a gpgrid store"
         )
     shape = tuple(source.sizes[d] for d in dims)
@@ -81,25 +82,31 @@ def create_output_store(
     else:
         encoding = {name: {"chunks": chunks} for name in data_vars}
     template.to_zarr(
-        path, mode="w", compute=False, zarr_format=3, consolidated=False, encoding=encoding
+        place.zarr_store(),
+        mode="w",
+        compute=False,
+        zarr_format=3,
+        consolidated=False,
+        encoding=encoding,
     )
 
 
-def write_tile(path: str, tile: Tile, predictions: Mapping[str, np.ndarray]) -> None:
+def write_tile(store: str | Location, tile: Tile, predictions: Mapping[str, np.ndarray]) -> None:
     """Write one tile's core predictions (arrays named like the output variables)."""
-    group = zarr.open_group(path, mode="r+")
+    group = zarr.open_group(as_location(store).zarr_store(), mode="r+")
     for name, values in predictions.items():
         group[name][tile.core] = values.astype(np.float32, copy=False)
 
 
-def finalize_store(path: str, attrs: Mapping[str, object]) -> None:
+def finalize_store(store: str | Location, attrs: Mapping[str, object]) -> None:
     """Record run-level attributes (strict JSON when not plain) and consolidate metadata."""
-    group = zarr.open_group(path, mode="r+")
+    zarr_store = as_location(store).zarr_store()
+    group = zarr.open_group(zarr_store, mode="r+")
     group.attrs.update(
         {k: v if isinstance(v, (str, int, float)) else strict_json(v) for k, v in attrs.items()}
     )
     with consolidated_v3_allowed():
-        zarr.consolidate_metadata(path)
+        zarr.consolidate_metadata(zarr_store)
 
 
 @contextlib.contextmanager

@@ -55,7 +55,7 @@ def resolve_forecast(
     # The resolved issue time replaces how it was asked for (ISO with or without a zone,
     # from a schedule or the command line), so the plan of one issue time is one plan.
     resolved = replace(forecast, issue_time=None, issue=_label(issue), history=history, step=step)
-    return resolved, str(Path(output_folder) / f"{_stamp(issue)}.zarr")
+    return resolved, f"{output_folder.rstrip('/')}/{_stamp(issue)}.zarr"
 
 
 def _issue_value(issue_time: str | None, times: xr.DataArray) -> np.generic:

@@ -104,7 +104,7 @@ def predict_tile(work: TileWork, tile: Tile, models: ModelTable = MODELS) -> Til
     """Read the tile's window, fit and predict each variable, return core mean and std."""
     start = time.perf_counter()
     source = work.source
-    ds = open_input(source.input_path)
+    ds = open_input(source.input)
     x = window_inputs(source, tile, ds)
     covariates = read_covariates(source, tile, ds)
     target_covariates = None

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 import zarr
 
+from pipeline.storage import Location, as_location
+
 GROUP = "gpgrid"
 ARRAY = "tiles"
 RECORDS_PER_CHUNK = 4096
@@ -35,9 +37,9 @@ def _finite(value: object) -> object:
     return value
 
 
-def write_tile_records(store_path: str, records: Sequence[dict]) -> None:
+def write_tile_records(store: str | Location, records: Sequence[dict]) -> None:
     """Write one record per tile, in tile order, to the store's `gpgrid/tiles` array."""
-    group = zarr.open_group(store_path, mode="r+").require_group(GROUP)
+    group = zarr.open_group(as_location(store).zarr_store(), mode="r+").require_group(GROUP)
     chunk = max(1, min(len(records), RECORDS_PER_CHUNK))
     array = group.create_array(
         ARRAY, shape=(len(records),), dtype=str, chunks=(chunk,), overwrite=True
@@ -46,9 +48,9 @@ def write_tile_records(store_path: str, records: Sequence[dict]) -> None:
         array[:] = np.array([strict_json(r) for r in records], dtype=object)
 
 
-def read_tile_records(store_path: str) -> list[dict]:
+def read_tile_records(store: str | Location) -> list[dict]:
     """The store's tile records, in tile order (none for a store without them)."""
-    root = zarr.open_group(store_path, mode="r")
+    root = zarr.open_group(as_location(store).zarr_store(), mode="r")
     if GROUP not in root or ARRAY not in root[GROUP]:
         return []
     return [json.loads(text) for text in root[GROUP][ARRAY][:]]

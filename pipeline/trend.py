@@ -49,7 +49,7 @@ class TrendField:
 
 def fit_trends(work: TileWork) -> dict[str, TrendField | None]:
     """Every variable's trend (run as one Ray task before the tiles)."""
-    ds = open_input(work.source.input_path)
+    ds = open_input(work.source.input)
     return {v: fit_trend(work.source, work.plan, ds, v, work.device) for v in work.source.variables}
 
 

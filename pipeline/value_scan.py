@@ -10,13 +10,14 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
 import zarr
 
 from pipeline.errors import InputError
+from pipeline.inputs import is_netcdf
+from pipeline.storage import Location, as_location
 
 MIN_OBSERVATIONS = 3  # fewer finite values than this leave nothing to fit (inputs, tiles)
 FILL_LIKE = 1e20  # values this large are unmasked fill values (CMIP's 1e20, netCDF's 9.97e36)
@@ -24,11 +25,11 @@ SLAB_CELLS = 2**24  # cells per read of an unchunked (contiguous) netCDF variabl
 SCAN_THREADS = min(8, os.cpu_count() or 1)
 
 
-def scan_input(ds: xr.Dataset, variables: tuple[str, ...], path: str) -> None:
-    """Read every variable of the input at `path` once and refuse the ones that are damaged
+def scan_input(ds: xr.Dataset, variables: tuple[str, ...], source: str | Location) -> None:
+    """Read every variable of the input at `source` once and refuse the ones that are damaged
     or have nothing to fit."""
     for var in variables:
-        check_values(var, scan_variable(ds, var, path))
+        check_values(var, scan_variable(ds, var, source))
 
 
 @dataclass(frozen=True)
@@ -78,9 +79,9 @@ def check_values(var: str, counts: ValueCounts) -> None:
         )
 
 
-def scan_variable(ds: xr.Dataset, var: str, path: str) -> ValueCounts:
+def scan_variable(ds: xr.Dataset, var: str, source: str | Location) -> ValueCounts:
     """Read `var` once, stored chunk by stored chunk (in threads), and count its values;
-    a chunk that cannot be read is refused, naming it and its file in the store `path`."""
+    a chunk that cannot be read is refused, naming it and its file in the store `source`."""
     variable = ds[var].variable
     block = _read_block(variable)
     grid = [range(math.ceil(n / b)) for n, b in zip(variable.shape, block, strict=True)]
@@ -90,7 +91,8 @@ def scan_variable(ds: xr.Dataset, var: str, path: str) -> ValueCounts:
         try:
             values = np.asarray(variable[region].values)
         except Exception as error:  # a damaged chunk fails in its codec, with any error type
-            raise InputError(_damaged_message(var, path, index, region, error)) from error
+            message = _damaged_message(var, as_location(source), index, region, error)
+            raise InputError(message) from error
         return _counts(values)
 
     indices = list(itertools.product(*grid))
@@ -119,16 +121,17 @@ def _counts(values: np.ndarray) -> ValueCounts:
 
 
 def _damaged_message(
-    var: str, path: str, index: tuple[int, ...], region: tuple[slice, ...], error: Exception
+    var: str, place: Location, index: tuple[int, ...], region: tuple[slice, ...], error: Exception
 ) -> str:
     """Name the unreadable chunk: its index and file (zarr), or its cells in the file (netCDF)."""
     cells = ", ".join(f"{r.start}:{r.stop}" for r in region)
-    if Path(path).is_file():  # a netCDF file; a zarr store is a folder
-        where = f"cells [{cells}] (read {index}) of file {path!r}"
+    if is_netcdf(place.url):
+        where = f"cells [{cells}] (read {index}) of file {place.url!r}"
         fix = "restore the file or rewrite it"
     else:
-        key = zarr.open_array(path, path=var, mode="r").metadata.encode_chunk_key(index)
-        where = f"chunk {index} (cells [{cells}]), file {str(Path(path) / var / key)!r}"
+        array = zarr.open_array(place.zarr_store(), path=var, mode="r")
+        key = array.metadata.encode_chunk_key(index)
+        where = f"chunk {index} (cells [{cells}]), file {place.child(var).child(key).url!r}"
         fix = "restore that chunk from a copy or rewrite the variable"
     return (
         f"variable {var!r} cannot be read at {where}: {type(error).__name__}: {error}; "

@@ -6,10 +6,12 @@ to every tile task; none holds the run's whole config.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import Forecast, ModelConfig, input_columns
+from pipeline.storage import Location
 
 if TYPE_CHECKING:
     from pipeline.trend import TrendField
@@ -31,6 +33,12 @@ class WindowSource:
     regrid: tuple[tuple[str, float, float, int], ...] = ()
     never_observed_along: str | None = None
     covariates: tuple[str, ...] = ()  # read at every window cell (model.covariates)
+    input_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def input(self) -> Location:
+        """Where the input is, with the storage options that reach it."""
+        return Location(self.input_path, self.input_options)
 
     def history(self, dim: str) -> int:
         """Steps of data before the target along `dim` (a forecast's history; otherwise 0)."""

@@ -233,8 +233,8 @@ def warm_start_is_output(folder: Path) -> list[str]:
 
 def changed_input_on_resume(folder: Path) -> list[str]:
     spec = finished_run(folder)
-    (journal_dir(str(folder / "out.zarr")) / "complete.json").unlink()
-    next((journal_dir(str(folder / "out.zarr")) / "tiles").glob("*.json")).unlink()
+    (Path(journal_dir(str(folder / "out.zarr")).url) / "complete.json").unlink()
+    next((Path(journal_dir(str(folder / "out.zarr")).url) / "tiles").glob("*.json")).unlink()
     group = zarr.open_group(str(folder / "in.zarr"), mode="r+")
     group["tas"][0] = np.asarray(group["tas"][0]) + 10.0
     return ["run", str(spec), "--no-progress"]
@@ -247,13 +247,13 @@ def changed_spec_on_resume(folder: Path) -> list[str]:
 
 def journal_deleted(folder: Path) -> list[str]:
     spec = finished_run(folder)
-    shutil.rmtree(journal_dir(str(folder / "out.zarr")))
+    shutil.rmtree(Path(journal_dir(str(folder / "out.zarr")).url))
     return ["run", str(spec), "--no-progress"]
 
 
 def journal_record_damaged(folder: Path) -> list[str]:
     spec = finished_run(folder)
-    record = next((journal_dir(str(folder / "out.zarr")) / "tiles").glob("*.json"))
+    record = next((Path(journal_dir(str(folder / "out.zarr")).url) / "tiles").glob("*.json"))
     record.write_text("{half a reco")
     return ["run", str(spec), "--no-progress"]
 
@@ -373,16 +373,34 @@ CASES = [
         ">= 0",
     ),
     Case(
-        "URL output",
-        run_with(output={"path": "s3://bucket/x.zarr"}),
-        r"output\.path.*s3://bucket/x\.zarr",
-        "local disk",
+        "output over http",
+        run_with(output={"path": "https://example.org/x.zarr"}),
+        r"output\.path.*https://example\.org/x\.zarr.* is read-only",
+        "object storage",
     ),
     Case(
-        "URL input",
-        run_with(input={"path": "gs://bucket/era5.zarr"}),
-        r"input\.path.*gs://bucket",
-        "local disk",
+        "input on a filesystem not installed",
+        run_with(input={"path": "az://container/era5.zarr"}),
+        r"input\.path.*az://container.*needs adlfs",
+        "pip install adlfs",
+    ),
+    Case(
+        "output on storage that does not answer",
+        run_with(
+            output={
+                "path": "s3://bucket/x.zarr",
+                "storage_options": {"endpoint_url": "http://127.0.0.1:9"},
+            }
+        ),
+        r"cannot reach output\.path 's3://bucket/x\.zarr' "
+        r"\((EndpointConnectionError|NoCredentialsError)",
+        "output.storage_options",
+    ),
+    Case(
+        "storage options for a local path",
+        run_with(output={"path": "out.zarr", "storage_options": {"anon": True}}),
+        r"output\.storage_options apply to URL paths",
+        "drop output.storage_options",
     ),
     # where the output goes
     Case("output is the input", output_is_input, r"is the input .*in\.zarr", "another output"),

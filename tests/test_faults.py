@@ -54,7 +54,7 @@ def test_ctrl_c_says_what_was_kept_and_the_rerun_resumes(tmp_path) -> None:
         text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    tiles = journal_dir(str(tmp_path / "out.zarr")) / "tiles"
+    tiles = Path(journal_dir(str(tmp_path / "out.zarr")).url) / "tiles"
     deadline = time.monotonic() + 120
     while not (tiles.is_dir() and any(tiles.glob("*.json"))) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -114,7 +114,7 @@ def test_a_full_disk_names_the_path_keeps_finished_tiles_and_resumes(
     # free the space (move the store to a bigger disk) and rerun: it resumes
     moved = tmp_path / "big"
     moved.mkdir()
-    subprocess.run(["cp", "-a", str(out), str(journal_dir(str(out))), str(moved)], check=True)
+    subprocess.run(["cp", "-a", str(out), journal_dir(str(out)).url, str(moved)], check=True)
     spec.write_text(spec.read_text().replace(str(out), str(moved / "out.zarr")))
     rerun = CliRunner().invoke(app, ["run", str(spec), "--no-progress"])
     assert rerun.exit_code == 0, rerun.output

@@ -152,8 +152,8 @@ def test_one_function_resolves_a_forecast_run_and_tasks_get_no_config(tmp_path: 
     ds = open_input(source)
     run = resolve_run(config, ds)
     assert (
-        run.output_path.startswith(str(tmp_path / "out.zarr"))
-        and run.output_path != config.output_path
+        run.output.url.startswith(str(tmp_path / "out.zarr"))
+        and run.output.url != config.output_path
     )
     assert run.source.forecast.history == 6 and run.shape == (2, 20, 20)
     assert config.forecast.history == 0  # the user's config is left as it was
