@@ -27,6 +27,26 @@ def ray_cluster():
     ray.shutdown()
 
 
+# credentials a test's S3 server accepts, made to be found should anything write them
+S3_KEY_ID = "AKIAGPGRIDTESTKEY0001"
+S3_SECRET = "gpgrid-test-secret-never-written"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):  # noqa: ANN201
+    """A real S3-compatible server on 127.0.0.1 for the module, its credentials in the
+    usual environment variables (set before the module's Ray starts, so workers see them);
+    yields the endpoint URL."""
+    from tests.helpers import s3_server
+
+    log = tmp_path_factory.mktemp("s3") / "server.log"
+    with pytest.MonkeyPatch.context() as env, s3_server(log) as endpoint:
+        env.setenv("AWS_ACCESS_KEY_ID", S3_KEY_ID)
+        env.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        yield endpoint
+
+
 @pytest.fixture
 def failure_logs(tmp_path_factory, monkeypatch):  # noqa: ANN201
     """A fresh folder for the command's failure logs (GPGRID_LOG_DIR), outside any test's

@@ -4,6 +4,7 @@ command, and a real `ray start --head` cluster."""
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import signal
 import socket
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import ray
 import requests
 
 from pipeline.config import PipelineConfig
@@ -68,6 +70,47 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def start_driver(config: PipelineConfig, folder: Path) -> subprocess.Popen:
+    """A second driver process, joined to this module's Ray, running `config`."""
+    pickled = folder / "config.pkl"
+    pickled.write_bytes(pickle.dumps(config))
+    address = ray.get_runtime_context().gcs_address
+    code = (
+        "import pickle, sys, ray\n"
+        f"ray.init(address={address!r}, logging_level='ERROR')\n"
+        "from pipeline.runner import run_pipeline\n"
+        f"run_pipeline(pickle.loads(open({str(pickled)!r}, 'rb').read()), progress=False)\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[1])
+
+
+@contextmanager
+def s3_server(log: Path) -> Iterator[str]:
+    """A real S3-compatible server (moto's standalone server) on 127.0.0.1 for as long as
+    the context lasts; yields its endpoint URL."""
+    port = free_port()
+    with open(log, "w") as output:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, f"the S3 server ended: {log.read_text()}"
+            with suppress(requests.ConnectionError):
+                requests.get(endpoint, timeout=1)
+                break
+            assert time.monotonic() < deadline, "the S3 server did not answer in 60 s"
+            time.sleep(0.1)
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 @dataclass(frozen=True)

@@ -6,16 +6,12 @@ Runs go through a real local Ray; killed drivers are real processes joined to it
 
 from __future__ import annotations
 
-import pickle
 import subprocess
-import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 import xarray as xr
 import zarr
 
@@ -25,6 +21,7 @@ from pipeline.faults import CRASH_ONCE_ENV
 from pipeline.journal import finished_tiles
 from pipeline.runner import run_pipeline
 from pipeline.synthetic import DIMS, SyntheticGrid, write_synthetic
+from tests.helpers import start_driver
 
 MATERN32 = (AxisKernel("matern32"),)
 
@@ -71,20 +68,6 @@ def assert_identical_stores(path: str, expected: str) -> None:
     for name in want.array_keys():
         np.testing.assert_array_equal(got[name][...], want[name][...])
     assert dict(got.attrs) == dict(want.attrs)
-
-
-def start_driver(config: PipelineConfig, folder: Path) -> subprocess.Popen:
-    """A second driver process, joined to this module's Ray, running `config`."""
-    pickled = folder / "config.pkl"
-    pickled.write_bytes(pickle.dumps(config))
-    address = ray.get_runtime_context().gcs_address
-    code = (
-        "import pickle, sys, ray\n"
-        f"ray.init(address={address!r}, logging_level='ERROR')\n"
-        "from pipeline.runner import run_pipeline\n"
-        f"run_pipeline(pickle.loads(open({str(pickled)!r}, 'rb').read()), progress=False)\n"
-    )
-    return subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[1])
 
 
 def wait_for_tiles(path: str, count: int, driver: subprocess.Popen, timeout: float = 180) -> None:
