@@ -434,6 +434,18 @@ class OutputSpec(Strict):
         description="zarr store to create: a local path, or a URL (s3://, gs://, az://)"
     )
     storage_options: dict[str, Any] = Field(default_factory=dict, description=STORAGE_OPTIONS_TEXT)
+    chunks: dict[str, StrictInt] = Field(
+        default_factory=dict,
+        description="the output's zarr chunks, independent of tiles (a chunk may span "
+        "several): e.g. {time: 1, lat: 721, lon: 1440} for maps, {time: 8760, lat: 8, lon: 8} "
+        "for time series; dims left out: the tile size; omitted: whole tiles, several of "
+        "them together where one is under 1 MB (about 4 MB)",
+    )
+    shards: dict[str, StrictInt] = Field(
+        default_factory=dict,
+        description="zarr v3 shards holding several chunks each (multiples of chunks; dims "
+        "left out: the chunk size): fewer, larger objects on object storage",
+    )
     overwrite: StrictBool = Field(False, description="replace an existing store at path")
     std: Literal["field", "observation"] = Field(
         "field",
@@ -525,6 +537,7 @@ class JobSpec(Strict):
             raise ValueError(
                 f"input.wrap has {not_tiled}, which are not tiled dims {dims}: fix the names"
             )
+        self._check_output_chunks()
         blend = self.tiling.blend or {}
         unknown = sorted((set(blend) | set(self.tiling.chunks)) - set(dims))
         if unknown:
@@ -704,6 +717,45 @@ class JobSpec(Strict):
                 "drop those"
             )
 
+    def _check_output_chunks(self) -> None:
+        """output.chunks and output.shards: known dims, positive sizes, shards made of
+        whole chunks, and not together with tiling.chunks (shards of one tile each)."""
+        output, dims = self.output, self.input.dims
+        for name, mapping in (("output.chunks", output.chunks), ("output.shards", output.shards)):
+            unknown = sorted(set(mapping) - set(dims))
+            if unknown:
+                raise ValueError(f"{name} has keys {unknown} that are not input.dims {dims}")
+            small = {d: n for d, n in mapping.items() if n < 1}
+            if small:
+                raise ValueError(f"{name} must be >= 1 cell along every dim; got {small}")
+        if (output.chunks or output.shards) and self.tiling.chunks:
+            raise ValueError(
+                "tiling.chunks (one shard per tile) and output.chunks/output.shards both lay "
+                "out the output: give one of them (output.shards: a shard of several tiles)"
+            )
+        chunks, shards = self.output_chunks(), self.output_shards()
+        if shards and any(s % c for s, c in zip(shards, chunks, strict=True)):
+            raise ValueError(
+                f"output.shards {dict(zip(dims, shards, strict=True))} must be whole multiples "
+                f"of output.chunks {dict(zip(dims, chunks, strict=True))}: fix one of them"
+            )
+
+    def output_chunks(self) -> tuple[int, ...]:
+        """output.chunks per dim, the tile size where left out; () when not given."""
+        chunks, tile = self.output.chunks, self.tiling.tile
+        if not (chunks or self.output.shards):
+            return ()
+        return tuple(chunks.get(d, tile.get(d, WHOLE_DIM)) for d in self.input.dims)
+
+    def output_shards(self) -> tuple[int, ...]:
+        """output.shards per dim, the chunk size where left out; () when not given."""
+        if not self.output.shards:
+            return ()
+        chunks = self.output_chunks()
+        return tuple(
+            self.output.shards.get(d, c) for d, c in zip(self.input.dims, chunks, strict=True)
+        )
+
     def to_pipeline_config(
         self, spec_text: str = "", issue_time: str | None = None
     ) -> PipelineConfig:
@@ -751,6 +803,8 @@ class JobSpec(Strict):
             std_includes_noise=self.output.std == "observation",
             input_options=self.input.storage_options,
             output_options=self.output.storage_options,
+            output_chunks=self.output_chunks(),
+            output_shards=self.output_shards(),
         )
 
     def _recorded_text(self, spec_text: str) -> str:

@@ -141,6 +141,9 @@ class PipelineConfig:
     halo_lengthscales: float | None = None
     wrap: tuple[str, ...] = ()  # dims that wrap around (a global longitude)
     chunks: tuple[int, ...] = ()  # inner chunks: the output is sharded, one shard per tile
+    # the output's chunks and shards, independent of tiles (() : the default layout)
+    output_chunks: tuple[int, ...] = ()
+    output_shards: tuple[int, ...] = ()
     cpu_fallback: bool = False  # run on CPU when GPUs are asked for but none is visible
     forecast: Forecast | None = None  # predict the steps after the data instead of the grid
     # predict on a new grid: (dim, start, step, size) per dim given new coordinates

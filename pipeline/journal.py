@@ -67,6 +67,9 @@ def plan_of(
         "never_observed_along": config.never_observed_along,
         "std_includes_noise": config.std_includes_noise,
     }
+    if config.output_chunks:  # absent from plans before output.chunks, which resume alike
+        plan["output_chunks"] = list(config.output_chunks)
+        plan["output_shards"] = list(config.output_shards)
     return json.loads(json.dumps(plan))
 
 

@@ -27,6 +27,8 @@ from pipeline.target import check_new_grid, resolve_forecast, target_dataset
 from pipeline.tiling import Tile, auto_blend, plan_tiles
 from pipeline.work import ModelPlan, TileWork, WindowSource
 
+DEFAULT_CHUNK_CELLS = 2**20  # 4 MB of float32: a few MB per object, as readers like
+
 
 @dataclass(frozen=True)
 class SharedPlan:
@@ -136,9 +138,10 @@ def resolve_run(config: PipelineConfig, ds: xr.Dataset) -> ResolvedRun:
     if config.overwrite:
         check_replaceable(output)
     plan = plan_of(config, forecast, shape, _fingerprint(config, source, ds))
-    store_chunks = tuple(
+    tile_cells = tuple(
         max(1, min(round(c * n / m), n)) for c, n, m in zip(chunks, shape, tiled, strict=True)
     )
+    store_chunks, inner = _store_layout(config, tile_cells, shape, chunks)
     return ResolvedRun(
         config,
         output,
@@ -148,7 +151,7 @@ def resolve_run(config: PipelineConfig, ds: xr.Dataset) -> ResolvedRun:
         tiled,
         chunks,
         store_chunks,
-        _inner_chunks(config, chunks),
+        inner,
         config.halo,
         tiles,
         plan,
@@ -189,6 +192,42 @@ def halo_from_lengthscales(run: ResolvedRun, shared: dict, ds: xr.Dataset) -> tu
         limit = (n - run.chunks[i]) // 2 if dim in config.wrap else n
         halo.append(min(cells, limit))
     return tuple(halo)
+
+
+def _store_layout(
+    config: PipelineConfig,
+    tile_cells: tuple[int, ...],
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """The units the store is written in (chunks, or shards) and the chunks inside shards
+    (None: unsharded): output.shards and output.chunks as given; tiling.chunks, one shard
+    per tile; otherwise whole tiles, grouped to a few MB where a tile is smaller."""
+    if config.output_shards:
+        inner = tuple(min(c, n) for c, n in zip(config.output_chunks, shape, strict=True))
+        given = zip(config.output_shards, inner, shape, strict=True)
+        shards = tuple(min(s, math.ceil(n / c) * c) for s, c, n in given)
+        return shards, inner
+    if config.output_chunks:
+        return tuple(min(c, n) for c, n in zip(config.output_chunks, shape, strict=True)), None
+    if config.chunks:
+        return tile_cells, _inner_chunks(config, chunks)
+    return default_chunks(tile_cells, shape), None
+
+
+def default_chunks(
+    tile_cells: tuple[int, ...], shape: tuple[int, ...], target: int = DEFAULT_CHUNK_CELLS
+) -> tuple[int, ...]:
+    """Whole tiles as chunks when one holds at least a quarter of `target` cells; else the
+    smallest block of k x k x ... tiles that holds `target` (or the whole grid)."""
+    if math.prod(tile_cells) * 4 >= target:
+        return tile_cells
+    k = 2
+    while True:
+        chunk = tuple(min(k * t, n) for t, n in zip(tile_cells, shape, strict=True))
+        if math.prod(chunk) >= target or chunk == shape:
+            return chunk
+        k += 1
 
 
 def _inner_chunks(config: PipelineConfig, chunks: tuple[int, ...]) -> tuple[int, ...] | None:

@@ -8,7 +8,6 @@ their worker dies and on the transient errors below.
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -21,11 +20,13 @@ import zarr
 from tqdm import tqdm
 
 from pipeline import __version__
+from pipeline.assembly import ChunkAssembler, write_order
 from pipeline.blend import Blender
 from pipeline.cluster import ensure_ray
 from pipeline.config import AxisKernel, PipelineConfig
 from pipeline.errors import InputError, ResourceUnavailableError, StorageError
 from pipeline.faults import crash_if_injected, task_runtime_env
+from pipeline.grid import target_region
 from pipeline.hyperparameters import (
     best_supported,
     candidates,
@@ -42,7 +43,6 @@ from pipeline.journal import (
     mark_complete,
     read_plan,
     read_shared,
-    record_tile,
     reset,
     run_lock,
     write_plan,
@@ -53,12 +53,13 @@ from pipeline.locks import RunLock
 from pipeline.output_guard import is_gpgrid_store, remove_store
 from pipeline.resolved import ResolvedRun, halo_from_lengthscales, resolve_run
 from pipeline.storage import Location, check_reached
-from pipeline.store import create_output_store, finalize_store, write_tile
+from pipeline.store import create_output_store, finalize_store, std_name
 from pipeline.target import FORECAST_COORDS
 from pipeline.tile_records import write_tile_records
 from pipeline.tiling import Tile, TileResult
 from pipeline.value_scan import scan_input
 from pipeline.work import TileWork
+from pipeline.writes import ResultWriter
 
 # Errors worth another try on another worker: storage or network hiccups.
 TRANSIENT_ERRORS = (OSError, TimeoutError, ConnectionError)
@@ -91,7 +92,9 @@ def predict_tile_on_worker(work: TileWork, tile: Tile) -> TileResult:
     crash_if_injected(tile.index)
     from pipeline.tasks import predict_tile
 
-    return predict_tile(work, tile)
+    result = predict_tile(work, tile)
+    result.diagnostics["worker_node"] = ray.get_runtime_context().get_node_id()
+    return result
 
 
 def fit_hyperparameters_on_worker(work: TileWork, tile: Tile, calibrate: bool) -> dict:
@@ -173,6 +176,7 @@ def _run_locked(
         resources = {"num_cpus": run.config.num_cpus, "num_gpus": num_gpus}
         work, tiles, attrs = _phase_one(run, ds, resources, progress, timings)
         todo, blender = _still_to_compute(run, tiles, done)
+        todo, writer = _result_writer(run, ds, todo, done, blender)
         if done and progress:
             print(
                 f"resuming {path}: {len(done)} of {len(tiles)} tiles already written; "
@@ -181,7 +185,7 @@ def _run_locked(
             )
         mark = time.perf_counter()
         cells, timings["write"] = _run_tiles(
-            run, work, resources, todo, progress, start, lock, blender
+            run, work, resources, todo, progress, start, lock, writer
         )
         timings["tiles"] = time.perf_counter() - mark
         mark = time.perf_counter()
@@ -288,6 +292,30 @@ def _still_to_compute(
     pending = {tile.index for tile in tiles} - done
     blender = Blender(tiles, run.shape, config.blend, config.variables, pending, run.wrap)
     return [tile for tile in tiles if tile.index in blender.tiles_needed()], blender
+
+
+def _result_writer(
+    run: ResolvedRun,
+    ds,  # noqa: ANN001
+    todo: list[Tile],
+    done: set[int],
+    blender: Blender | None,
+) -> tuple[list[Tile], ResultWriter]:
+    """The tiles to compute in the order that fills the store's chunks one after another,
+    and the writer assembling their results into those chunks."""
+    regions = {tile.index: _output_region(run, ds, tile) for tile in todo}
+    by_index = {tile.index: tile for tile in todo}
+    ordered = [by_index[i] for i in write_order(regions, run.store_chunks)]
+    names = [name for var in run.config.variables for name in (var, std_name(var))]
+    pending = {i: region for i, region in regions.items() if i not in done}
+    assembler = ChunkAssembler(run.shape, run.store_chunks, pending, names)
+    return ordered, ResultWriter(run.output, assembler, blender)
+
+
+def _output_region(run: ResolvedRun, ds, tile: Tile) -> tuple[slice, ...]:  # noqa: ANN001
+    """The output cells a tile's result covers: its core, or on a new grid the new cells
+    in it."""
+    return target_region(run.source, tile, ds) if run.config.regrid else tile.core
 
 
 def _finished_of_this_plan(run: ResolvedRun) -> set[int]:
@@ -459,11 +487,11 @@ def _run_tiles(
     progress: bool,
     start: float,
     lock: RunLock,
-    blender: Blender | None = None,
+    writer: ResultWriter,
 ) -> tuple[int, float]:
-    """Compute `tiles` with at most `max_in_flight` tasks at once; write and journal each
-    chunk (through the `blender` when tiles overlap), while the run still holds its
-    `lock`. Returns the cells written and the seconds the driver spent writing."""
+    """Compute `tiles` with at most `max_in_flight` tasks at once; hand each result to the
+    `writer` (which writes and journals what it completes) while the run still holds its
+    `lock`. Returns the cells finished and the seconds the driver spent writing."""
     remote = ray.remote(predict_tile_on_worker).options(
         **resources,
         max_retries=MAX_RETRIES,
@@ -480,7 +508,7 @@ def _run_tiles(
         result: TileResult = _result_of(ref, pending.pop(ref))
         mark = time.perf_counter()
         lock.confirm()
-        cells += _write_result(run.output, result, blender)
+        cells += _write_result(run.output, result, writer)
         writing += time.perf_counter() - mark
         bar.update(1)
         bar.set_postfix(cells_per_s=f"{cells / (time.perf_counter() - start):,.0f}")
@@ -495,27 +523,18 @@ def _run_tiles(
     return cells, writing
 
 
-def _write_result(path: Location, result: TileResult, blender: Blender | None) -> int:
-    """Write and journal the chunks a tile's result completes (itself, or through the
-    blender those whose neighbours have all arrived); returns the cells written."""
-    if blender is None:
-        chunks = [(result.tile, result.predictions, result.diagnostics)]
-    else:
-        chunks = blender.add(result.tile, result.predictions, result.diagnostics)
-    cells = 0
-    for chunk, predictions, diagnostics in chunks:
-        try:
-            write_tile(path, chunk, predictions)
-            record_tile(path, chunk.index, diagnostics)
-        except OSError as err:
-            raise StorageError(
-                f"writing tile {chunk.index} to {path.url!r} failed: "
-                f"{err.strerror or err} ({err.filename or 'a chunk file'}); the tiles "
-                "written so far are kept: fix the storage (free disk space) and rerun "
-                "to resume"
-            ) from err
-        cells += math.prod(chunk.core_shape)
-    return cells
+def _write_result(path: Location, result: TileResult, writer: ResultWriter) -> int:
+    """Write and journal what a tile's result completes; returns the cells it finished.
+    A storage failure is named, keeping what was written for the resume."""
+    try:
+        return writer.add(result)
+    except OSError as err:
+        raise StorageError(
+            f"writing tile {result.tile.index}'s chunks to {path.url!r} failed: "
+            f"{err.strerror or err} ({err.filename or 'a chunk file'}); the tiles "
+            "written so far are kept: fix the storage (free disk space) and rerun "
+            "to resume"
+        ) from err
 
 
 def _result_of(ref: ray.ObjectRef, tile: Tile) -> TileResult:
@@ -541,7 +560,7 @@ def _provenance(diagnostics: object) -> object:
         return {
             k: _provenance(v)
             for k, v in diagnostics.items()
-            if "seconds" not in k and k != "worker_pid"
+            if "seconds" not in k and k not in ("worker_pid", "worker_node")
         }
     if isinstance(diagnostics, list):
         return [_provenance(v) for v in diagnostics]

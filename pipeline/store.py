@@ -11,10 +11,10 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from pipeline.assembly import ChunkWrite
 from pipeline.errors import InputError
 from pipeline.storage import Location, as_location
 from pipeline.tile_records import strict_json
-from pipeline.tiling import Tile
 
 CF_COPIED_ATTRS = ("units", "standard_name", "long_name")
 
@@ -59,8 +59,8 @@ def create_output_store(
 
     An existing path is refused (the runner removes a store it may replace first), so
     nothing is ever replaced by accident. `extra_coords` (e.g. station positions) are
-    copied too. With `inner_chunks` the arrays are sharded: one shard per tile (`chunks`), stored in
-    smaller chunks that readers can fetch one by one.
+    copied too. `chunks` are the units written (assembled from tiles); with `inner_chunks`
+    each is a shard, stored in smaller chunks that readers can fetch one by one.
     """
     place = as_location(store)
     if place.exists():
@@ -91,11 +91,23 @@ def create_output_store(
     )
 
 
-def write_tile(store: str | Location, tile: Tile, predictions: Mapping[str, np.ndarray]) -> None:
-    """Write one tile's core predictions (arrays named like the output variables)."""
-    group = zarr.open_group(as_location(store).zarr_store(), mode="r+")
-    for name, values in predictions.items():
-        group[name][tile.core] = values.astype(np.float32, copy=False)
+class OutputWriter:
+    """The output store's prediction arrays, opened once, taking whole chunks."""
+
+    def __init__(self, store: str | Location) -> None:
+        self._group = zarr.open_group(as_location(store).zarr_store(), mode="r+")
+        self._arrays: dict[str, zarr.Array] = {}
+
+    def write(self, chunk: ChunkWrite) -> None:
+        """Write one assembled chunk; where this run's tiles do not cover it, the store's
+        own values (of tiles an earlier run finished) are kept."""
+        for name, values in chunk.values.items():
+            if name not in self._arrays:
+                self._arrays[name] = self._group[name]
+            array = self._arrays[name]
+            if chunk.covered is not None:
+                values = np.where(chunk.covered, values, array[chunk.region])
+            array[chunk.region] = values.astype(np.float32, copy=False)
 
 
 def finalize_store(store: str | Location, attrs: Mapping[str, object]) -> None:

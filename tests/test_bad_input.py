@@ -397,6 +397,27 @@ CASES = [
         "output.storage_options",
     ),
     Case(
+        "shards not whole chunks",
+        run_with(output={"path": "out.zarr", "chunks": {"lat": 4}, "shards": {"lat": 6}}),
+        r"output\.shards \{'time': 3, 'lat': 6, 'lon': 10\} must be whole multiples",
+        "fix one of them",
+    ),
+    Case(
+        "output chunks with tiling chunks",
+        run_with(
+            output={"path": "out.zarr", "chunks": {"lat": 5}},
+            tiling={**SMALL_SPEC["tiling"], "chunks": {"lat": 5}},
+        ),
+        r"tiling\.chunks \(one shard per tile\) and output\.chunks",
+        "give one of them",
+    ),
+    Case(
+        "output chunks of an unknown dim",
+        run_with(output={"path": "out.zarr", "chunks": {"level": 5}}),
+        r"output\.chunks has keys \['level'\] that are not input\.dims",
+        "input.dims",
+    ),
+    Case(
         "storage options for a local path",
         run_with(output={"path": "out.zarr", "storage_options": {"anon": True}}),
         r"output\.storage_options apply to URL paths",

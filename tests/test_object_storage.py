@@ -71,6 +71,7 @@ def config_for(s3: str, input_path: str, output_path: str) -> PipelineConfig:
         halo=(1, 4, 4),
         model=ModelConfig(kernels=MATERN32 * 3, type="exact", max_points=700),
         max_in_flight=1,
+        output_chunks=(3, 16, 16),  # one chunk per tile: a kill keeps every finished tile
         input_options=options if input_path.startswith("s3://") else {},
         output_options=options if output_path.startswith("s3://") else {},
     )

@@ -48,6 +48,7 @@ def config_for(input_path: str, output_path: str, **changes) -> PipelineConfig: 
         halo=(1, 4, 4),
         model=ModelConfig(kernels=MATERN32 * 3, type="exact", max_points=700),
         max_in_flight=1,
+        output_chunks=(3, 16, 16),  # one chunk per tile: a kill keeps every finished tile
     )
     return PipelineConfig(**{**base, **changes})
 
@@ -179,9 +180,49 @@ def test_gpus_asked_of_a_machine_without_any_fail_fast_or_fall_back(source, tmp_
 def test_a_sharded_store_holds_the_same_values(source, reference, tmp_path) -> None:
     """tiling.chunks: one zarr v3 shard per tile, read in smaller chunks; same numbers."""
     out = str(tmp_path / "sharded.zarr")
-    run_pipeline(config_for(source, out, chunks=(3, 8, 8)), progress=False)
+    run_pipeline(config_for(source, out, chunks=(3, 8, 8), output_chunks=()), progress=False)
     array = zarr.open_group(out, mode="r")["tas"]
     assert array.shards == (3, 16, 16) and array.chunks == (3, 8, 8)
     np.testing.assert_array_equal(array[...], zarr.open_group(reference, mode="r")["tas"][...])
     with pytest.raises(ValueError, match="must divide the tile sizes"):
-        run_pipeline(config_for(source, str(tmp_path / "bad.zarr"), chunks=(3, 5, 8)))
+        bad = config_for(source, str(tmp_path / "bad.zarr"), chunks=(3, 5, 8), output_chunks=())
+        run_pipeline(bad)
+
+
+@pytest.mark.parametrize(
+    ("chunks", "shards"),
+    [((2, 24, 10), ()), ((6, 32, 32), ()), ((2, 8, 8), (4, 16, 24))],
+    ids=["across tile edges", "one chunk", "shards of chunks"],
+)
+def test_output_chunks_set_apart_from_tiles_hold_the_same_values(
+    source, reference, tmp_path, chunks, shards
+) -> None:
+    """output.chunks (and shards) independent of the tiles: readers get the same values."""
+    out = str(tmp_path / "chunked.zarr")
+    run_pipeline(config_for(source, out, output_chunks=chunks, output_shards=shards), False)
+    got, want = zarr.open_group(out, mode="r"), zarr.open_group(reference, mode="r")
+    for name in ("tas", "tas_std"):
+        assert got[name].chunks == chunks and got[name].shards == (shards or None)
+        np.testing.assert_array_equal(got[name][...], want[name][...])
+    opened = xr.open_zarr(out)
+    np.testing.assert_array_equal(opened["tas"].values, xr.open_zarr(reference)["tas"].values)
+
+
+def test_a_killed_run_whose_chunks_span_tiles_resumes_identically(
+    source, reference, tmp_path
+) -> None:
+    """Chunks of 4 tiles each: a tile is journalled once its chunk is written, so the
+    kill keeps whole chunks and the rerun computes the others."""
+    out = str(tmp_path / "out.zarr")
+    config = config_for(source, out, output_chunks=(6, 16, 32))
+    driver = start_driver(config, tmp_path)
+    wait_for_tiles(out, 4, driver)
+    driver.kill()
+    driver.wait()
+    done_before = len(finished_tiles(out))
+    assert done_before == 4, "tiles are journalled chunk by chunk"
+    summary = run_pipeline(config, progress=False)
+    assert summary.resumed_tiles == 4
+    got, want = zarr.open_group(out, mode="r"), zarr.open_group(reference, mode="r")
+    for name in ("tas", "tas_std"):
+        np.testing.assert_array_equal(got[name][...], want[name][...])
