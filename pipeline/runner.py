@@ -13,7 +13,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import ray
 import zarr
@@ -59,7 +59,7 @@ from pipeline.tile_records import write_tile_records
 from pipeline.tiling import Tile, TileResult
 from pipeline.value_scan import scan_input
 from pipeline.work import TileWork
-from pipeline.writes import ResultWriter
+from pipeline.writes import AssembledWrites, WorkerWrites, workers_can_write, write_own_chunks
 
 # Errors worth another try on another worker: storage or network hiccups.
 TRANSIENT_ERRORS = (OSError, TimeoutError, ConnectionError)
@@ -81,6 +81,8 @@ class RunSummary:
     # driver-side wall seconds: setup (input, store, Ray), phase1, tiles (the task loop),
     # write (writing chunks and journal records, inside the loop), finalize
     timings: dict = field(default_factory=dict)
+    # output chunks the driver wrote (0 when tasks wrote their own chunks)
+    driver_chunks: int = 0
 
     @property
     def cells_per_second(self) -> float:
@@ -94,7 +96,7 @@ def predict_tile_on_worker(work: TileWork, tile: Tile) -> TileResult:
 
     result = predict_tile(work, tile)
     result.diagnostics["worker_node"] = ray.get_runtime_context().get_node_id()
-    return result
+    return result if work.writes_to is None else write_own_chunks(work, result)
 
 
 def fit_hyperparameters_on_worker(work: TileWork, tile: Tile, calibrate: bool) -> dict:
@@ -177,9 +179,11 @@ def _run_locked(
         work, tiles, attrs = _phase_one(run, ds, resources, progress, timings)
         todo, blender = _still_to_compute(run, tiles, done)
         todo, writer = _result_writer(run, ds, todo, done, blender)
+        if isinstance(writer, WorkerWrites):
+            work = replace(work, writes_to=run.output)
         if done and progress:
             print(
-                f"resuming {path}: {len(done)} of {len(tiles)} tiles already written; "
+                f"resuming {path.url}: {len(done)} of {len(tiles)} tiles already written; "
                 f"computing the other {len(todo)}",
                 file=sys.stderr,
             )
@@ -209,6 +213,7 @@ def _run_locked(
         resumed_tiles=len(done),
         timings=timings,
         flagged=flagged_tiles(records),
+        driver_chunks=writer.chunks_written,
     )
 
 
@@ -300,16 +305,20 @@ def _result_writer(
     todo: list[Tile],
     done: set[int],
     blender: Blender | None,
-) -> tuple[list[Tile], ResultWriter]:
+) -> tuple[list[Tile], AssembledWrites | WorkerWrites]:
     """The tiles to compute in the order that fills the store's chunks one after another,
-    and the writer assembling their results into those chunks."""
+    and who writes their chunks: the tasks themselves where each chunk lies in one tile
+    core, else the driver, assembling the results into chunks."""
+    overlapping = blender is not None or bool(run.config.regrid)
+    if workers_can_write(run.shape, run.chunks, run.store_chunks, overlapping):
+        return todo, WorkerWrites(run.output)
     regions = {tile.index: _output_region(run, ds, tile) for tile in todo}
     by_index = {tile.index: tile for tile in todo}
     ordered = [by_index[i] for i in write_order(regions, run.store_chunks)]
     names = [name for var in run.config.variables for name in (var, std_name(var))]
     pending = {i: region for i, region in regions.items() if i not in done}
     assembler = ChunkAssembler(run.shape, run.store_chunks, pending, names)
-    return ordered, ResultWriter(run.output, assembler, blender)
+    return ordered, AssembledWrites(run.output, assembler, blender)
 
 
 def _output_region(run: ResolvedRun, ds, tile: Tile) -> tuple[slice, ...]:  # noqa: ANN001
@@ -487,7 +496,7 @@ def _run_tiles(
     progress: bool,
     start: float,
     lock: RunLock,
-    writer: ResultWriter,
+    writer: AssembledWrites | WorkerWrites,
 ) -> tuple[int, float]:
     """Compute `tiles` with at most `max_in_flight` tasks at once; hand each result to the
     `writer` (which writes and journals what it completes) while the run still holds its
@@ -523,7 +532,9 @@ def _run_tiles(
     return cells, writing
 
 
-def _write_result(path: Location, result: TileResult, writer: ResultWriter) -> int:
+def _write_result(
+    path: Location, result: TileResult, writer: AssembledWrites | WorkerWrites
+) -> int:
     """Write and journal what a tile's result completes; returns the cells it finished.
     A storage failure is named, keeping what was written for the resume."""
     try:
@@ -539,13 +550,21 @@ def _write_result(path: Location, result: TileResult, writer: ResultWriter) -> i
 
 def _result_of(ref: ray.ObjectRef, tile: Tile) -> TileResult:
     """A finished task's result; an InputError raised inside it is raised here as itself
-    (one sentence naming the tile), not as a remote traceback."""
+    (one sentence naming the tile), not as a remote traceback, and storage that kept
+    failing (a worker reading the input or writing its chunks) as a StorageError."""
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as err:
         cause = err.cause
         if isinstance(cause, InputError):
             raise InputError(f"tile {tile.index} ({_window_text(tile)}): {cause}") from None
+        if isinstance(cause, OSError):
+            where = cause.filename or "a chunk or input file"
+            raise StorageError(
+                f"tile {tile.index} ({_window_text(tile)}) failed on storage {MAX_RETRIES + 1} "
+                f"times: {cause.strerror or cause} ({where}); the tiles written so far are "
+                "kept: fix the storage (free disk space) and rerun to resume"
+            ) from err
         raise
 
 

@@ -78,8 +78,11 @@ class ModelPlan:
 
 @dataclass(frozen=True)
 class TileWork:
-    """Everything a tile task uses besides its Tile: `device` is "cuda" or "cpu"."""
+    """Everything a tile task uses besides its Tile: `device` is "cuda" or "cpu";
+    `writes_to`, the output store the task writes its own chunks to (None: it returns
+    its predictions to the driver)."""
 
     source: WindowSource
     plan: ModelPlan
     device: str = "cpu"
+    writes_to: Location | None = None

@@ -1,19 +1,59 @@
-"""The driver's side of tile results: blended where tiles overlap, assembled into the
-store's chunks, written, and only then journalled, so a journalled tile is in the store."""
+"""Who writes the output's chunks, and the driver's side of each tile result; either
+way a tile is journalled only once its cells are in the store.
+
+- `WorkerWrites`: each output chunk lies in exactly one tile's core and tiles do not
+  overlap, so every task writes its own chunks straight to the store (no two tasks share
+  a chunk) and the driver only journals.
+- `AssembledWrites`: tiles overlap (blending) or chunks span tiles: the driver blends
+  and assembles the results into chunks and writes each once.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
-from pipeline.assembly import ChunkAssembler
+from pipeline.assembly import ChunkAssembler, ChunkWrite
 from pipeline.blend import Blender
 from pipeline.journal import record_tile
 from pipeline.storage import Location
 from pipeline.store import OutputWriter
 from pipeline.tiling import TileResult
+from pipeline.work import TileWork
 
 
-class ResultWriter:
+class WorkerWrites:
+    """Tasks wrote their chunks themselves: each result is only journalled."""
+
+    def __init__(self, store: Location) -> None:
+        self.store = store
+        self.chunks_written = 0  # by the driver: none
+
+    def add(self, result: TileResult) -> int:
+        """Journal the tile; returns the cells it finished."""
+        record_tile(self.store, result.tile.index, result.diagnostics)
+        return math.prod(result.tile.core_shape)
+
+
+def workers_can_write(
+    shape: Sequence[int], tile: Sequence[int], chunks: Sequence[int], overlapping: bool
+) -> bool:
+    """Whether every output chunk lies in exactly one tile core (each core edge is a
+    chunk edge) and tiles do not overlap, so that tasks can write their own chunks."""
+    return not overlapping and all(
+        t >= n or t % c == 0 for n, t, c in zip(shape, tile, chunks, strict=True)
+    )
+
+
+def write_own_chunks(work: TileWork, result: TileResult) -> TileResult:
+    """On a worker: write the tile's predictions over its core (whole chunks, none shared
+    with another task) to `work.writes_to`; the result then carries no predictions."""
+    chunk = ChunkWrite(result.tile.core, result.predictions, None)
+    OutputWriter(work.writes_to).write(chunk)
+    return TileResult(result.tile, {}, result.diagnostics)
+
+
+class AssembledWrites:
     """Takes each tile's result and writes what it completes to the store at `store`."""
 
     def __init__(self, store: Location, assembler: ChunkAssembler, blender: Blender | None) -> None:

@@ -36,6 +36,7 @@ def job(folder: Path, shape: tuple[int, int, int], output: str, **model: object)
     spec["output"]["path"] = output
     spec["model"].update(model)
     spec["resources"] = {"max_in_flight": 1}
+    spec["output"]["chunks"] = spec["tiling"]["tile"]  # one chunk per tile: kills keep tiles
     path = folder / "job.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path

@@ -161,6 +161,22 @@ def test_a_store_made_for_another_plan_is_refused_untouched(source, reference, t
     np.testing.assert_array_equal(xr.open_zarr(reference)["tas"].values, before)
 
 
+def test_tasks_write_their_own_chunks_when_each_lies_in_one_tile(source, tmp_path) -> None:
+    """Chunks inside tile cores, no blending: the driver writes no chunk, only journals,
+    and the values are those of a run whose driver wrote everything (blend 0 vs none)."""
+    out = str(tmp_path / "own.zarr")
+    summary = run_pipeline(config_for(source, out, output_chunks=(3, 8, 16)), progress=False)
+    assert summary.driver_chunks == 0 and summary.tiles == TILES
+    assembled = str(tmp_path / "assembled.zarr")
+    across = run_pipeline(config_for(source, assembled, output_chunks=(3, 32, 32)), False)
+    assert across.driver_chunks == 2
+    for name in ("tas", "tas_std"):
+        np.testing.assert_array_equal(
+            zarr.open_group(out, mode="r")[name][...],
+            zarr.open_group(assembled, mode="r")[name][...],
+        )
+
+
 def test_rerunning_a_finished_job_computes_nothing(source, reference) -> None:
     summary = run_pipeline(config_for(source, reference), progress=False)
     assert summary.resumed_tiles == TILES and summary.cells == 0
@@ -199,7 +215,9 @@ def test_output_chunks_set_apart_from_tiles_hold_the_same_values(
 ) -> None:
     """output.chunks (and shards) independent of the tiles: readers get the same values."""
     out = str(tmp_path / "chunked.zarr")
-    run_pipeline(config_for(source, out, output_chunks=chunks, output_shards=shards), False)
+    config = config_for(source, out, output_chunks=chunks, output_shards=shards)
+    summary = run_pipeline(config, progress=False)
+    assert summary.driver_chunks > 0, "chunks spanning tiles are assembled on the driver"
     got, want = zarr.open_group(out, mode="r"), zarr.open_group(reference, mode="r")
     for name in ("tas", "tas_std"):
         assert got[name].chunks == chunks and got[name].shards == (shards or None)
