@@ -98,6 +98,14 @@ def run(
         str | None,
         typer.Option(help="forecasts: issue at this time (ISO 8601), using only data up to it"),
     ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="print the plan (tiles, chunks, bytes to read and write, metadata size) "
+            "and stop: no Ray, nothing written",
+        ),
+    ] = False,
 ) -> None:
     """Run a job spec: predict every target cell and write mean and std to the output zarr.
 
@@ -108,6 +116,12 @@ def run(
         job, text = load_spec(spec)
         output = job.output.location if job.target.kind != "forecast" else None
         check_paths(job, spec)  # before Ray starts: a wrong output.path is refused at once
+        if dry_run:
+            from pipeline.plan_report import plan_report
+
+            config = job.to_pipeline_config(text, issue_time=issue_time)
+            typer.echo("\n".join(plan_report(config).lines()))
+            return
         from jobs.run import run_job  # run_pipeline starts or joins Ray, once
 
         summary = run_job(job, text, address=address, progress=progress, issue_time=issue_time)

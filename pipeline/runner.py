@@ -19,7 +19,6 @@ import ray
 import zarr
 from tqdm import tqdm
 
-from pipeline import __version__
 from pipeline.assembly import ChunkAssembler, write_order
 from pipeline.blend import Blender
 from pipeline.cluster import ensure_ray
@@ -53,8 +52,8 @@ from pipeline.locks import RunLock
 from pipeline.output_guard import is_gpgrid_store, remove_store
 from pipeline.resolved import ResolvedRun, halo_from_lengthscales, resolve_run
 from pipeline.storage import Location, check_reached
-from pipeline.store import create_output_store, finalize_store, std_name
-from pipeline.target import FORECAST_COORDS
+from pipeline.store import finalize_store, std_name
+from pipeline.template import create_template
 from pipeline.tile_records import write_tile_records
 from pipeline.tiling import Tile, TileResult
 from pipeline.value_scan import scan_input
@@ -343,37 +342,7 @@ def _new_store(run: ResolvedRun) -> None:
     remove_store(run.output)
     reset(run.output)
     write_plan(run.output, run.plan)
-    config = run.config
-    kernels = (
-        "chosen by the data (gpgrid_kernel_choice)"
-        if config.model.kernels is None
-        else {c: str(k) for c, k in zip(config.input_columns, config.model.kernels, strict=True)}
-    )
-    attrs = {
-        "title": "gpgrid Gaussian-process predictions",
-        "Conventions": "CF-1.8",
-        "source": f"gpgrid {__version__}",
-        "gpgrid_version": __version__,
-        "gpgrid_spec": config.spec_text,
-        "gpgrid_input": config.input_path,
-        "gpgrid_model": f"{config.model.type} GP per tile, kernels {kernels}"
-        + (
-            f", mean regressed on {list(config.model.covariates)}"
-            if config.model.covariates
-            else ""
-        ),
-    }
-    create_output_store(
-        run.output,
-        run.target,
-        config.variables,
-        config.dims,
-        run.store_chunks,
-        attrs,
-        (*config.station_coords, *(FORECAST_COORDS if config.forecast else ())),
-        run.inner,
-        config.std_includes_noise,
-    )
+    create_template(run, run.output)
 
 
 def _shared_hyperparameters(
