@@ -6,6 +6,7 @@ also keeps the import light.
 
 from __future__ import annotations
 
+import json
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ from matplotlib.figure import Figure
 
 from pipeline.coordinates import coordinate_values, is_cftime
 from pipeline.errors import InputError
+from pipeline.multifile import is_pattern
 from pipeline.store import std_name
 from pipeline.target import cftime_at
 
@@ -103,7 +105,7 @@ def plot_store(
         raise InputError(
             f"{str(store)!r} records no input: was it written by gpgrid? plot needs a gpgrid store"
         )
-    if not Path(source_path).exists():
+    if not (is_pattern(source_path) or Path(source_path).exists()):
         raise InputError(
             f"{str(store)!r} was made from the input {source_path!r}, which is not there any "
             "more: put the input back at that path (the plot shows its gaps beside the "
@@ -111,8 +113,10 @@ def plot_store(
         )
     _warn_if_unfinished(store)
     from pipeline.inputs import open_input
+    from pipeline.selection import Selection
 
-    source = open_input(source_path)
+    selection = output.attrs.get("gpgrid_input_sel")
+    source = open_input(source_path, selection and Selection.from_mapping(json.loads(selection)))
     if output[variable].ndim <= 2:
         out = Path(out or Path(str(store).rstrip("/")).with_suffix(f".{variable}.png"))
         return quicklook(source, output, variable, out)

@@ -34,6 +34,7 @@ from pydantic_core import PydanticCustomError
 
 from pipeline.config import AxisKernel, Forecast, ModelConfig, PipelineConfig
 from pipeline.errors import InputError
+from pipeline.selection import Selection
 from pipeline.storage import Location, check_reachable, is_url
 
 
@@ -126,10 +127,19 @@ class StationSpec(Strict):
     )
 
 
+def _label(value: object) -> object:
+    """A label of `input.sel`: a number or text; YAML's unquoted dates read as ISO text."""
+    return value.isoformat() if isinstance(value, (date, datetime)) else value
+
+
+SelLabel = Annotated[StrictInt | StrictFloat | str, BeforeValidator(_label)]
+
+
 class InputSpec(Strict):
     path: InputPath = Field(
-        description="zarr store or netCDF file holding the gridded data: a local path, or a "
-        "URL (s3://, gs://, az://, https://) of a zarr store"
+        description="zarr store or netCDF file holding the gridded data: a local path, a "
+        "pattern of local netCDF files (data/sst_*.nc, combined along their coordinates and "
+        "read lazily), or a URL (s3://, gs://, az://, https://) of a zarr store"
     )
     storage_options: dict[str, Any] = Field(default_factory=dict, description=STORAGE_OPTIONS_TEXT)
     variables: UniqueNames = Field(min_length=1, description="data variables to predict")
@@ -142,15 +152,45 @@ class InputSpec(Strict):
         description="dims that wrap around, e.g. [lon] for a global grid: tiles at one end "
         "read across to the other",
     )
+    sel: dict[str, SelLabel | list[SelLabel]] = Field(
+        default_factory=dict,
+        description="the part of the input to use, by coordinate labels: one value picks it "
+        "and drops the dim (level: 850), [low, high] keeps an inclusive range in either "
+        "direction of the coordinate (lat: [20, 60], time: [2020-01-01, 2020-03-31]); "
+        "nothing outside it is read",
+    )
 
     @model_validator(mode="after")
     def _options_for_urls(self) -> InputSpec:
         _options_need_a_url("input", self.path, self.storage_options)
         return self
 
+    @model_validator(mode="after")
+    def _selection_fits_dims(self) -> InputSpec:
+        for dim, value in self.sel.items():
+            if isinstance(value, list) and len(value) != 2:
+                raise ValueError(
+                    f"input.sel.{dim} is {value}: give one value, or a range [low, high]"
+                )
+            if not isinstance(value, list) and dim in self.dims:
+                raise ValueError(
+                    f"input.sel.{dim} picks one value, which drops {dim!r}: remove it from "
+                    "input.dims, or give a range [low, high]"
+                )
+            if isinstance(value, list) and dim not in self.dims:
+                raise ValueError(
+                    f"input.sel.{dim} is a range, so {dim!r} stays a dim: add it to "
+                    "input.dims, or pick one value"
+                )
+        return self
+
     @property
     def location(self) -> Location:
         return Location(self.path, self.storage_options)
+
+    @property
+    def selection(self) -> Selection:
+        return Selection.from_mapping(self.sel)
 
     @property
     def columns(self) -> list[str]:
@@ -802,6 +842,7 @@ class JobSpec(Strict):
             regrid=tuple((d, g.start, g.step, g.size) for d, g in self.target.grid.items()),
             std_includes_noise=self.output.std == "observation",
             input_options=self.input.storage_options,
+            input_sel=self.input.selection,
             output_options=self.output.storage_options,
             output_chunks=self.output_chunks(),
             output_shards=self.output_shards(),

@@ -60,7 +60,7 @@ def validate_job(
     if spec.target.kind == "forecast":
         return _backtest(spec, folder, address, progress)
     dims = spec.input.dims
-    source = open_input(spec.input.path)[spec.input.variables]
+    source = open_input(spec.input.location, spec.input.selection)[spec.input.variables]
     never_along = spec.target.never_observed_along
     variables = spec.input.variables
     hold_out = choose_hold_out(source, variables, dims, fraction, block, seed, never_along)
@@ -71,6 +71,9 @@ def validate_job(
         hidden = hide(source, dims, hold_out)
         hidden.to_zarr(hidden_path, mode="w", zarr_format=3, consolidated=True)
     job = _redirected(spec, input_path=str(hidden_path), output_path=str(folder / "output.zarr"))
+    job = job.model_copy(  # the hidden copy is local and already cut to the selection
+        update={"input": job.input.model_copy(update={"sel": {}, "storage_options": {}})}
+    )
     summary = run_job(job, address=address, progress=progress)
     output = xr.open_zarr(summary.output_path)
     scores = score_hold_out(source, output, dims, hold_out)
@@ -82,7 +85,7 @@ def validate_job(
 def _backtest(spec: JobSpec, folder: Path, address: str | None, progress: bool) -> Validation:
     """Issue the forecast `steps` before the end of the data; score it on those steps."""
     dim, steps = spec.target.dim, spec.target.steps
-    source = open_input(spec.input.path)
+    source = open_input(spec.input.location, spec.input.selection)
     if source.sizes[dim] <= steps + 1:
         raise InputError(
             f"a backtest of {steps} steps needs more than {steps + 1} steps of data along "

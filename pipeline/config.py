@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.selection import Selection
 from pipeline.storage import Location
 
 AXIS_KERNELS = ("rbf", "matern12", "matern32", "matern52")
@@ -155,6 +156,8 @@ class PipelineConfig:
     warm_start: str | None = None  # a previous output store whose shared hyperparameters to use
     # fsspec storage options (endpoint, credentials) for URL paths; never recorded anywhere
     input_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    # the part of the input the run uses (input.sel), applied on every open
+    input_sel: Selection = field(default_factory=Selection)
     output_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @property

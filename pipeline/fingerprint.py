@@ -4,8 +4,9 @@ A run records the fingerprint in its plan; a rerun computes it again and refuses
 resume when it differs, since finished tiles were computed from the old data. It reads
 no data: shapes, dtypes and chunk layout from the metadata, coordinate values (small),
 and for the variables' bytes the size and modification time of every file that holds
-them (a zarr variable's folder, or the netCDF file), so rewriting any chunk shows; so
-does copying the store without its times, which is safe but refused too. On object
+them (a zarr variable's folder, the netCDF file, or every file a pattern matches, so a
+file added or removed shows too), so rewriting any chunk shows; so does copying the
+store without its times, which is safe but refused too. On object
 storage, the size and version tag (ETag or its like) of every object, from one listing.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from pipeline.multifile import is_pattern, pattern_files
 from pipeline.storage import Location, as_location
 
 # the keys under which filesystems name an object's version, most specific first
@@ -28,7 +30,12 @@ VERSION_KEYS = ("ETag", "etag", "md5Hash", "generation", "LastModified", "last_m
 def input_fingerprint(source: str | Location, ds: xr.Dataset, variables: tuple[str, ...]) -> dict:
     """{name: {shape, dtype, chunks, files}} for each variable, and a digest of coordinates."""
     place = as_location(source)
-    if place.is_local:
+    if place.is_local and is_pattern(place.url):
+        matched = _files_list_digest([Path(f) for f in pattern_files(place.url)])
+
+        def files(name: str) -> str:
+            return matched
+    elif place.is_local:
         root = Path(place.url)
         single_file = root.is_file()
 
@@ -97,6 +104,15 @@ def _files_digest(path: Path) -> str:
             name = os.path.relpath(os.path.join(folder, file), path)
             entries.append(repr((name, stat.st_size, stat.st_mtime_ns)))
     return _digest(sorted(entries))
+
+
+def _files_list_digest(paths: list[Path]) -> str:
+    """A digest of (path, size, mtime) of each of `paths` (a multi-file input's files)."""
+    entries = []
+    for path in paths:
+        stat = path.stat()
+        entries.append(repr((str(path), stat.st_size, stat.st_mtime_ns)))
+    return _digest(entries)
 
 
 def _objects_digest(folder: Location) -> str:

@@ -12,15 +12,25 @@ import xarray as xr
 from pipeline.config import PipelineConfig
 from pipeline.coordinates import check_axis, check_finite, coordinate_values
 from pipeline.errors import InputError
+from pipeline.multifile import is_pattern, open_netcdf_files
+from pipeline.selection import Selection
 from pipeline.storage import Location, as_location
 
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf")
 
 
-def open_input(source: str | Location) -> xr.Dataset:
-    """Open a zarr store or netCDF file lazily (nothing is read until indexed), on a local
-    disk or, for zarr, through fsspec (object storage, http)."""
-    place = as_location(source)
+def open_input(source: str | Location, selection: Selection | None = None) -> xr.Dataset:
+    """Open a zarr store, netCDF file or pattern of netCDF files lazily (nothing is read
+    until indexed), on a local disk or, for zarr, through fsspec (object storage, http);
+    cut to `selection` (input.sel) when given."""
+    ds = _open(as_location(source))
+    return selection.apply(ds) if selection else ds
+
+
+def _open(place: Location) -> xr.Dataset:
+    """The whole input at `place`, lazily."""
+    if place.is_local and is_pattern(place.url):
+        return open_netcdf_files(place.url)
     if place.is_local and not place.exists():
         raise InputError(f"input {place.url!r} does not exist: check input.path in the spec")
     if is_netcdf(place.url):

@@ -70,6 +70,8 @@ def plan_of(
     if config.output_chunks:  # absent from plans before output.chunks, which resume alike
         plan["output_chunks"] = list(config.output_chunks)
         plan["output_shards"] = list(config.output_shards)
+    if config.input_sel:  # likewise absent from plans made without input.sel
+        plan["input_sel"] = config.input_sel.record()
     return json.loads(json.dumps(plan))
 
 
@@ -124,6 +126,9 @@ def check_plan(store: str | Location, plan: dict, made_by_gpgrid: bool) -> None:
         )
     found = _read_json(path)
     recorded, current = found.pop("input_fingerprint", None), plan.get("input_fingerprint")
+    differing = _differences(found, {k: v for k, v in plan.items() if k != "input_fingerprint"})
+    if any(not line.startswith("shape:") for line in differing):  # the spec asks otherwise
+        _refuse_other_plan(store_path, differing)  # (another input.sel cuts other data too)
     if recorded is not None and recorded != current:
         what = "; ".join(fingerprint_changes(recorded, current or {}))
         raise PlanMismatchError(
@@ -132,14 +137,17 @@ def check_plan(store: str | Location, plan: dict, made_by_gpgrid: bool) -> None:
             "cannot be resumed; set output.overwrite: true to compute everything again (also "
             "when the data were only copied or rewritten unchanged), or restore the input"
         )
-    differing = _differences(found, {k: v for k, v in plan.items() if k != "input_fingerprint"})
     if recorded is None:
         differing.append("input_fingerprint: store none (made by an older gpgrid), job recorded")
     if differing:
-        raise PlanMismatchError(
-            f"output {store_path!r} was made for another grid or spec ({'; '.join(differing)}): "
-            "choose another output.path, or set output.overwrite: true to replace it"
-        )
+        _refuse_other_plan(store_path, differing)
+
+
+def _refuse_other_plan(store_path: str, differing: list[str]) -> None:
+    raise PlanMismatchError(
+        f"output {store_path!r} was made for another grid or spec ({'; '.join(differing)}): "
+        "choose another output.path, or set output.overwrite: true to replace it"
+    )
 
 
 def _differences(store: object, job: object, where: str = "") -> list[str]:

@@ -18,7 +18,6 @@ import numpy as np
 from pipeline.config import AxisKernel
 from pipeline.covariates import residualised
 from pipeline.grid import read_covariates, read_window, window_inputs
-from pipeline.inputs import open_input
 from pipeline.tiling import Tile
 from pipeline.value_scan import MIN_OBSERVATIONS
 from pipeline.work import ModelPlan, TileWork
@@ -42,7 +41,7 @@ def family_likelihoods(work: TileWork, tile: Tile) -> dict[str, float]:
     from pipeline.tasks import constant_observations
 
     source, plan = work.source, work.plan
-    ds = open_input(source.input)
+    ds = source.open()
     x = window_inputs(source, tile, ds)
     covariates = read_covariates(source, tile, ds)
     totals = dict.fromkeys(CANDIDATES, 0.0)

@@ -20,7 +20,6 @@ import torch
 from gpkernels import ExactGP
 from pipeline.covariates import residualised
 from pipeline.grid import read_covariates, read_window, window_axes, window_inputs, window_lattice
-from pipeline.inputs import open_input
 from pipeline.models import MODELS, Problem, build_kernel, nearest_to_core_centre, tensors
 from pipeline.tiling import Tile
 from pipeline.value_scan import MIN_OBSERVATIONS
@@ -46,7 +45,7 @@ def _variables(work: TileWork, tile: Tile) -> dict[str, _FitData | None]:
     from pipeline.tasks import constant_observations
 
     source, plan = work.source, work.plan
-    ds = open_input(source.input)
+    ds = source.open()
     x = window_inputs(source, tile, ds)
     covariates = read_covariates(source, tile, ds)
     found: dict[str, _FitData | None] = {}

@@ -70,7 +70,7 @@ def plan_report(config: PipelineConfig) -> PlanReport:
     """Resolve the run `config` asks for over its input, and measure what it would do."""
     start = time.perf_counter()
     check_reached(config.input, "input")
-    ds = open_input(config.input)
+    ds = open_input(config.input, config.input_sel)
     check_input(ds, config)
     run = resolve_run(config, ds)
     read = sum(math.prod(s.stop - s.start for s in tile.window) for tile in run.tiles) * sum(

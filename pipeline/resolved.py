@@ -120,6 +120,7 @@ def resolve_run(config: PipelineConfig, ds: xr.Dataset) -> ResolvedRun:
         config.never_observed_along,
         config.model.covariates,
         config.input_options,
+        config.input_sel,
     )
     target = target_dataset(source, ds)
     shape = tuple(target.sizes[d] for d in config.dims)

@@ -80,8 +80,11 @@ class RunSummary:
     # driver-side wall seconds: setup (input, store, Ray), phase1, tiles (the task loop),
     # write (writing chunks and journal records, inside the loop), finalize
     timings: dict = field(default_factory=dict)
-    # output chunks the driver wrote (0 when tasks wrote their own chunks)
+    # output chunks the driver wrote, their bytes, and the bytes of tile predictions it
+    # received (all 0 when tasks wrote their own chunks)
     driver_chunks: int = 0
+    driver_bytes_written: int = 0
+    driver_bytes_received: int = 0
 
     @property
     def cells_per_second(self) -> float:
@@ -145,11 +148,11 @@ def run_pipeline(
     start = time.perf_counter()
     check_reached(config.input, "input")
     check_reached(config.output, "output")
-    ds = open_input(config.input)
+    ds = open_input(config.input, config.input_sel)
     check_input(ds, config)
     run = resolve_run(config, ds)
     if not _resumable(run):  # a resume reads the data its first run checked
-        scan_input(ds, config.variables, config.input)
+        scan_input(ds, config.variables, config.input, cut=bool(config.input_sel))
     ensure_ray(address)
     num_gpus = _placement(config, address)
     with run_lock(run.output) as lock:
@@ -213,6 +216,8 @@ def _run_locked(
         timings=timings,
         flagged=flagged_tiles(records),
         driver_chunks=writer.chunks_written,
+        driver_bytes_written=writer.bytes_written,
+        driver_bytes_received=writer.bytes_received,
     )
 
 

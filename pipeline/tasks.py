@@ -26,7 +26,6 @@ from pipeline.grid import (
     window_inputs,
     window_lattice,
 )
-from pipeline.inputs import open_input
 from pipeline.models import (
     MODELS,
     ModelTable,
@@ -104,7 +103,7 @@ def predict_tile(work: TileWork, tile: Tile, models: ModelTable = MODELS) -> Til
     """Read the tile's window, fit and predict each variable, return core mean and std."""
     start = time.perf_counter()
     source = work.source
-    ds = open_input(source.input)
+    ds = source.open()
     x = window_inputs(source, tile, ds)
     covariates = read_covariates(source, tile, ds)
     target_covariates = None

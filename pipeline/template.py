@@ -4,6 +4,8 @@ folder to measure its metadata)."""
 
 from __future__ import annotations
 
+import json
+
 from pipeline import __version__
 from pipeline.resolved import ResolvedRun
 from pipeline.storage import Location
@@ -26,6 +28,7 @@ def create_template(run: ResolvedRun, place: Location) -> None:
         "gpgrid_version": __version__,
         "gpgrid_spec": config.spec_text,
         "gpgrid_input": config.input_path,
+        **({"gpgrid_input_sel": json.dumps(config.input_sel.record())} if config.input_sel else {}),
         "gpgrid_model": f"{config.model.type} GP per tile, kernels {kernels}"
         + (
             f", mean regressed on {list(config.model.covariates)}"

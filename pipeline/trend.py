@@ -22,7 +22,6 @@ from scipy.interpolate import RegularGridInterpolator
 
 from pipeline.covariates import residualised
 from pipeline.grid import axis_coordinates, covariates_at, snapped
-from pipeline.inputs import open_input
 from pipeline.value_scan import MIN_OBSERVATIONS
 from pipeline.work import ModelPlan, TileWork, WindowSource
 
@@ -49,7 +48,7 @@ class TrendField:
 
 def fit_trends(work: TileWork) -> dict[str, TrendField | None]:
     """Every variable's trend (run as one Ray task before the tiles)."""
-    ds = open_input(work.source.input)
+    ds = work.source.open()
     return {v: fit_trend(work.source, work.plan, ds, v, work.device) for v in work.source.variables}
 
 

@@ -25,11 +25,13 @@ SLAB_CELLS = 2**24  # cells per read of an unchunked (contiguous) netCDF variabl
 SCAN_THREADS = min(8, os.cpu_count() or 1)
 
 
-def scan_input(ds: xr.Dataset, variables: tuple[str, ...], source: str | Location) -> None:
-    """Read every variable of the input at `source` once and refuse the ones that are damaged
-    or have nothing to fit."""
+def scan_input(
+    ds: xr.Dataset, variables: tuple[str, ...], source: str | Location, cut: bool = False
+) -> None:
+    """Read every variable of the input at `source` once (`cut`: `ds` is the part input.sel
+    selects) and refuse the ones that are damaged or have nothing to fit."""
     for var in variables:
-        check_values(var, scan_variable(ds, var, source))
+        check_values(var, scan_variable(ds, var, source, cut))
 
 
 @dataclass(frozen=True)
@@ -79,9 +81,12 @@ def check_values(var: str, counts: ValueCounts) -> None:
         )
 
 
-def scan_variable(ds: xr.Dataset, var: str, source: str | Location) -> ValueCounts:
+def scan_variable(
+    ds: xr.Dataset, var: str, source: str | Location, cut: bool = False
+) -> ValueCounts:
     """Read `var` once, stored chunk by stored chunk (in threads), and count its values;
-    a chunk that cannot be read is refused, naming it and its file in the store `source`."""
+    a chunk that cannot be read is refused, naming it and its file in the store `source`
+    (or, `cut` by input.sel, its cells in the selection)."""
     variable = ds[var].variable
     block = _read_block(variable)
     grid = [range(math.ceil(n / b)) for n, b in zip(variable.shape, block, strict=True)]
@@ -91,7 +96,7 @@ def scan_variable(ds: xr.Dataset, var: str, source: str | Location) -> ValueCoun
         try:
             values = np.asarray(variable[region].values)
         except Exception as error:  # a damaged chunk fails in its codec, with any error type
-            message = _damaged_message(var, as_location(source), index, region, error)
+            message = _damaged_message(var, as_location(source), index, region, error, cut)
             raise InputError(message) from error
         return _counts(values)
 
@@ -121,11 +126,20 @@ def _counts(values: np.ndarray) -> ValueCounts:
 
 
 def _damaged_message(
-    var: str, place: Location, index: tuple[int, ...], region: tuple[slice, ...], error: Exception
+    var: str,
+    place: Location,
+    index: tuple[int, ...],
+    region: tuple[slice, ...],
+    error: Exception,
+    cut: bool,
 ) -> str:
-    """Name the unreadable chunk: its index and file (zarr), or its cells in the file (netCDF)."""
+    """Name the unreadable chunk: its index and file (zarr), or its cells in the file
+    (netCDF) or in the part input.sel selects."""
     cells = ", ".join(f"{r.start}:{r.stop}" for r in region)
-    if is_netcdf(place.url):
+    if cut:
+        where = f"cells [{cells}] of the part input.sel selects from {place.url!r}"
+        fix = "restore the input from a copy or rewrite it"
+    elif is_netcdf(place.url):
         where = f"cells [{cells}] (read {index}) of file {place.url!r}"
         fix = "restore the file or rewrite it"
     else:

@@ -10,7 +10,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import xarray as xr
+
 from pipeline.config import Forecast, ModelConfig, input_columns
+from pipeline.inputs import open_input
+from pipeline.selection import Selection
 from pipeline.storage import Location
 
 if TYPE_CHECKING:
@@ -34,11 +38,16 @@ class WindowSource:
     never_observed_along: str | None = None
     covariates: tuple[str, ...] = ()  # read at every window cell (model.covariates)
     input_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    selection: Selection = field(default_factory=Selection)  # input.sel
 
     @property
     def input(self) -> Location:
         """Where the input is, with the storage options that reach it."""
         return Location(self.input_path, self.input_options)
+
+    def open(self) -> xr.Dataset:
+        """The input, opened lazily and cut to the run's selection."""
+        return open_input(self.input, self.selection)
 
     def history(self, dim: str) -> int:
         """Steps of data before the target along `dim` (a forecast's history; otherwise 0)."""

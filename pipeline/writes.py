@@ -27,7 +27,8 @@ class WorkerWrites:
 
     def __init__(self, store: Location) -> None:
         self.store = store
-        self.chunks_written = 0  # by the driver: none
+        # the driver's traffic: none, the results carry diagnostics only
+        self.chunks_written = self.bytes_received = self.bytes_written = 0
 
     def add(self, result: TileResult) -> int:
         """Journal the tile; returns the cells it finished."""
@@ -61,10 +62,12 @@ class AssembledWrites:
         self.assembler = assembler
         self.blender = blender
         self.output = OutputWriter(store)
-        self.chunks_written = 0
+        # the driver's traffic: chunks and bytes it wrote, bytes of results it received
+        self.chunks_written = self.bytes_received = self.bytes_written = 0
 
     def add(self, result: TileResult) -> int:
         """Write and journal what `result` completes; returns the cells it finished."""
+        self.bytes_received += sum(v.nbytes for v in result.predictions.values())
         if self.blender is None:
             cores = [(result.tile, result.predictions, result.diagnostics)]
         else:
@@ -74,6 +77,7 @@ class AssembledWrites:
             completed = self.assembler.add(core.index, core.core, predictions, diagnostics)
             for chunk in completed.chunks:
                 self.output.write(chunk)
+                self.bytes_written += sum(v.nbytes for v in chunk.values.values())
             self.chunks_written += len(completed.chunks)
             for index, finished in completed.tiles:
                 record_tile(self.store, index, finished)

@@ -424,6 +424,24 @@ CASES = [
         "drop output.storage_options",
     ),
     # where the output goes
+    Case(
+        "sel label not in the input",
+        run_with(input={"sel": {"time": ["2031-01-01", "2031-02-01"]}}),
+        r"input\.sel\.time: \['2031-01-01', '2031-02-01'\] selects no cells",
+        "inside that range",
+    ),
+    Case(
+        "sel picks a tiled dim",
+        run_with(input={"sel": {"lat": 30.0}}),
+        r"input\.sel\.lat picks one value, which drops 'lat'",
+        "remove it from input.dims",
+    ),
+    Case(
+        "input pattern matches nothing",
+        run_with(input={"path": "data/tas_*.nc"}),
+        r"input .*tas_\*\.nc' matches no files",
+        "check input.path",
+    ),
     Case("output is the input", output_is_input, r"is the input .*in\.zarr", "another output"),
     Case("output is the spec folder", output_is_spec_folder, "contains the", "holds nothing"),
     Case("overwrite a foreign folder", output_holds_foreign_files, "did not make", "move that"),
