@@ -51,12 +51,16 @@ def pcg(
     max_iter: int = 1000,
     x0: torch.Tensor | None = None,
     label: str = "CG",
+    done: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    check_every: int = 10,
 ) -> CGResult:
     """Solve A X = B for all columns of B at once by preconditioned conjugate gradients.
 
     Stops when every column's residual norm is below `tol` times its right-hand side's
-    norm. A solve that stops at `max_iter` first raises a `NumericalWarning` that gives
-    the iterations and the worst relative residual, and reports `converged=False`.
+    norm, or, with `done` (residuals -> a bool per column, checked every `check_every`
+    iterations), once `done` says a column has what its caller needs. A solve that stops
+    at `max_iter` first raises a `NumericalWarning` that gives the iterations and the worst
+    relative residual, and reports `converged=False`.
     """
     precondition = precondition or (lambda v: v)
     x = torch.zeros_like(rhs) if x0 is None else x0.clone()
@@ -83,12 +87,17 @@ def pcg(
         betas.append(beta)
         iterations += 1
         active = active & ((r.norm(dim=0) / rhs_norm) > tol)
+        if done is not None and iterations % check_every == 0:
+            active = active & ~done(r)
     relative = r.norm(dim=0) / rhs_norm
     converged = not bool(active.any())
+    if done is not None and not converged:
+        converged = bool(done(r).all())
     if not converged:
+        target = "its caller's target" if done is not None else f"tolerance {tol:.0e}"
         warnings.warn(
             f"{label} did not converge: {iterations} iterations, worst relative residual "
-            f"{float(relative.max()):.2e} > tolerance {tol:.0e}",
+            f"{float(relative.max()):.2e}, short of {target}",
             NumericalWarning,
             stacklevel=2,
         )

@@ -13,6 +13,7 @@ from gpkernels import Kernel, separable
 from gpkernels.gap_blocks import GapPreconditioner, gap_labels, pack_blocks, probe_radius
 from gpkernels.kiss_paths import KissSettings, axis_columns
 from gpkernels.lattice import detect_lattice
+from gpkernels.linalg import NumericalWarning
 from gpkernels.ongrid import GapBlock, ObservedKronecker, preconditioned_gap_term
 from gpkernels.solvers import pcg, rademacher
 from gpkernels.structured import Kronecker
@@ -186,3 +187,31 @@ def test_cells_missing_along_a_whole_axis_get_their_exact_block() -> None:
     cold = pcg(op.gaps.matmul, rhs, None, 1e-8, 500)
     warm = pcg(op.gaps.matmul, rhs, preconditioner.solve, 1e-8, 500)
     assert warm.iterations < cold.iterations / 3
+
+
+@torch.no_grad()
+def test_a_pass_stops_when_its_own_residual_is_met_which_is_the_gap_residual_mapped() -> None:
+    """The residual of K a after a gap CG pass is M_om rho (rho: the gap CG's residual),
+    checked against dense float64 after a deliberately short CG; and a pass asked for a
+    residual stops once it has it, short of the inner floor, with the solve within tol."""
+    op, _, dense_gap_block = kronecker_case(seed=5)
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(op.observed.numel(), 1, generator=gen, dtype=torch.float64)
+    gaps = op.gaps
+    w = gaps.inverse_matmul(op.embed(z))
+    with pytest.warns(NumericalWarning, match="did not converge"):  # stopped early on purpose
+        short = pcg(gaps.matmul, w[op.missing], None, 1e-30, 15)
+    rho = w[op.missing] - dense_gap_block @ short.solution
+    alpha = w[op.observed] - gaps.inverse_columns(short.solution)[op.observed]
+    full = op.grid.matmul(torch.eye(op.grid.size, dtype=torch.float64))
+    k_observed = full[op.observed][:, op.observed] + 0.003 * torch.eye(op.observed.numel())
+    mapped = full[op.observed][:, op.missing] @ rho
+    assert relative_error(z - k_observed @ alpha, mapped) < 1e-9
+    target = 1e-6 * float(z.norm())
+    solved, report = op.complement_solve(z, target, 2000)
+    assert float((z - k_observed @ solved).norm()) <= target
+    floor = pcg(gaps.matmul, w[op.missing], None, 1e-13, 2000)
+    assert report.converged and report.iterations < floor.iterations
+    exact = torch.linalg.solve(k_observed, z)
+    answer, solve_report = op.solve(z, None, 1e-6, 2000)
+    assert solve_report.refinements == 1 and relative_error(answer, exact) < 1e-3
