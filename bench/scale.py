@@ -4,7 +4,8 @@ Each size runs in its own process on a fresh embedded Ray with 2 CPUs: KissGP pe
 with shared hyperparameters (phase 1 on 8 sampled tiles, then inference at fixed
 hyperparameters), tiles of 16 x 64 x 64 cells with halos of 2 x 12 x 12. Printed per
 size: wall seconds (end to end, Ray start excluded), cells per second (all of them, and
-phase 2 alone), peak RSS of the driver and of the largest worker, where the time goes
+phase 2 alone), peak RSS of the driver and of the largest worker (and that worker's own
+memory, USS, without the shared object store's pages), where the time goes
 (read, condition, predict and wall per tile summed over workers; the driver's writes;
 phase 1; setup and finalize), and Ray's overhead: the share of the two workers' time
 during phase 2 in which no tile was being computed (and, "+start", with Ray's start
@@ -38,6 +39,7 @@ TILE = (16, 64, 64)
 HALO = (2, 12, 12)
 WORKERS = 2
 RESULT_TAG = "RESULT "
+USS_EVERY = 8  # RSS every 0.25 s, the private memory (USS) every 2 s
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -45,22 +47,32 @@ from bench.table import Column, Table  # noqa: E402
 
 
 class WorkerRSS(threading.Thread):
-    """Samples the resident memory of Ray's worker processes; keeps the largest seen."""
+    """Samples the memory of Ray's worker processes; keeps the largest seen: resident
+    (RSS, which also counts the pages of Ray's shared object store a worker has touched,
+    so it grows with the results it has put there) and private (USS, its own)."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.peak_mb = 0.0
+        self.peak_mb = self.peak_private_mb = 0.0
         self.stop = threading.Event()
 
     def run(self) -> None:
         import psutil
 
+        samples = 0
         while not self.stop.is_set():
-            for proc in psutil.process_iter(["cmdline", "memory_info"]):
+            private = samples % USS_EVERY == 0  # reading smaps slows the worker: seldom
+            for proc in psutil.process_iter(["cmdline"]):
                 cmdline = " ".join(proc.info["cmdline"] or [])
                 if "ray::" in cmdline or "default_worker.py" in cmdline:
-                    rss = proc.info["memory_info"].rss / 2**20
-                    self.peak_mb = max(self.peak_mb, rss)
+                    try:
+                        memory = proc.memory_full_info() if private else proc.memory_info()
+                    except psutil.Error:  # the worker exited meanwhile
+                        continue
+                    self.peak_mb = max(self.peak_mb, memory.rss / 2**20)
+                    if private:
+                        self.peak_private_mb = max(self.peak_private_mb, memory.uss / 2**20)
+            samples += 1
             self.stop.wait(0.25)
 
 
@@ -131,6 +143,7 @@ def child(size: str, folder: str) -> dict:
         "ray_start": ray_start,
         "driver_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "worker_rss_mb": sampler.peak_mb,
+        "worker_private_mb": sampler.peak_private_mb,
         "metadata_bytes": (Path(config.output_path) / "zarr.json").stat().st_size,
         "driver_chunks": summary.driver_chunks,
         "driver_received": summary.driver_bytes_received,
@@ -155,6 +168,7 @@ RESULTS = Table(
         Column("phase2 c/s", 11, ",.0f"),
         Column("driver MB", 10, ".0f"),
         Column("worker MB", 10, ".0f"),
+        Column("w. own MB", 10, ".0f"),
         Column("Ray ovh", 8, ".1%"),
         Column("+start", 8, ".1%"),
     )
@@ -164,7 +178,7 @@ RESULTS = Table(
 def result_cells(r: dict) -> list:
     """One size's values, in RESULTS' columns."""
     per_second = [r["cells"] / r["wall"], r["cells"] / r["phase2"]]
-    memory = [r["driver_rss_mb"], r["worker_rss_mb"]]
+    memory = [r["driver_rss_mb"], r["worker_rss_mb"], r["worker_private_mb"]]
     ratios = [r["ray_overhead"], with_start(r)]
     return [r["size"], r["cells"], r["tiles"], r["wall"], *per_second, *memory, *ratios]
 
@@ -199,7 +213,8 @@ def report(rows: list[dict]) -> None:
             print(
                 f"Peak RSS {large_size} / {small_size}: driver "
                 f"{large['driver_rss_mb'] / small['driver_rss_mb']:.2f}x, largest worker "
-                f"{large['worker_rss_mb'] / small['worker_rss_mb']:.2f}x"
+                f"{large['worker_rss_mb'] / small['worker_rss_mb']:.2f}x (its own memory, "
+                f"USS: {large['worker_private_mb'] / small['worker_private_mb']:.2f}x)"
             )
 
 
