@@ -21,9 +21,10 @@ import numpy as np
 import ray
 import requests
 
-from pipeline.config import PipelineConfig
+from pipeline.config import AxisKernel, ModelConfig, PipelineConfig
 from pipeline.inputs import open_input
 from pipeline.resolved import resolve_run
+from pipeline.synthetic import DIMS
 from pipeline.work import TileWork
 
 # A 3-tile-deep job over a synthetic (time, lat, lon) store at in.zarr, writing out.zarr.
@@ -36,6 +37,24 @@ SMALL_SPEC = {
     },
     "output": {"path": "out.zarr"},
 }
+
+
+def resumable_config(input_path: str, output_path: str, **changes) -> PipelineConfig:  # noqa: ANN003
+    """The small exact-GP run the resume, storage and cluster tests interrupt: a 6 x 32 x
+    32 grid in 3 x 16 x 16 tiles, one output chunk per tile so that a kill keeps every
+    finished tile; `changes` replace fields (storage options, tasks in flight)."""
+    base = dict(
+        input_path=input_path,
+        variables=("tas",),
+        dims=DIMS,
+        output_path=output_path,
+        tile=(3, 16, 16),
+        halo=(1, 4, 4),
+        model=ModelConfig(kernels=(AxisKernel("matern32"),) * 3, type="exact", max_points=700),
+        max_in_flight=1,
+        output_chunks=(3, 16, 16),
+    )
+    return PipelineConfig(**{**base, **changes})
 
 
 def tile_work(config: PipelineConfig, shared: dict | None = None) -> TileWork:

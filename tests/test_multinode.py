@@ -16,11 +16,12 @@ import s3fs
 import zarr
 from ray.cluster_utils import Cluster
 
-from pipeline.config import AxisKernel, ModelConfig, PipelineConfig
+from pipeline.config import PipelineConfig
 from pipeline.journal import finished_tile_indices, finished_tiles
 from pipeline.runner import run_pipeline
 from pipeline.storage import Location
-from pipeline.synthetic import DIMS, SyntheticGrid, write_synthetic
+from pipeline.synthetic import SyntheticGrid, write_synthetic
+from tests.helpers import resumable_config
 
 BUCKET = "gpgrid-nodes"
 RECIPE = SyntheticGrid(shape=(6, 32, 32), seed=5)
@@ -41,18 +42,8 @@ def source(s3, tmp_path_factory) -> str:
 
 def config_for(s3: str, input_path: str, output_path: str) -> PipelineConfig:
     options = {"endpoint_url": s3}
-    return PipelineConfig(
-        input_path=input_path,
-        variables=("tas",),
-        dims=DIMS,
-        output_path=output_path,
-        tile=(3, 16, 16),
-        halo=(1, 4, 4),
-        model=ModelConfig(kernels=(AxisKernel("matern32"),) * 3, type="exact", max_points=700),
-        max_in_flight=2,
-        output_chunks=(3, 16, 16),  # one chunk per tile: a kill keeps every finished tile
-        input_options=options,
-        output_options=options,
+    return resumable_config(
+        input_path, output_path, max_in_flight=2, input_options=options, output_options=options
     )
 
 

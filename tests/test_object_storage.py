@@ -21,7 +21,7 @@ import zarr
 from typer.testing import CliRunner
 
 from jobs.cli import app
-from pipeline.config import AxisKernel, ModelConfig, PipelineConfig
+from pipeline.config import PipelineConfig
 from pipeline.errors import RunInProgressError
 from pipeline.journal import finished_tile_indices, journal_dir
 from pipeline.locks import LeaseLock
@@ -29,14 +29,13 @@ from pipeline.runner import run_pipeline
 from pipeline.storage import Location
 from pipeline.synthetic import DIMS, SyntheticGrid, write_synthetic
 from tests.conftest import S3_KEY_ID, S3_SECRET
-from tests.helpers import start_driver
+from tests.helpers import resumable_config, start_driver
 
 pytestmark = pytest.mark.usefixtures("s3", "ray_cluster")
 
 BUCKET = "gpgrid-test"
 RECIPE = SyntheticGrid(shape=(6, 32, 32), seed=3)
 TILES = 8
-MATERN32 = (AxisKernel("matern32"),)
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +61,9 @@ def source(bucket, local_source) -> str:
 
 def config_for(s3: str, input_path: str, output_path: str) -> PipelineConfig:
     options = {"endpoint_url": s3}
-    return PipelineConfig(
-        input_path=input_path,
-        variables=("tas",),
-        dims=DIMS,
-        output_path=output_path,
-        tile=(3, 16, 16),
-        halo=(1, 4, 4),
-        model=ModelConfig(kernels=MATERN32 * 3, type="exact", max_points=700),
-        max_in_flight=1,
-        output_chunks=(3, 16, 16),  # one chunk per tile: a kill keeps every finished tile
+    return resumable_config(
+        input_path,
+        output_path,
         input_options=options if input_path.startswith("s3://") else {},
         output_options=options if output_path.startswith("s3://") else {},
     )

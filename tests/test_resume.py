@@ -15,13 +15,13 @@ import pytest
 import xarray as xr
 import zarr
 
-from pipeline.config import AxisKernel, ModelConfig, PipelineConfig
+from pipeline.config import AxisKernel, ModelConfig
 from pipeline.errors import PlanMismatchError, ResourceUnavailableError, RunInProgressError
 from pipeline.faults import CRASH_ONCE_ENV
 from pipeline.journal import finished_tiles
 from pipeline.runner import run_pipeline
-from pipeline.synthetic import DIMS, SyntheticGrid, write_synthetic
-from tests.helpers import start_driver
+from pipeline.synthetic import SyntheticGrid, write_synthetic
+from tests.helpers import resumable_config, start_driver
 
 MATERN32 = (AxisKernel("matern32"),)
 
@@ -38,19 +38,7 @@ def source(tmp_path_factory) -> str:
     return str(path)
 
 
-def config_for(input_path: str, output_path: str, **changes) -> PipelineConfig:  # noqa: ANN003
-    base = dict(
-        input_path=input_path,
-        variables=("tas",),
-        dims=DIMS,
-        output_path=output_path,
-        tile=(3, 16, 16),
-        halo=(1, 4, 4),
-        model=ModelConfig(kernels=MATERN32 * 3, type="exact", max_points=700),
-        max_in_flight=1,
-        output_chunks=(3, 16, 16),  # one chunk per tile: a kill keeps every finished tile
-    )
-    return PipelineConfig(**{**base, **changes})
+config_for = resumable_config
 
 
 @pytest.fixture(scope="module")
