@@ -20,10 +20,13 @@ from pathlib import Path
 import numpy as np
 import ray
 import requests
+import zarr
 
 from pipeline.config import AxisKernel, ModelConfig, PipelineConfig
 from pipeline.inputs import open_input
+from pipeline.journal import finished_tile_indices
 from pipeline.resolved import resolve_run
+from pipeline.storage import Location
 from pipeline.synthetic import DIMS
 from pipeline.work import TileWork
 
@@ -55,6 +58,30 @@ def resumable_config(input_path: str, output_path: str, **changes) -> PipelineCo
         output_chunks=(3, 16, 16),
     )
     return PipelineConfig(**{**base, **changes})
+
+
+def assert_identical_stores(store: str, expected: str, storage_options: dict | None = None) -> None:
+    """Every array bitwise equal (NaN where NaN), and the same attributes (both stores
+    reached with `storage_options`, e.g. a test server's endpoint)."""
+    got, want = (
+        zarr.open_group(Location(s, storage_options or {}).zarr_store(), mode="r")
+        for s in (store, expected)
+    )
+    assert sorted(got.array_keys()) == sorted(want.array_keys())
+    for name in want.array_keys():
+        np.testing.assert_array_equal(got[name][...], want[name][...])
+    assert dict(got.attrs) == dict(want.attrs)
+
+
+def wait_for_tiles(
+    store: str | Location, count: int, driver: subprocess.Popen, timeout: float = 180
+) -> None:
+    """Wait until the run writing `store` has journalled `count` tiles (its driver alive)."""
+    deadline = time.monotonic() + timeout
+    while len(finished_tile_indices(store)) < count:
+        assert driver.poll() is None, "the driver ended before it was interrupted"
+        assert time.monotonic() < deadline, f"fewer than {count} tiles after {timeout} s"
+        time.sleep(0.05)
 
 
 def tile_work(config: PipelineConfig, shared: dict | None = None) -> TileWork:

@@ -9,19 +9,16 @@ from __future__ import annotations
 import threading
 import time
 
-import numpy as np
 import pytest
 import ray
 import s3fs
-import zarr
 from ray.cluster_utils import Cluster
 
 from pipeline.config import PipelineConfig
 from pipeline.journal import finished_tile_indices, finished_tiles
 from pipeline.runner import run_pipeline
-from pipeline.storage import Location
 from pipeline.synthetic import SyntheticGrid, write_synthetic
-from tests.helpers import resumable_config
+from tests.helpers import assert_identical_stores, resumable_config
 
 BUCKET = "gpgrid-nodes"
 RECIPE = SyntheticGrid(shape=(6, 32, 32), seed=5)
@@ -83,17 +80,6 @@ def cluster(embedded):  # noqa: ANN201
     cluster.shutdown()
 
 
-def assert_identical_stores(s3: str, url: str, expected: str) -> None:
-    def group(place: str) -> zarr.Group:
-        return zarr.open_group(Location(place, {"endpoint_url": s3}).zarr_store(), mode="r")
-
-    got, want = group(url), group(expected)
-    assert sorted(got.array_keys()) == sorted(want.array_keys())
-    for name in want.array_keys():
-        np.testing.assert_array_equal(got[name][...], want[name][...])
-    assert dict(got.attrs) == dict(want.attrs)
-
-
 def test_tiles_spread_over_the_nodes_and_the_output_equals_an_embedded_run(
     s3, source, embedded, cluster
 ) -> None:
@@ -103,7 +89,7 @@ def test_tiles_spread_over_the_nodes_and_the_output_equals_an_embedded_run(
     assert summary.tiles == TILES
     nodes = {record["worker_node"] for record in finished_tiles(config.output).values()}
     assert nodes == {worker.node_id for worker in workers}, "a node ran no tile"
-    assert_identical_stores(s3, config.output_path, embedded)
+    assert_identical_stores(config.output_path, embedded, {"endpoint_url": s3})
 
 
 def test_a_worker_node_killed_mid_run_and_the_run_completes_identically(
@@ -131,4 +117,4 @@ def test_a_worker_node_killed_mid_run_and_the_run_completes_identically(
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2, "the node was not killed"
     records = finished_tiles(config.output).values()
     assert {r["worker_node"] for r in records} >= {workers[0].node_id}
-    assert_identical_stores(s3, config.output_path, embedded)
+    assert_identical_stores(config.output_path, embedded, {"endpoint_url": s3})

@@ -17,7 +17,6 @@ import pytest
 import s3fs
 import xarray as xr
 import yaml
-import zarr
 from typer.testing import CliRunner
 
 from jobs.cli import app
@@ -29,7 +28,12 @@ from pipeline.runner import run_pipeline
 from pipeline.storage import Location
 from pipeline.synthetic import DIMS, SyntheticGrid, write_synthetic
 from tests.conftest import S3_KEY_ID, S3_SECRET
-from tests.helpers import resumable_config, start_driver
+from tests.helpers import (
+    assert_identical_stores,
+    resumable_config,
+    start_driver,
+    wait_for_tiles,
+)
 
 pytestmark = pytest.mark.usefixtures("s3", "ray_cluster")
 
@@ -76,27 +80,6 @@ def reference(s3, source) -> str:
     summary = run_pipeline(config_for(s3, source, out), progress=False)
     assert summary.tiles == TILES and summary.resumed_tiles == 0
     return out
-
-
-def open_group(s3: str, url: str) -> zarr.Group:
-    return zarr.open_group(Location(url, {"endpoint_url": s3}).zarr_store(), mode="r")
-
-
-def assert_identical_stores(s3: str, url: str, expected: str) -> None:
-    """Every array bitwise equal (NaN where NaN), and the same attributes."""
-    got, want = open_group(s3, url), open_group(s3, expected)
-    assert sorted(got.array_keys()) == sorted(want.array_keys())
-    for name in want.array_keys():
-        np.testing.assert_array_equal(got[name][...], want[name][...])
-    assert dict(got.attrs) == dict(want.attrs)
-
-
-def wait_for_tiles(place: Location, count: int, driver, timeout: float = 180) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while len(finished_tile_indices(place)) < count:
-        assert driver.poll() is None, "the driver ended before it was interrupted"
-        assert time.monotonic() < deadline, f"fewer than {count} tiles after {timeout} s"
-        time.sleep(0.1)
 
 
 def test_gap_filling_end_to_end_on_s3_matches_a_local_run_and_writes_no_credentials(
@@ -163,7 +146,7 @@ def test_a_driver_killed_mid_run_on_s3_resumes_bitwise_identically(
     summary = run_pipeline(config, progress=False)
     assert summary.resumed_tiles == done_before
     assert summary.cells == (TILES - done_before) * 3 * 16 * 16
-    assert_identical_stores(s3, out, reference)
+    assert_identical_stores(out, reference, {"endpoint_url": s3})
     assert not journal_dir(config.output).child("lease").names(), "the lease was not released"
 
 
@@ -175,7 +158,7 @@ def test_a_second_driver_on_the_same_s3_output_is_refused(s3, source, reference,
     with pytest.raises(RunInProgressError, match=r"is being written by another run \(pid"):
         run_pipeline(config, progress=False)
     assert driver.wait(timeout=300) == 0
-    assert_identical_stores(s3, out, reference)
+    assert_identical_stores(out, reference, {"endpoint_url": s3})
 
 
 def journal_in_bucket(s3: str, name: str) -> Location:

@@ -6,8 +6,6 @@ Runs go through a real local Ray; killed drivers are real processes joined to it
 
 from __future__ import annotations
 
-import subprocess
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -21,7 +19,12 @@ from pipeline.faults import CRASH_ONCE_ENV
 from pipeline.journal import finished_tiles
 from pipeline.runner import run_pipeline
 from pipeline.synthetic import SyntheticGrid, write_synthetic
-from tests.helpers import resumable_config, start_driver
+from tests.helpers import (
+    assert_identical_stores,
+    resumable_config,
+    start_driver,
+    wait_for_tiles,
+)
 
 MATERN32 = (AxisKernel("matern32"),)
 
@@ -48,23 +51,6 @@ def reference(source, tmp_path_factory) -> str:
     summary = run_pipeline(config_for(source, out), progress=False)
     assert summary.tiles == TILES and summary.resumed_tiles == 0
     return out
-
-
-def assert_identical_stores(path: str, expected: str) -> None:
-    """Every array bitwise equal (NaN where NaN), and the same attributes."""
-    got, want = zarr.open_group(path, mode="r"), zarr.open_group(expected, mode="r")
-    assert sorted(got.array_keys()) == sorted(want.array_keys())
-    for name in want.array_keys():
-        np.testing.assert_array_equal(got[name][...], want[name][...])
-    assert dict(got.attrs) == dict(want.attrs)
-
-
-def wait_for_tiles(path: str, count: int, driver: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while len(finished_tiles(path)) < count:
-        assert driver.poll() is None, "the driver ended before it was interrupted"
-        assert time.monotonic() < deadline, f"fewer than {count} tiles after {timeout} s"
-        time.sleep(0.05)
 
 
 def test_rerun_after_a_killed_driver_computes_only_the_missing_tiles(
