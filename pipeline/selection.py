@@ -72,11 +72,11 @@ def _pick(ds: xr.Dataset, dim: str, value: object) -> xr.Dataset:
         )
     for name, variable in ds.variables.items():  # stored chunk sizes along the dims left
         if dim in variable.dims:
-            _drop_axis_of_chunks(picked[name].encoding, variable.dims.index(dim))
+            _drop_dim_of_chunks(picked[name].encoding, dim, variable.dims.index(dim))
     return picked
 
 
-def _drop_axis_of_chunks(encoding: dict, axis: int) -> None:
+def _drop_dim_of_chunks(encoding: dict, dim: str, axis: int) -> None:
     """Stored chunk (and shard) sizes in `encoding` without the picked dim's entry, so
     readers that follow the stored layout still match the variable's dims."""
     for key in ("chunks", "shards", "chunksizes"):
@@ -84,7 +84,9 @@ def _drop_axis_of_chunks(encoding: dict, axis: int) -> None:
             sizes = tuple(encoding[key])
             encoding[key] = sizes[:axis] + sizes[axis + 1 :]
     if isinstance(encoding.get("preferred_chunks"), dict):
-        encoding["preferred_chunks"] = dict(encoding["preferred_chunks"])
+        encoding["preferred_chunks"] = {
+            d: size for d, size in encoding["preferred_chunks"].items() if d != dim
+        }
 
 
 def _range(ds: xr.Dataset, dim: str, low: object, high: object) -> xr.Dataset:
