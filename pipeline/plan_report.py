@@ -17,6 +17,7 @@ from pipeline.storage import Location, check_reached
 from pipeline.store import finalize_store
 from pipeline.template import create_template
 from pipeline.tile_records import write_tile_records
+from pipeline.writes import workers_can_write
 
 OUTPUT_ITEM_BYTES = 4  # float32 mean and std
 
@@ -76,6 +77,7 @@ def plan_report(config: PipelineConfig) -> PlanReport:
         ds[name].dtype.itemsize for name in (*config.variables, *config.model.covariates)
     )
     cells = math.prod(run.shape)
+    overlapping = any(run.config.blend or ()) or bool(config.regrid)
     with tempfile.TemporaryDirectory(prefix="gpgrid-plan-") as scratch:
         template = Path(scratch) / "template.zarr"
         create_template(run, Location(str(template)))
@@ -94,7 +96,7 @@ def plan_report(config: PipelineConfig) -> PlanReport:
         ),
         read_bytes=read,
         write_bytes=cells * OUTPUT_ITEM_BYTES * 2 * len(config.variables),
-        workers_write=run.tasks_write,
+        workers_write=workers_can_write(run.shape, run.chunks, run.store_chunks, overlapping),
         metadata_bytes=metadata,
         seconds=time.perf_counter() - start,
     )

@@ -26,7 +26,6 @@ from pipeline.storage import Location
 from pipeline.target import check_new_grid, resolve_forecast, target_dataset
 from pipeline.tiling import Tile, auto_blend, plan_tiles
 from pipeline.work import ModelPlan, TileWork, WindowSource
-from pipeline.writes import workers_can_write
 
 DEFAULT_CHUNK_CELLS = 2**20  # 4 MB of float32: a few MB per object, as readers like
 
@@ -70,13 +69,6 @@ class ResolvedRun:
     @property
     def wrap(self) -> list[bool]:
         return [dim in self.config.wrap for dim in self.config.dims]
-
-    @property
-    def tasks_write(self) -> bool:
-        """Whether the tile tasks write their own chunks (no overlap, no new grid, every
-        chunk in one tile core), leaving the driver only the journal."""
-        overlapping = any(self.config.blend or ()) or bool(self.config.regrid)
-        return workers_can_write(self.shape, self.chunks, self.store_chunks, overlapping)
 
     def tiles_with(self, halo: tuple[int, ...]) -> list[Tile]:
         """The tile plan with other halos (sized from shared lengthscales)."""

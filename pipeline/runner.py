@@ -58,7 +58,7 @@ from pipeline.tile_records import write_tile_records
 from pipeline.tiling import Tile, TileResult
 from pipeline.value_scan import scan_input
 from pipeline.work import TileWork
-from pipeline.writes import AssembledWrites, WorkerWrites, write_own_chunks
+from pipeline.writes import AssembledWrites, WorkerWrites, workers_can_write, write_own_chunks
 
 # Errors worth another try on another worker: storage or network hiccups.
 TRANSIENT_ERRORS = (OSError, TimeoutError, ConnectionError)
@@ -313,7 +313,8 @@ def _result_writer(
     """The tiles to compute in the order that fills the store's chunks one after another,
     and who writes their chunks: the tasks themselves where each chunk lies in one tile
     core, else the driver, assembling the results into chunks."""
-    if run.tasks_write:
+    overlapping = blender is not None or bool(run.config.regrid)
+    if workers_can_write(run.shape, run.chunks, run.store_chunks, overlapping):
         return todo, WorkerWrites(run.output)
     regions = {tile.index: _output_region(run, ds, tile) for tile in todo}
     by_index = {tile.index: tile for tile in todo}
